@@ -1,0 +1,1 @@
+"""FreeSWITCH Event Socket client: sans-IO protocol, one connection, the connection manager."""

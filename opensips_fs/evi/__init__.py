@@ -1,0 +1,1 @@
+"""OpenSIPS Event Interface: published events, subscribers, delivery transports."""

@@ -1,0 +1,1 @@
+"""OpenSIPS Management Interface: command registry, core commands, HTTP/FIFO/datagram transports."""

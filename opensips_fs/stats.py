@@ -1,0 +1,89 @@
+"""Statistics: named counters and gauges shared by every room.
+
+OpenSIPS names a statistic `group:name`; MI `get_statistics`,
+`list_statistics` and `reset_statistics` and the Prometheus `/metrics` page
+read them from here. A counter is *incremental* (events received, sent,
+dropped…) and can be reset; a gauge is *non-incremental* and its value comes
+from a function (queue depth, connected sockets…).
+
+Hot paths keep a reference to their `Counter` and do `counter.value += 1`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+
+class Counter:
+    """An incremental statistic."""
+
+    __slots__ = ("group", "name", "value")
+    incremental = True
+
+    def __init__(self, group: str, name: str):
+        self.group = group
+        self.name = name
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+    def reset(self) -> None:
+        self.value = 0
+
+
+class Gauge:
+    """A non-incremental statistic whose value is computed on demand."""
+
+    __slots__ = ("group", "name", "func")
+    incremental = False
+
+    def __init__(self, group: str, name: str, func: Callable[[], int]):
+        self.group = group
+        self.name = name
+        self.func = func
+
+    @property
+    def value(self) -> int:
+        return int(self.func())
+
+    def reset(self) -> None:
+        """Gauges are not resettable (OpenSIPS: STAT_NO_RESET)."""
+
+
+class Stats:
+    """All statistics of the process, in registration order."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, Counter | Gauge] = {}
+
+    def counter(self, group: str, name: str) -> Counter:
+        """Return the counter `group:name`, registering it on first use."""
+        key = f"{group}:{name}"
+        stat = self._stats.get(key)
+        if stat is None:
+            stat = self._stats[key] = Counter(group, name)
+        if not isinstance(stat, Counter):
+            raise ValueError(f"statistic {key} is a gauge")
+        return stat
+
+    def gauge(self, group: str, name: str, func: Callable[[], int]) -> Gauge:
+        """Register (or replace) the gauge `group:name`."""
+        stat = self._stats[f"{group}:{name}"] = Gauge(group, name, func)
+        return stat
+
+    def remove(self, group: str, name: str) -> None:
+        self._stats.pop(f"{group}:{name}", None)
+
+    def __iter__(self) -> Iterator[Counter | Gauge]:
+        return iter(list(self._stats.values()))
+
+    def groups(self) -> list[str]:
+        return list(dict.fromkeys(s.group for s in self._stats.values()))
+
+    def find(self, name: str) -> list[Counter | Gauge]:
+        """Every statistic whose bare name is `name` (any group)."""
+        return [s for s in self._stats.values() if s.name == name]
+
+    def in_group(self, group: str) -> list[Counter | Gauge]:
+        return [s for s in self._stats.values() if s.group == group]

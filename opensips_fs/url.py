@@ -1,0 +1,107 @@
+"""FreeSWITCH URLs as OpenSIPS's `freeswitch` module parses them (FSS.md §2).
+
+    [scheme://][[username]:password@]host[:port][/database][?ev1[=v][,ev2]...]
+
+The scheme and database are ignored, the host string is kept verbatim (it is
+the socket's identity), an absent or zero port means 8021. Unlike OpenSIPS,
+ports above 65535 are refused instead of wrapping around. Every malformed
+form raises `UrlError` with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 8021
+
+__all__ = ["DEFAULT_PORT", "FsUrl", "UrlError", "parse"]
+
+
+class UrlError(ValueError):
+    """A FreeSWITCH URL that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class FsUrl:
+    host: str
+    port: int = DEFAULT_PORT
+    username: str | None = None
+    password: str | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The socket identity as `fs_list` prints it: `host:port`."""
+        return f"{self.host}:{self.port}"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"FsUrl({self.key!r}, username={self.username!r}, events={self.events!r})"
+
+
+def parse(url) -> FsUrl:
+    """Parse a FreeSWITCH URL; raise `UrlError` if it is malformed."""
+    if not isinstance(url, str):
+        raise UrlError("FreeSWITCH URL must be a string")
+    if not url:
+        raise UrlError("empty FreeSWITCH URL")
+    rest = url
+    scheme_end = rest.find("://")
+    if scheme_end > 0:
+        rest = rest[scheme_end + 3:]
+    if not rest:
+        raise UrlError(f"nothing after the scheme in FreeSWITCH URL {_safe(url)!r}")
+
+    username = password = None
+    at = rest.find("@")
+    if at > 0:
+        userinfo, rest = rest[:at], rest[at + 1:]
+        user, colon, pwd = userinfo.partition(":")
+        username = user or None
+        password = (pwd or None) if colon else None
+        if not rest:
+            raise UrlError("no host after the credentials in FreeSWITCH URL")
+
+    hostport, _, params = rest.partition("?")
+    hostport = hostport.split("/", 1)[0].strip()
+    if not hostport:
+        raise UrlError(f"empty host in FreeSWITCH URL {_safe(url)!r}")
+    if "," in hostport:
+        raise UrlError(f"several hosts in FreeSWITCH URL {_safe(url)!r}")
+
+    host, colon, port_text = hostport.partition(":")
+    if not host:
+        raise UrlError(f"empty host in FreeSWITCH URL {_safe(url)!r}")
+    port = 0
+    if colon:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise UrlError(f"bad port {port_text!r} in FreeSWITCH URL {_safe(url)!r}")
+        port = int(port_text)
+        if port > 65535:
+            raise UrlError(f"port {port} out of range (1-65535) in FreeSWITCH URL {_safe(url)!r}")
+
+    events: list[str] = []
+    if params.strip():
+        for param in params.split(","):
+            key, eq, _value = param.partition("=")
+            key = key.strip()
+            if not key:
+                if eq:
+                    raise UrlError(f"parameter with an empty name in FreeSWITCH URL {_safe(url)!r}")
+                continue
+            events.append(key)
+
+    return FsUrl(host=host, port=port or DEFAULT_PORT, username=username,
+                 password=password, events=events)
+
+
+def _safe(url: str) -> str:
+    """The URL with any password replaced by `***`, for error messages."""
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if scheme_end > 0 else 0
+    at = url.find("@", start)
+    if at > start:
+        userinfo = url[start:at]
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            return f"{url[:start]}{user}:***{url[at:]}"
+    return url
