@@ -1,0 +1,750 @@
+"""The configuration file: the OpenSIPS cfg subset opensips-fs understands.
+
+Supported (OpenSIPS syntax and meaning):
+
+* ``loadmodule "NAME.so"`` enables a module (a path or a missing ``.so`` is
+  fine, only the base name counts);
+* ``modparam("module", "param", value)`` sets a parameter of a loaded module;
+  a value is a double- or single-quoted string or an integer (decimal,
+  ``0x`` hex, or octal with a leading ``0`` such as ``0666``, as OpenSIPS
+  reads numbers); ``fs_subscribe`` may be repeated;
+* ``log_level=N`` (-3..4 or error/warning/notice/info/debug) and
+  ``log_stderror=yes|no``;
+* ``include_file "other.cfg"`` / ``import_file "other.cfg"``;
+* ``#`` line comments and ``/* ... */`` block comments; a ``;`` after a
+  statement is allowed.
+
+``loadmodule`` of a SQL driver, of proto_udp/proto_tcp or of json is accepted
+and ignored (noted in ``Config.notes``, which the command line logs), so an
+OpenSIPS cfg fragment can be reused. Anything else is a `ConfigError` whose
+text is ``FILE:LINE: what is wrong; what is valid``. Parameter names and
+defaults are OpenSIPS's own; values are kept in OpenSIPS units (ms, s).
+Relative paths resolve against the folder of the file that names them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from . import url as fsurl
+
+__all__ = [
+    "Config", "ConfigError", "EventHttpSettings", "EviTransportSettings",
+    "FreeswitchSettings", "HttpdSettings", "IGNORED_MODULES", "LOG_LEVELS",
+    "MODULES", "MiDatagramSettings", "MiFifoSettings", "MiHttpSettings",
+    "ScriptingSettings", "SubscribeParam", "load", "loads", "parse_log_level",
+]
+
+
+class ConfigError(Exception):
+    """A configuration error; ``str()`` is ``FILE:LINE: message``."""
+
+    def __init__(self, file: str, line: int | None, message: str):
+        super().__init__(file, line, message)
+        self.file = file
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.file}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+# --------------------------------------------------------------------------
+# Settings objects, one per implemented module. Field names are the modparam
+# names, defaults are OpenSIPS's (or ours, where the parameter is ours).
+
+@dataclass
+class FreeswitchSettings:
+    event_heartbeat_interval: int = 1       # s
+    esl_connect_timeout: int = 5000         # ms
+    esl_cmd_timeout: int = 5000             # ms
+    esl_cmd_polling_itv: int = 1000         # us; accepted, no effect
+    fs_no_esl_timeout: int = 86400          # s (ours; fixed in OpenSIPS)
+
+
+@dataclass(frozen=True)
+class SubscribeParam:
+    """One ``fs_subscribe`` modparam, with where it was written."""
+
+    url: str
+    file: str
+    line: int
+
+    def __repr__(self) -> str:  # the URL holds a password
+        return f"SubscribeParam({fsurl.parse(self.url)!r}, {self.file}:{self.line})"
+
+
+@dataclass
+class ScriptingSettings:
+    db_url: str | None = None
+    db_table: str = "freeswitch"
+    db_col_username: str = "username"
+    db_col_password: str = "password"
+    db_col_ip: str = "ip"
+    db_col_port: str = "port"
+    db_col_events: str = "events_csv"
+    fs_subscribe: list[SubscribeParam] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # db_url may hold a password
+        return (f"ScriptingSettings(db_url={_mask_url(self.db_url)!r}, "
+                f"db_table={self.db_table!r}, fs_subscribe={self.fs_subscribe!r})")
+
+
+@dataclass
+class HttpdSettings:
+    ip: str = "127.0.0.1"
+    port: int = 8888
+    auth_realm: str = "OpenSIPS MI"
+    auth_username: str | None = None
+    auth_password: str | None = field(default=None, repr=False)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    conn_timeout: int = 30                  # s, idle keep-alive
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+@dataclass
+class MiHttpSettings:
+    root: str = "mi"
+
+
+@dataclass
+class MiFifoSettings:
+    fifo_name: str = "/tmp/opensips_fifo"
+    fifo_mode: int = 0o660
+    reply_dir: str = "/tmp/"
+
+
+@dataclass
+class MiDatagramSettings:
+    socket_name: str = "udp:127.0.0.1:8080"
+
+    @property
+    def host(self) -> str | None:
+        """The UDP host, or None for a unix socket."""
+        return _split_udp(self.socket_name)[0]
+
+    @property
+    def port(self) -> int | None:
+        return _split_udp(self.socket_name)[1]
+
+
+@dataclass
+class EviTransportSettings:
+    queue_size: int = 100000                # per destination (ours)
+
+
+@dataclass
+class EventHttpSettings(EviTransportSettings):
+    verify_cert: bool = True                # https: check the server certificate
+
+
+# --------------------------------------------------------------------------
+# Log levels
+
+LOG_LEVELS = {
+    "alert": -3, "crit": -2, "critical": -2, "error": -1, "err": -1,
+    "warning": 1, "warn": 1, "notice": 2, "info": 3, "debug": 4, "dbg": 4,
+}
+LOG_LEVEL_HELP = "an integer from -3 to 4 or one of error, warning, notice, info, debug"
+
+
+def parse_log_level(value) -> int:
+    """An OpenSIPS log level from a number or a name; raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad log level {value!r}: expected {LOG_LEVEL_HELP}")
+    if isinstance(value, int):
+        level = value
+    else:
+        text = str(value).strip()
+        if text.lower() in LOG_LEVELS:
+            return LOG_LEVELS[text.lower()]
+        try:
+            level = int(text)
+        except ValueError:
+            raise ValueError(f"bad log level {text!r}: expected {LOG_LEVEL_HELP}") from None
+    if not -3 <= level <= 4:
+        raise ValueError(f"log level {level} out of range: expected {LOG_LEVEL_HELP}")
+    return level
+
+
+# --------------------------------------------------------------------------
+# The whole configuration
+
+@dataclass
+class Config:
+    path: str
+    dir: str
+    log_level: int = 2                      # L_NOTICE, OpenSIPS's default
+    log_stderror: bool = True               # ours: a foreground service
+    loaded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # "FILE:LINE: text", to log
+    freeswitch: FreeswitchSettings | None = None
+    freeswitch_scripting: ScriptingSettings | None = None
+    httpd: HttpdSettings | None = None
+    mi_http: MiHttpSettings | None = None
+    mi_fifo: MiFifoSettings | None = None
+    mi_datagram: MiDatagramSettings | None = None
+    event_datagram: EviTransportSettings | None = None
+    event_stream: EviTransportSettings | None = None
+    event_xmlrpc: EviTransportSettings | None = None
+    event_http: EventHttpSettings | None = None
+
+    def evi_transports(self) -> dict[str, EviTransportSettings]:
+        """The loaded ``event_*`` modules and their settings."""
+        return {name: getattr(self, name) for name in EVI_MODULES
+                if getattr(self, name) is not None}
+
+
+# --------------------------------------------------------------------------
+# Parameter types: each converter takes the written value (str or int) and
+# the folder of the file, returns the typed value or raises _BadValue.
+
+class _BadValue(Exception):
+    pass
+
+
+def _describe(value) -> str:
+    return f"integer {value}" if isinstance(value, int) else f"string {value!r}"
+
+
+def _int(value, _dir=None) -> int:
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)          # OpenSIPS converts a numeric string for an int param
+    raise _BadValue(f"expects an integer, got {_describe(value)}")
+
+
+def _ranged(low: int, high: int | None = None) -> Callable:
+    def convert(value, _dir=None) -> int:
+        number = _int(value)
+        if number < low or (high is not None and number > high):
+            span = f"{low}..{high}" if high is not None else f">= {low}"
+            raise _BadValue(f"value {number} out of range (valid: {span})")
+        return number
+    return convert
+
+
+def _str(value, _dir=None) -> str:
+    if not isinstance(value, str):
+        raise _BadValue(f"expects a quoted string, got {_describe(value)}")
+    return value
+
+
+def _name(value, _dir=None) -> str:
+    text = _str(value)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise _BadValue(f"expects an SQL identifier (letters, digits, _), got {text!r}")
+    return text
+
+
+def _optional_str(value, _dir=None) -> str | None:
+    return _str(value) or None
+
+
+def _path(value, base_dir) -> str | None:
+    text = _str(value)
+    if not text:
+        return None
+    keep_slash = text.endswith("/")
+    resolved = os.path.normpath(os.path.join(base_dir, text))
+    return resolved + "/" if keep_slash and not resolved.endswith("/") else resolved
+
+
+def _bool(value, _dir=None) -> bool:
+    if isinstance(value, int):
+        if value in (0, 1):
+            return bool(value)
+    elif value.strip().lower() in _YES:
+        return True
+    elif value.strip().lower() in _NO:
+        return False
+    raise _BadValue(f"expects 0 or 1 (or yes/no), got {_describe(value)}")
+
+
+def _mode(value, _dir=None) -> int:
+    """A file mode: an integer (``0666`` is already octal), or an octal string."""
+    if isinstance(value, int):
+        mode = value
+    elif re.fullmatch(r"0?[0-7]{3,4}", value.strip()):
+        mode = int(value.strip(), 8)
+    else:
+        raise _BadValue(f"expects a file mode such as 0660, got {_describe(value)}")
+    if not 0 <= mode <= 0o7777:
+        raise _BadValue(f"file mode {mode:#o} out of range (valid: 0..07777)")
+    return mode
+
+
+def _ip(value, _dir=None) -> str:
+    text = _str(value).strip()
+    if not text:
+        raise _BadValue("expects an IP address, got an empty string")
+    return text
+
+
+def _datagram_socket(value, _dir=None) -> str:
+    text = _str(value).strip()
+    if text.startswith("udp:"):
+        _split_udp(text, strict=True)
+        return text
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise _BadValue("expects udp:IP:PORT or a unix socket path, got 'unix:'")
+        return "unix:" + _path(text[5:], _dir)
+    if text.startswith("/") or (text and ":" not in text):
+        return _path(text, _dir)
+    raise _BadValue(f"expects udp:IP:PORT or a unix socket path, got {text!r}")
+
+
+def _split_udp(socket_name: str, strict: bool = False) -> tuple[str | None, int | None]:
+    if not socket_name.startswith("udp:"):
+        return None, None
+    host, colon, port = socket_name[4:].rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        if strict:
+            raise _BadValue(f"expects udp:IP:PORT (port 0..65535), got {socket_name!r}")
+        return None, None
+    return host, int(port)
+
+
+DB_SCHEMES = ("sqlite", "mysql", "postgres", "postgresql")
+
+
+def _db_url(value, _dir=None) -> str | None:
+    text = _str(value).strip()
+    if not text:
+        return None
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in DB_SCHEMES:
+        raise _BadValue(f"unsupported db_url {_mask_url(text)!r}: valid forms are "
+                        "sqlite:///abs/path, sqlite://path/relative/to/the/cfg, "
+                        "mysql://user:pass@host[:port]/db, postgres://user:pass@host[:port]/db")
+    if not rest.strip("/"):
+        raise _BadValue(f"db_url {_mask_url(text)!r} names no database")
+    return text
+
+
+def _fs_url(value, _dir=None) -> str:
+    text = _str(value)
+    try:
+        parsed = fsurl.parse(text)
+    except fsurl.UrlError as exc:
+        raise _BadValue(f"bad FreeSWITCH URL: {exc}") from None
+    if not parsed.password:
+        raise _BadValue(f"FreeSWITCH URL {fsurl._safe(text)!r} has no password "
+                        "(fs_subscribe needs [user]:password@host[:port][?events])")
+    return text
+
+
+_YES = ("yes", "true", "on", "enable", "1")
+_NO = ("no", "false", "off", "disable", "0")
+
+
+def _mask_url(text: str | None) -> str | None:
+    """A URL with its password (``user:PASS@``) replaced by ``***``."""
+    if text is None:
+        return None
+    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", text)
+
+
+@dataclass(frozen=True)
+class _Module:
+    settings: type
+    params: dict[str, Callable]
+    repeatable: frozenset = frozenset()
+    requires: str | None = None
+
+
+_evi_params = {"queue_size": _ranged(1)}
+
+MODULES: dict[str, _Module] = {
+    "freeswitch": _Module(FreeswitchSettings, {
+        "event_heartbeat_interval": _ranged(1),
+        "esl_connect_timeout": _ranged(1),
+        "esl_cmd_timeout": _ranged(1),
+        "esl_cmd_polling_itv": _ranged(1),
+        "fs_no_esl_timeout": _ranged(1),
+    }),
+    "freeswitch_scripting": _Module(ScriptingSettings, {
+        "db_url": _db_url,
+        "db_table": _name,
+        "db_col_username": _name,
+        "db_col_password": _name,
+        "db_col_ip": _name,
+        "db_col_port": _name,
+        "db_col_events": _name,
+        "fs_subscribe": _fs_url,
+    }, repeatable=frozenset({"fs_subscribe"}), requires="freeswitch"),
+    "httpd": _Module(HttpdSettings, {
+        "ip": _ip,
+        "port": _ranged(0, 65535),
+        "auth_realm": _str,
+        "auth_username": _optional_str,
+        "auth_password": _optional_str,
+        "tls_cert_file": _path,
+        "tls_key_file": _path,
+        "conn_timeout": _ranged(1),
+    }),
+    "mi_http": _Module(MiHttpSettings, {"root": _str}, requires="httpd"),
+    "mi_fifo": _Module(MiFifoSettings, {
+        "fifo_name": _path,
+        "fifo_mode": _mode,
+        "reply_dir": _path,
+    }),
+    "mi_datagram": _Module(MiDatagramSettings, {"socket_name": _datagram_socket}),
+    "event_datagram": _Module(EviTransportSettings, dict(_evi_params)),
+    "event_stream": _Module(EviTransportSettings, dict(_evi_params)),
+    "event_xmlrpc": _Module(EviTransportSettings, dict(_evi_params)),
+    "event_http": _Module(EventHttpSettings, dict(_evi_params, verify_cert=_bool)),
+}
+
+EVI_MODULES = ("event_datagram", "event_stream", "event_xmlrpc", "event_http")
+
+IGNORED_MODULES = {
+    "db_sqlite": "the db_url scheme picks the SQL driver",
+    "db_mysql": "the db_url scheme picks the SQL driver",
+    "db_postgres": "the db_url scheme picks the SQL driver",
+    "proto_udp": "transports are built in",
+    "proto_tcp": "transports are built in",
+    "json": "JSON support is built in",
+}
+
+_NOT_NONE_WHEN_EMPTY = {"fifo_name", "reply_dir"}
+
+
+# --------------------------------------------------------------------------
+# Tokenizer
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str       # "str", "int", "word", "punct", "eof"
+    value: object
+    line: int
+    text: str       # as written, for messages
+
+
+_PUNCT = "(),=;"
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_NUMBER = re.compile(r"-?(0[xX][0-9a-fA-F]+|\d+)")
+
+
+def _tokenize(text: str, file: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i, line, n = 0, 1, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+            i += 1
+        elif ch in " \t\r\f\v":
+            i += 1
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                raise ConfigError(file, line, "unterminated /* comment (no closing */)")
+            line += text.count("\n", i, end)
+            i = end + 2
+        elif ch in "\"'":
+            start_line = line
+            j = i + 1
+            out = []
+            while True:
+                if j >= n:
+                    raise ConfigError(file, start_line, f"unterminated string (no closing {ch})")
+                c = text[j]
+                if c == ch:
+                    break
+                if c == "\\" and j + 1 < n:
+                    nxt = text[j + 1]
+                    out.append(_ESCAPES.get(nxt, "\\" + nxt))
+                    line += nxt == "\n"
+                    j += 2
+                    continue
+                line += c == "\n"
+                out.append(c)
+                j += 1
+            tokens.append(_Token("str", "".join(out), start_line, text[i:j + 1]))
+            i = j + 1
+        elif ch in _PUNCT:
+            tokens.append(_Token("punct", ch, line, ch))
+            i += 1
+        elif (m := _NUMBER.match(text, i)) and not _WORD.match(text, m.end()):
+            written = m.group(0)
+            tokens.append(_Token("int", _number(written), line, written))
+            i = m.end()
+        elif m := _WORD.match(text, i):
+            tokens.append(_Token("word", m.group(0), line, m.group(0)))
+            i = m.end()
+        else:
+            end = i
+            while end < n and not text[end].isspace() and end - i < 20:
+                end += 1
+            # reported by the parser, so that a known word before it can
+            # explain itself first (e.g. "route {")
+            tokens.append(_Token("bad", None, line, text[i:max(end, i + 1)]))
+            i = max(end, i + 1)
+    tokens.append(_Token("eof", None, line, "end of file"))
+    return tokens
+
+
+def _number(written: str) -> int:
+    """An integer as OpenSIPS reads it: 0x hex, a leading 0 means octal."""
+    sign = -1 if written.startswith("-") else 1
+    digits = written.lstrip("-")
+    if digits[:2].lower() == "0x":
+        return sign * int(digits, 16)
+    if len(digits) > 1 and digits.startswith("0") and set(digits) <= set("01234567"):
+        return sign * int(digits, 8)
+    return sign * int(digits, 10)
+
+
+# --------------------------------------------------------------------------
+# Parser
+
+_STATEMENTS = "loadmodule, modparam(...), log_level=N, log_stderror=yes|no, include_file"
+_MAX_INCLUDE_DEPTH = 10
+
+
+class _Parser:
+    def __init__(self, config: Config):
+        self.config = config
+        # module -> (file, line) of its loadmodule
+        self.loaded_at: dict[str, tuple[str, int]] = {}
+        self.ignored: set[str] = set()
+        self.pending_modparams: list[tuple[str, int, str]] = []
+        self.files: list[str] = []
+
+    # -- driver
+
+    def parse_text(self, text: str, file: str) -> None:
+        if len(self.files) > _MAX_INCLUDE_DEPTH:
+            raise ConfigError(file, None, "include_file nested too deep (loop?)")
+        if file in self.files:
+            raise ConfigError(file, None, "file includes itself (include loop)")
+        self.files.append(file)
+        try:
+            self.file = file
+            self.tokens = _tokenize(text, file)
+            self.pos = 0
+            while self.peek().kind != "eof":
+                self.statement()
+        finally:
+            self.files.pop()
+
+    def peek(self) -> _Token:
+        return self.tokens[self.pos]
+
+    def take(self) -> _Token:
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token
+
+    def error(self, token: _Token, message: str) -> ConfigError:
+        return ConfigError(self.file, token.line, message)
+
+    def expect(self, kind: str, value=None, what: str = "") -> _Token:
+        token = self.take()
+        if token.kind != kind or (value is not None and token.value != value):
+            wanted = what or (repr(value) if value is not None else kind)
+            raise self.error(token, f"expected {wanted}, found {token.text!r}")
+        return token
+
+    def end_statement(self) -> None:
+        if self.peek().kind == "punct" and self.peek().value == ";":
+            self.take()
+
+    # -- statements
+
+    def statement(self) -> None:
+        token = self.take()
+        if token.kind != "word":
+            raise self.error(token, f"unexpected {token.text!r}: expected one of {_STATEMENTS}")
+        keyword = token.value
+        if keyword == "loadmodule":
+            self.loadmodule(token)
+        elif keyword == "modparam":
+            self.modparam(token)
+        elif keyword in ("log_level", "debug"):
+            self.expect("punct", "=", "'=' after log_level")
+            value = self.take()
+            if value.kind not in ("int", "word", "str"):
+                raise self.error(value, f"bad log_level {value.text!r}: expected {LOG_LEVEL_HELP}")
+            try:
+                self.config.log_level = parse_log_level(value.value)
+            except ValueError as exc:
+                raise self.error(value, str(exc)) from None
+        elif keyword == "log_stderror":
+            self.expect("punct", "=", "'=' after log_stderror")
+            value = self.take()
+            written = str(value.value).lower() if value.kind in ("word", "int", "str") else None
+            if written in _YES:
+                self.config.log_stderror = True
+            elif written in _NO:
+                self.config.log_stderror = False
+            else:
+                raise self.error(value, f"bad log_stderror {value.text!r}: expected yes or no")
+        elif keyword in ("include_file", "import_file"):
+            self.include(token)
+        elif self.peek().kind == "punct" and self.peek().value == "=":
+            raise self.error(token, f"unknown global parameter {keyword!r}: opensips-fs "
+                             "understands log_level and log_stderror")
+        elif self.peek().kind == "punct" and self.peek().value == "(" or keyword in (
+                "route", "startup_route", "timer_route", "event_route", "onreply_route",
+                "failure_route", "branch_route", "local_route", "error_route"):
+            raise self.error(token, f"{keyword!r} is not supported: opensips-fs reads only "
+                             f"{_STATEMENTS}")
+        else:
+            raise self.error(token, f"unknown statement {keyword!r}: expected one of {_STATEMENTS}")
+        self.end_statement()
+
+    def loadmodule(self, keyword: _Token) -> None:
+        token = self.expect("str", what='a quoted module name, e.g. loadmodule "httpd.so"')
+        base = os.path.basename(token.value.strip())
+        name = base[:-3] if base.endswith(".so") else base
+        if not name:
+            raise self.error(token, "empty module name in loadmodule")
+        if name in self.loaded_at or name in self.ignored:
+            self.note(token, f'module "{name}" loaded twice, second loadmodule ignored')
+            return
+        if name in IGNORED_MODULES:
+            self.ignored.add(name)
+            self.note(token, f'loadmodule "{base}" ignored: {IGNORED_MODULES[name]}')
+            return
+        if name not in MODULES:
+            raise self.error(token, f'unknown module "{name}": opensips-fs implements '
+                             f"{', '.join(MODULES)} (and ignores {', '.join(IGNORED_MODULES)})"
+                             + _suggest(name, list(MODULES) + list(IGNORED_MODULES)))
+        self.loaded_at[name] = (self.file, token.line)
+        self.config.loaded.append(name)
+        setattr(self.config, name, MODULES[name].settings())
+
+    def modparam(self, keyword: _Token) -> None:
+        self.expect("punct", "(", "'(' after modparam")
+        module_token = self.expect("str", what="a quoted module name")
+        self.expect("punct", ",", "',' after the module name")
+        param_token = self.expect("str", what="a quoted parameter name")
+        self.expect("punct", ",", "',' after the parameter name")
+        value_token = self.take()
+        if value_token.kind not in ("str", "int"):
+            raise self.error(value_token, f"bad modparam value {value_token.text!r}: "
+                             "expected a quoted string or an integer")
+        self.expect("punct", ")", "')' closing modparam")
+
+        module, param, value = module_token.value, param_token.value, value_token.value
+        if module in self.ignored:
+            self.note(module_token, f'modparam("{module}", "{param}") ignored: '
+                      f'module "{module}" is not used by opensips-fs')
+            return
+        spec = MODULES.get(module)
+        if spec is None:
+            if module in IGNORED_MODULES:
+                raise self.error(module_token, f'modparam of module "{module}", which is not '
+                                 f'loaded: add loadmodule "{module}.so" first')
+            raise self.error(module_token, f'unknown module "{module}" in modparam: opensips-fs '
+                             f"implements {', '.join(MODULES)}" + _suggest(module, list(MODULES)))
+        if module not in self.loaded_at:
+            raise self.error(module_token, f'modparam of module "{module}", which is not loaded: '
+                             f'add loadmodule "{module}.so" before it')
+        converter = spec.params.get(param)
+        if converter is None:
+            raise self.error(param_token, f'module "{module}" has no parameter "{param}": valid '
+                             f"parameters are {', '.join(spec.params)}"
+                             + _suggest(param, list(spec.params)))
+        try:
+            typed = converter(value, os.path.dirname(self.file))
+        except _BadValue as exc:
+            raise self.error(value_token, f'modparam("{module}", "{param}"): {exc}') from None
+        if typed is None and param in _NOT_NONE_WHEN_EMPTY:
+            raise self.error(value_token, f'modparam("{module}", "{param}"): must not be empty')
+        settings = getattr(self.config, module)
+        if param in spec.repeatable:
+            getattr(settings, param).append(SubscribeParam(typed, self.file, value_token.line))
+        else:
+            setattr(settings, param, typed)
+
+    def include(self, keyword: _Token) -> None:
+        token = self.expect("str", what=f'a quoted file name after {keyword.value}')
+        path = os.path.normpath(os.path.join(os.path.dirname(self.file), token.value))
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.error(token, f"cannot read included file {path!r}: {_reason(exc)}") from None
+        saved = self.file, self.tokens, self.pos
+        try:
+            self.parse_text(text, path)
+        finally:
+            self.file, self.tokens, self.pos = saved
+
+    def note(self, token: _Token, message: str) -> None:
+        self.config.notes.append(f"{self.file}:{token.line}: {message}")
+
+    # -- after the last statement
+
+    def finish(self) -> None:
+        for module, (file, line) in self.loaded_at.items():
+            needed = MODULES[module].requires
+            if needed and needed not in self.loaded_at:
+                raise ConfigError(file, line, f'module "{module}" needs module "{needed}": '
+                                  f'add loadmodule "{needed}.so"')
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+# --------------------------------------------------------------------------
+# Entry points
+
+def loads(text: str, path: str) -> Config:
+    """Parse config ``text`` as if read from ``path`` (relative paths resolve
+    against its folder)."""
+    path = os.path.abspath(path)
+    config = Config(path=path, dir=os.path.dirname(path))
+    parser = _Parser(config)
+    parser.parse_text(text, path)
+    parser.finish()
+    return config
+
+
+def load(path: str) -> Config:
+    """Read and parse the config file at ``path``; raises `ConfigError`."""
+    shown = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except IsADirectoryError:
+        raise ConfigError(shown, None, "cannot read config file: it is a directory") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(shown, None, f"cannot read config file: {_reason(exc)}") from None
+    return loads(text, shown)
+
+
+def settings_fields(module: str) -> list[tuple[str, object]]:
+    """(param, default) for each parameter of ``module``, for documentation."""
+    spec = MODULES[module]
+    defaults = {f.name: f.default for f in fields(spec.settings)}
+    return [(name, defaults.get(name)) for name in spec.params]

@@ -1,0 +1,167 @@
+"""Logging with OpenSIPS's levels and line format.
+
+OpenSIPS levels: -3 alert, -2 crit, -1 error, 1 warn, 2 notice, 3 info,
+4 debug (0 is unused and behaves like -1). Setting level N shows every message
+whose level is N or lower. They map onto Python logging levels, with NOTICE
+(25) and ALERT (55) added, so rooms simply use ``logging.getLogger(__name__)``.
+
+A line on stderr reads like OpenSIPS's::
+
+    Nov 26 14:30:47 [2427] INFO:freeswitch:connect: connected to 127.0.0.1:8021
+
+(time, pid, level, the OpenSIPS module the code stands in for, the function).
+With ``log_stderror=no`` lines go to syslog (``/dev/log``) as OpenSIPS does.
+
+Passwords never reach a log line: the formatter masks the password part of
+every ``user:pass@host`` URL it sees and every secret registered with
+`register_secret` (credentials learnt from the config, the DB or MI). Rooms
+must still never log a secret; this is the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+import time
+
+__all__ = [
+    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "get_level", "register_secret",
+    "scrub", "set_level", "setup",
+]
+
+NOTICE = 25
+ALERT = 55
+logging.addLevelName(NOTICE, "NOTICE")
+logging.addLevelName(ALERT, "ALERT")
+
+# OpenSIPS level -> the Python threshold that shows exactly those messages.
+OPENSIPS_TO_PYTHON = {
+    -3: ALERT, -2: logging.CRITICAL, -1: logging.ERROR, 0: logging.ERROR,
+    1: logging.WARNING, 2: NOTICE, 3: logging.INFO, 4: logging.DEBUG,
+}
+_LEVEL_TAGS = {
+    ALERT: "ALERT", logging.CRITICAL: "CRITICAL", logging.ERROR: "ERROR",
+    logging.WARNING: "WARNING", NOTICE: "NOTICE", logging.INFO: "INFO",
+    logging.DEBUG: "DBG",
+}
+
+# Logger name prefix -> the OpenSIPS module name shown in the line.
+_MODULE_OF = (
+    ("opensips_fs.esl", "freeswitch"),
+    ("opensips_fs.scripting", "freeswitch_scripting"),
+    ("opensips_fs.db", "freeswitch_scripting"),
+    ("opensips_fs.mi.http", "mi_http"),
+    ("opensips_fs.mi.fifo", "mi_fifo"),
+    ("opensips_fs.mi.datagram", "mi_datagram"),
+    ("opensips_fs.evi.datagram", "event_datagram"),
+    ("opensips_fs.evi.stream", "event_stream"),
+    ("opensips_fs.evi.xmlrpc", "event_xmlrpc"),
+    ("opensips_fs.evi.http", "event_http"),
+    ("opensips_fs.sim", "sim"),
+    ("opensips_fs", "core"),
+)
+
+_ROOT = "opensips_fs"
+_level = 2
+_secrets: set[str] = set()
+_secret_pattern: re.Pattern | None = None
+_MIN_SECRET = 3
+
+# user:password@ in URLs, with or without a scheme (FreeSWITCH URLs allow
+# ":password@host"); the password stops at the last @ before the host.
+_URL_CREDENTIALS = re.compile(
+    r"(?P<head>(?:\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s:/@'\"]*|(?<![\w:/@.\-])[\w.\-]*)"
+    r":(?P<pwd>[^\s@'\"/]+)@(?=[\w\[])")
+
+
+def register_secret(secret: str | None) -> None:
+    """Mask ``secret`` in every future log line (too-short secrets are skipped:
+    masking them would mangle ordinary words)."""
+    global _secret_pattern
+    if not secret or len(secret) < _MIN_SECRET or secret in _secrets:
+        return
+    _secrets.add(secret)
+    ordered = sorted(_secrets, key=len, reverse=True)
+    _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def scrub(text: str) -> str:
+    """``text`` with URL passwords and registered secrets replaced by ``***``."""
+    if "@" in text:
+        text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}:***@", text)
+    if _secret_pattern is not None:
+        text = _secret_pattern.sub("***", text)
+    return text
+
+
+class OpenSipsFormatter(logging.Formatter):
+    """``Mon DD HH:MM:SS [pid] LEVEL:module:function: message``, scrubbed."""
+
+    def __init__(self, with_time: bool = True):
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        tag = _LEVEL_TAGS.get(record.levelno) or _nearest_tag(record.levelno)
+        line = f"[{record.process}] {tag}:{module_of(record.name)}:{record.funcName}: {message}"
+        if self.with_time:
+            line = time.strftime("%b %d %H:%M:%S ", time.localtime(record.created)) + line
+        return scrub(line)
+
+
+def _nearest_tag(levelno: int) -> str:
+    for number in sorted(_LEVEL_TAGS, reverse=True):
+        if levelno >= number:
+            return _LEVEL_TAGS[number]
+    return "DBG"
+
+
+def module_of(logger_name: str) -> str:
+    for prefix, module in _MODULE_OF:
+        if logger_name == prefix or logger_name.startswith(prefix + "."):
+            return module
+    return logger_name
+
+
+def setup(level: int = 2, stderror: bool = True) -> None:
+    """Send opensips-fs log lines to stderr (or syslog when ``stderror`` is
+    false and ``/dev/log`` exists) at OpenSIPS ``level``. Idempotent."""
+    logger = logging.getLogger(_ROOT)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_opensips_fs", False):
+            logger.removeHandler(handler)
+            handler.close()
+    handler: logging.Handler
+    if not stderror and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(OpenSipsFormatter(with_time=False))
+        handler.ident = "opensips-fs"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(OpenSipsFormatter())
+    handler._opensips_fs = True
+    logger.addHandler(handler)
+    logger.propagate = False
+    set_level(level)
+
+
+def set_level(level: int) -> None:
+    """Set the global OpenSIPS log level (any integer; clamped to -3..4)."""
+    global _level
+    _level = int(level)
+    clamped = max(-3, min(4, _level))
+    logging.getLogger(_ROOT).setLevel(OPENSIPS_TO_PYTHON[clamped])
+
+
+def get_level() -> int:
+    """The current OpenSIPS log level, as last set."""
+    return _level
