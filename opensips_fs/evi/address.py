@@ -1,0 +1,136 @@
+"""EVI subscriber socket strings: parsing, printing, matching (EVI.md §3).
+
+Supports `udp:host:port`, `unix:/path`, `tcp:host:port[/method]` and its
+3.0 alias `jsonrpc:`, `xmlrpc:host:port[/path]:method`, and `http://` /
+`https://` URLs. `parse_socket` is pure text work; `resolve` (the only part
+touching the network: a DNS lookup at subscribe time, as OpenSIPS does) turns
+the host into the address the destination sends to.
+
+Goals: reject anything malformed with `None` (the caller answers 400 "Bad
+parameter value"); linear in the length of the string.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["Target", "parse_socket", "resolve", "MODULE_OF"]
+
+# transport token (text before the first ':') -> OpenSIPS module providing it
+MODULE_OF = {
+    "udp": "event_datagram",
+    "unix": "event_datagram",
+    "tcp": "event_stream",
+    "jsonrpc": "event_stream",
+    "xmlrpc": "event_xmlrpc",
+    "http": "event_http",
+    "https": "event_http",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed subscriber socket string."""
+
+    transport: str        # udp, unix, tcp, jsonrpc, xmlrpc, http, https
+    printed: str          # as shown by subscribers_list (secrets masked)
+    match: tuple          # re-subscribing with an equal tuple refreshes
+    host: str = ""        # as written (unix: the path)
+    port: int = 0
+    method: str | None = None   # tcp /method, xmlrpc method
+    path: str = ""        # xmlrpc / http path (with query)
+    userinfo: str = ""    # http user:password, never printed
+
+    @property
+    def module(self) -> str:
+        return MODULE_OF[self.transport]
+
+
+def _port(text: str) -> int | None:
+    if not text.isdigit() or not text.isascii():
+        return None
+    port = int(text)
+    return port if 0 < port < 65536 else None
+
+
+def _host_port(rest: str):
+    host, sep, port_text = rest.partition(":")
+    port = _port(port_text) if sep else None
+    if not host or port is None:
+        return None
+    return host, port
+
+
+def parse_socket(text: str) -> Target | None:
+    """Parse a socket string; None when malformed or of an unknown transport."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport not in MODULE_OF:
+        return None
+    if transport == "udp":
+        hp = _host_port(rest)
+        if hp is None:
+            return None
+        host, port = hp
+        return Target("udp", f"udp:{host}:{port}", ("udp", host, port), host, port)
+    if transport == "unix":
+        if not rest:
+            return None
+        return Target("unix", f"unix:{rest}", ("unix", rest), rest)
+    if transport in ("tcp", "jsonrpc"):
+        address, slash, method = rest.partition("/")
+        hp = _host_port(address)
+        if hp is None:
+            return None
+        host, port = hp
+        method = method or None
+        printed = f"{transport}:{host}:{port}" + (f"/{method}" if method else "")
+        return Target(transport, printed, (transport, host, port, method),
+                      host, port, method)
+    if transport == "xmlrpc":
+        host, sep, rest = rest.partition(":")
+        address, sep2, method = rest.rpartition(":")
+        if not host or not sep or not sep2 or not method:
+            return None
+        port_text, slash, path = address.partition("/")
+        port = _port(port_text)
+        if port is None:
+            return None
+        path = "/" + path if slash else "/RPC2"
+        return Target("xmlrpc", text, ("xmlrpc", text), host, port, method, path)
+    # http / https: a URL
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError:
+        return None
+    if url.scheme != transport or not url.hostname or url.fragment:
+        return None
+    port = port or (443 if transport == "https" else 80)
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    userinfo = ""
+    printed = text
+    if "@" in url.netloc:
+        userinfo, _, hostport = url.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        masked = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+        printed = text.replace(url.netloc, masked, 1)
+    return Target(transport, printed, (transport, text), url.hostname, port,
+                  None, path, userinfo)
+
+
+def resolve(target: Target):
+    """The address to send to: an IPv4 (host, port) or a unix path.
+
+    Raises OSError when the host does not resolve (-> 400 at subscribe time).
+    http(s) keeps the host name (TLS needs it; the connection resolves it).
+    """
+    if target.transport == "unix":
+        return target.host
+    if target.transport in ("http", "https"):
+        _socket.getaddrinfo(target.host, target.port, type=_socket.SOCK_STREAM)
+        return (target.host, target.port)
+    return (_socket.gethostbyname(target.host), target.port)

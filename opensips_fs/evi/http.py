@@ -1,0 +1,102 @@
+"""`event_http` delivery [OURS]: `http://host[:port]/path` and `https://…` (EVI.md §4.5).
+
+Per notification one `POST <path>` with `Content-Type: application/json`
+and the exact JSON-RPC payload as the body, over one keep-alive connection
+per destination, one request in flight, in order, `TCP_NODELAY`. Any 2xx is
+delivered; another status, a timeout (5 s) or a connection error leaves the
+payload queued and retries it (the first retry at once, for a stale
+keep-alive connection, then backing off up to 1 s): at-least-once within the
+queue bound. https verifies certificates unless `verify_cert` is off.
+Credentials in the URL are sent as HTTP Basic and never printed.
+
+Built on the standard `http.client`, whose sockets are gevent's once the
+entry point has patched the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import ssl
+from urllib.parse import unquote
+
+from .delivery import Destination
+
+__all__ = ["HttpDestination", "TIMEOUT"]
+
+TIMEOUT = 5.0
+
+
+class HttpStatusError(OSError):
+    pass
+
+
+class HttpDestination(Destination):
+    transport = "http"
+    batch = 1
+
+    def __init__(self, key, label, queue_size, counters, target, verify_cert=True):
+        super().__init__(key, label, queue_size, counters)
+        self.target = target
+        self.transport = target.transport
+        self.verify_cert = verify_cert
+        self._conn = None
+        self.state = "ready"
+
+    def _connection(self):
+        if self._conn is None:
+            t = self.target
+            if t.transport == "https":
+                context = ssl.create_default_context()
+                if not self.verify_cert:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                conn = http.client.HTTPSConnection(t.host, t.port, timeout=TIMEOUT,
+                                                   context=context)
+            else:
+                conn = http.client.HTTPConnection(t.host, t.port, timeout=TIMEOUT)
+            self.state = "connecting"
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = conn
+            self.state = "connected"
+        return self._conn
+
+    def _headers(self, length: int) -> dict:
+        headers = {"Content-Type": "application/json", "Content-Length": str(length)}
+        if self.target.userinfo:
+            user, _, password = self.target.userinfo.partition(":")
+            token = f"{unquote(user)}:{unquote(password)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
+        return headers
+
+    def deliver(self) -> None:
+        if not self.inflight:
+            self.inflight = [self.queue.popleft()]
+        payload = self.inflight[0]
+        conn = self._connection()
+        try:
+            conn.request("POST", self.target.path, body=payload,
+                         headers=self._headers(len(payload)))
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._retrying(1)
+            if isinstance(exc, OSError):
+                raise
+            raise OSError(f"{exc.__class__.__name__}: {exc}") from exc
+        if response.will_close:
+            self.close()
+        if not 200 <= response.status < 300:
+            self._retrying(1)
+            raise HttpStatusError(f"HTTP {response.status} {response.reason}")
+        self.inflight = []
+        self._delivered(1)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if self.state == "connected":
+            self.state = "idle"

@@ -1,0 +1,345 @@
+"""The EVI registry: published events, subscribers, expiry and the EVI MI commands.
+
+Reproduces OpenSIPS's Event Interface (EVI.md §1-§2): the published events
+and their ids, `event_subscribe` (newest subscriber first, re-subscribing
+refreshes in place, `expire` 0 unsubscribes), lazy whole-second expiry
+(removed when the event is raised or listed, strictly after
+`subscription_time + expire`), `events_list`, `subscribers_list`,
+`raise_event`, plus our `evi_status` (per destination figures).
+
+Raising never blocks: the payload is serialized once and appended to each
+subscriber's destination queue (see `delivery`). `raise_freeswitch` is the
+hot path called from the ESL reader for every relayed event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
+from . import payload as P
+from .address import Target, parse_socket, resolve
+from .datagram import DatagramDestination
+from .delivery import DEFAULT_QUEUE_SIZE, Destination, EviCounters
+from .http import HttpDestination
+from .stream import StreamDestination
+from .xmlrpc import XmlRpcDestination, request, request_params
+
+__all__ = ["EviRegistry", "PUBLISHED_EVENTS", "DEFAULT_EXPIRE"]
+
+log = logging.getLogger("opensips_fs.evi")
+
+PUBLISHED_EVENTS = (
+    "E_CORE_SR_STATUS_CHANGED",
+    "E_CORE_THRESHOLD",
+    "E_CORE_SHM_THRESHOLD",
+    "E_CORE_PKG_THRESHOLD",
+    "E_CORE_PROC_AUTO_SCALE",
+    "E_CORE_TCP_DISCONNECT",
+    "E_PROFILING_SCRIPT",
+    "E_PROFILING_PROC",
+    "E_FREESWITCH",
+    "E_CORE_LOG",
+)
+DEFAULT_EXPIRE = 3600
+_NEVER = float("inf")
+
+
+class Subscriber:
+    """One row of the subscriber table."""
+
+    __slots__ = ("target", "expire", "since", "dest", "head", "xml_host")
+
+    def __init__(self, target: Target, expire: int, since: int, dest: Destination):
+        self.target = target
+        self.expire = expire
+        self.since = since
+        self.dest = dest
+        # a tcp /method override: the notification head for that method
+        self.head = P.method_head(target.method) if (
+            target.method and target.transport in ("tcp", "jsonrpc")) else None
+        self.xml_host = target.host if target.transport == "xmlrpc" else None
+
+    @property
+    def deadline(self) -> int:
+        return self.since + self.expire
+
+    def to_json(self, now: int) -> dict:
+        ttl = self.expire - (now - self.since)
+        return {"socket": self.target.printed, "expire": self.expire,
+                "ttl": ttl if ttl > 0 else "expired"}
+
+
+class Event:
+    __slots__ = ("id", "name", "subscribers", "next_deadline")
+
+    def __init__(self, id_: int, name: str):
+        self.id = id_
+        self.name = name
+        self.subscribers: list[Subscriber] = []
+        self.next_deadline = _NEVER
+
+    def refresh_deadline(self) -> None:
+        self.next_deadline = min((s.deadline for s in self.subscribers), default=_NEVER)
+
+
+class EviRegistry:
+    """Events, subscribers and their destinations (see module docstring)."""
+
+    def __init__(self, stats, transports: dict):
+        self.stats = stats
+        self.transports = dict(transports or {})
+        self.counters = EviCounters(stats)
+        self.events: dict[str, Event] = {}
+        for name in PUBLISHED_EVENTS:
+            self.events[name] = Event(len(self.events), name)
+        self._freeswitch = self.events["E_FREESWITCH"]
+        self._destinations: dict[tuple, Destination] = {}
+        self._sender_tails: dict[str, bytes] = {}
+        self._started = False
+        stats.gauge("evi", "subscribers",
+                    lambda: sum(len(e.subscribers) for e in self.events.values()))
+        stats.gauge("evi", "queued",
+                    lambda: sum(d.queued for d in self._destinations.values()))
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self._started = True
+        for dest in list(self._destinations.values()):
+            dest.start()
+
+    def stop(self) -> None:
+        self._started = False
+        for dest in list(self._destinations.values()):
+            dest.stop()
+
+    # -- raising --------------------------------------------------------------
+    def has_subscribers(self, name: str) -> bool:
+        event = self.events.get(name)
+        if event is None or not event.subscribers:
+            return False
+        self._expire(event, int(time.time()))
+        return bool(event.subscribers)
+
+    def raise_freeswitch(self, name: str, sender: str, body: bytes) -> None:
+        """Raise E_FREESWITCH (name, sender, body). The relay hot path."""
+        event = self._freeswitch
+        subscribers = event.subscribers
+        if not subscribers:
+            return
+        try:
+            now = time.time()
+            if now >= event.next_deadline + 1:
+                self._expire(event, int(now))
+                subscribers = event.subscribers
+                if not subscribers:
+                    return
+            text = body.decode("utf-8", "surrogateescape")
+            tail = P.freeswitch_tail(name, sender, text)
+            payload = P.FREESWITCH_HEAD + tail
+            for sub in subscribers:
+                if sub.head is None and sub.xml_host is None:
+                    sub.dest.put(payload)
+                else:
+                    self._put_special(sub, event.name,
+                                      [("name", name), ("sender", sender), ("body", text)],
+                                      tail, payload)
+        except Exception:  # never let a bad event hurt the ESL reader
+            log.exception("E_FREESWITCH raise failed (event %r from %r)", name, sender)
+
+    def raise_event(self, name: str, params=None) -> None:
+        """Raise any published event with params [(name, str|int)]; never blocks."""
+        event = self.events.get(name)
+        if event is None:
+            raise KeyError(f"event {name} is not published")
+        self._expire(event, int(time.time()))
+        if not event.subscribers:
+            return
+        note = P.notification(name, params)
+        for sub in event.subscribers:
+            if sub.head is None and sub.xml_host is None:
+                sub.dest.put(note.payload)
+            else:
+                self._put_special(sub, name, params, note.tail, note.payload)
+
+    def _put_special(self, sub: Subscriber, event: str, params, tail: bytes,
+                     payload: bytes) -> None:
+        if sub.head is not None:
+            sub.dest.put(sub.head + tail)
+        else:
+            t = sub.target
+            struct = bool(getattr(self.transports.get("event_xmlrpc"),
+                                  "use_struct_param", 0))
+            sub.dest.put(request(t.host, t.port, t.path, t.method, event,
+                                 request_params(params, struct)))
+
+    # -- subscriber table -------------------------------------------------------
+    def _expire(self, event: Event, now: int) -> None:
+        if now <= event.next_deadline:
+            return
+        keep = []
+        for sub in event.subscribers:
+            if sub.deadline < now:
+                self._release(sub.dest)
+            else:
+                keep.append(sub)
+        event.subscribers = keep
+        event.refresh_deadline()
+
+    def subscribe(self, event_name: str, socket_text: str, expire: int) -> None:
+        """`event_subscribe` minus the MI param reading (raises MiError 400)."""
+        event = self.events.get(event_name)
+        if event is None:
+            raise MiError(400, "Bad parameter value")
+        target = parse_socket(socket_text)
+        if target is None or target.module not in self.transports:
+            raise MiError(400, "Bad parameter value")
+        now = int(time.time())
+        for sub in event.subscribers:
+            if sub.target.match == target.match:
+                sub.since = now
+                sub.expire = expire
+                event.refresh_deadline()
+                return
+        try:
+            address = resolve(target)
+        except OSError:
+            raise MiError(400, "Bad parameter value") from None
+        dest = self._acquire(target, address)
+        sub = Subscriber(target, expire, now, dest)
+        event.subscribers.insert(0, sub)
+        event.refresh_deadline()
+
+    # -- destinations -------------------------------------------------------------
+    def _queue_size(self, module: str) -> int:
+        return int(getattr(self.transports.get(module), "queue_size", DEFAULT_QUEUE_SIZE)
+                   or DEFAULT_QUEUE_SIZE)
+
+    def _acquire(self, target: Target, address) -> Destination:
+        transport = target.transport
+        if transport in ("tcp", "jsonrpc"):
+            key = ("tcp", address)
+            label = f"tcp:{address[0]}:{address[1]}"
+        elif transport == "xmlrpc":
+            key = ("xmlrpc", address, target.path)
+            label = f"xmlrpc:{address[0]}:{address[1]}{target.path}"
+        elif transport in ("http", "https"):
+            key = (transport, target.host, target.port, target.userinfo)
+            label = f"{transport}://{target.host}:{target.port}"
+        elif transport == "unix":
+            key = ("unix", address)
+            label = f"unix:{address}"
+        else:
+            key = ("udp", address)
+            label = f"udp:{address[0]}:{address[1]}"
+        dest = self._destinations.get(key)
+        if dest is None:
+            size = self._queue_size(target.module)
+            if transport in ("tcp", "jsonrpc"):
+                dest = StreamDestination(key, label, size, self.counters, address)
+            elif transport == "xmlrpc":
+                dest = XmlRpcDestination(key, label, size, self.counters, address)
+            elif transport in ("http", "https"):
+                verify = getattr(self.transports.get("event_http"), "verify_cert", True)
+                dest = HttpDestination(key, label, size, self.counters, target,
+                                       verify_cert=bool(verify))
+            else:
+                dest = DatagramDestination(key, label, size, self.counters, address)
+            dest.on_retired = self._retired
+            self._destinations[key] = dest
+            if self._started:
+                dest.start()
+        elif dest.refs == 0:
+            dest.revive()
+            if self._started:
+                dest.start()
+        dest.refs += 1
+        return dest
+
+    def _release(self, dest: Destination) -> None:
+        dest.refs -= 1
+        if dest.refs <= 0:
+            dest.retire()
+            if not dest.queued and dest._greenlet is None:
+                self._retired(dest)
+
+    def _retired(self, dest: Destination) -> None:
+        if dest.refs <= 0 and self._destinations.get(dest.key) is dest:
+            del self._destinations[dest.key]
+            dest.stop()
+
+    def destinations(self) -> list[Destination]:
+        return list(self._destinations.values())
+
+    # -- MI -------------------------------------------------------------------------
+    def mi_commands(self) -> list[MiCommand]:
+        return [
+            MiCommand("evi", "subscribe", "event_subscribe",
+                      [["event", "socket"], ["event", "socket", "expire"]],
+                      self._mi_subscribe),
+            MiCommand("evi", "list", "events_list", [[]], self._mi_list),
+            MiCommand("evi", "subscribers", "subscribers_list",
+                      [[], ["event"], ["event", "socket"]], self._mi_subscribers),
+            MiCommand("evi", "raise", "raise_event", [["event"], ["event", "params"]],
+                      self._mi_raise),
+            MiCommand("evi", "status", "evi_status", [[]], self._mi_status,
+                      help="per EVI destination: queue, sent, dropped, retried, errors"),
+        ]
+
+    def _mi_subscribe(self, params):
+        expire = DEFAULT_EXPIRE
+        if "expire" in params:
+            expire = params.int("expire")
+            if expire < 0:
+                raise invalid_params("Negative expire value")
+        event = params.string("event")
+        if not event:
+            raise bad_type("event")
+        socket_text = params.string("socket")
+        if not socket_text:
+            raise bad_type("socket")
+        self.subscribe(event, socket_text, expire)
+        return "OK"
+
+    def _mi_list(self, params):
+        return {"Events": [{"name": e.name, "id": e.id} for e in self.events.values()]}
+
+    def _mi_subscribers(self, params):
+        now = int(time.time())
+        if "event" not in params:
+            listed = []
+            for event in self.events.values():
+                self._expire(event, now)
+                if event.subscribers:
+                    listed.append({"name": event.name, "id": event.id,
+                                   "Subscribers": [s.to_json(now) for s in event.subscribers]})
+            return {"Events": listed}
+        event = self.events.get(params.string("event"))
+        if event is None:
+            raise MiError(404, "Event not published")
+        self._expire(event, now)
+        if "socket" in params:
+            target = parse_socket(params.string("socket"))
+            for sub in event.subscribers:
+                if target is not None and sub.target.match == target.match:
+                    return {"Event": {"name": event.name, "id": event.id,
+                                      "Subscriber": sub.to_json(now)}}
+            raise MiError(404, "Subscriber does not exist")
+        if not event.subscribers:
+            return {"Event": {}}
+        return {"Event": {"name": event.name, "id": event.id,
+                          "Subscribers": [s.to_json(now) for s in event.subscribers]}}
+
+    def _mi_raise(self, params):
+        event = self.events.get(params.string("event"))
+        if event is None:
+            raise MiError(404, "Event not registered")
+        self._expire(event, int(time.time()))
+        if not event.subscribers:
+            raise MiError(480, "Temporarily Unavailable")
+        self.raise_event(event.name, P.parse_mi_params(params.raw("params")))
+        return "OK"
+
+    def _mi_status(self, params):
+        return {"Destinations": [d.status() for d in self._destinations.values()]}
