@@ -1,0 +1,410 @@
+"""The `freeswitch` table: where `fs_reload` reads its sockets (FSS.md §6, §12).
+
+`FsDatabase` turns an OpenSIPS `db_url` into a peewee database, checks the
+`version` row of the table (it must be 1, as OpenSIPS checks it) and reads the
+rows with the configured table and column names, in primary-key order.
+
+No driver call ever runs on the gevent hub's time: SQLite (a C library that
+blocks) runs in the hub's thread pool; MySQL/MariaDB goes through pymysql,
+which is pure Python and cooperative once `socket` is patched (otherwise the
+thread pool again); PostgreSQL goes through psycopg2 with psycogreen's gevent
+wait callback (the standard way), or the thread pool when psycogreen is
+missing. Every call is bounded by `timeout` seconds (driver timeouts, plus a
+gevent timeout around the cooperative ones), so a slow or dead server gives a
+`DbError` instead of a stalled service.
+
+`row_subscription(row)` validates one row the way opensips-fs loads it: a row
+without password, ip or events is refused with `BadRow` (OpenSIPS aborts the
+whole reload there; we skip the row), empty CSV fields are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import gevent
+import peewee
+
+from .url import DEFAULT_PORT
+
+__all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbUrl", "DbVersionError", "FsDatabase",
+           "FsRow", "RowSubscription", "parse_db_url", "row_subscription"]
+
+log = logging.getLogger("opensips_fs.db")
+
+TABLE_VERSION = 1
+_CSV_TRIM = " \t\r\n"
+
+
+class DbError(Exception):
+    """The table cannot be read: server down, missing table, query error..."""
+
+
+class DbVersionError(DbError):
+    """The `version` row of the table is missing or is not 1."""
+
+
+class BadRow(ValueError):
+    """A row that cannot become a subscription (says which column)."""
+
+
+@dataclass(frozen=True)
+class FsRow:
+    """One row of the `freeswitch` table, as the driver returned it."""
+
+    id: int | None
+    username: str | None
+    password: str | None
+    ip: str | None
+    port: int | None
+    events_csv: str | None
+
+    def __repr__(self) -> str:  # never show the password
+        return (f"FsRow(id={self.id!r}, username={self.username!r}, ip={self.ip!r}, "
+                f"port={self.port!r}, events_csv={self.events_csv!r})")
+
+
+@dataclass(frozen=True)
+class RowSubscription:
+    """A valid row: the socket it names and the events it wants, CSV order."""
+
+    row_id: int | None
+    host: str
+    port: int
+    username: str | None
+    password: str
+    events: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"RowSubscription(id={self.row_id!r}, {self.host}:{self.port}, events={self.events!r})"
+
+
+def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSubscription:
+    """Validate one row (FSS.md §6.1 step 6, [EMU] §6.2/§6.3); raise `BadRow`."""
+    names = columns or {}
+
+    def col(key: str) -> str:
+        return names.get(key, key)
+
+    if not row.password:
+        raise BadRow(f"value in column {col('password')} cannot be {_empty_or_null(row.password)}")
+    ip = row.ip.strip() if isinstance(row.ip, str) else row.ip
+    if not ip:
+        raise BadRow(f"value in column {col('ip')} cannot be {_empty_or_null(row.ip)}")
+    if row.events_csv is None or row.events_csv == "":
+        raise BadRow(f"value in column {col('events')} cannot be {_empty_or_null(row.events_csv)}")
+    events = tuple(field for field in (f.strip(_CSV_TRIM) for f in str(row.events_csv).split(","))
+                   if field)
+    if not events:
+        raise BadRow(f"value in column {col('events')} has no event name: {row.events_csv!r}")
+    try:
+        port = int(row.port) if row.port is not None else 0
+    except (TypeError, ValueError):
+        raise BadRow(f"value in column {col('port')} is not a port number: {row.port!r}") from None
+    if not 0 <= port <= 65535:
+        raise BadRow(f"value in column {col('port')} is out of range: {port}")
+    return RowSubscription(row_id=row.id, host=str(ip), port=port or DEFAULT_PORT,
+                           username=row.username or None, password=str(row.password),
+                           events=events)
+
+
+def _empty_or_null(value) -> str:
+    return "null" if value is None else "empty"
+
+
+# --------------------------------------------------------------------- URLs
+
+@dataclass(frozen=True)
+class DbUrl:
+    engine: str                 # "sqlite", "mysql" or "postgres"
+    database: str               # file path for sqlite, database name otherwise
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = None
+
+    def masked(self) -> str:
+        """The URL for log lines and error messages: password replaced by ***."""
+        if self.engine == "sqlite":
+            return f"sqlite://{self.database}"
+        auth = ""
+        if self.user is not None:
+            auth = self.user + (":***" if self.password else "") + "@"
+        port = f":{self.port}" if self.port else ""
+        return f"{self.engine}://{auth}{self.host}{port}/{self.database}"
+
+    def __repr__(self) -> str:
+        return f"DbUrl({self.masked()!r})"
+
+
+_ENGINES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgres", "postgresql": "postgres"}
+
+
+def parse_db_url(url: str, base_dir: str | None = None) -> DbUrl:
+    """Parse an OpenSIPS db_url; raise `DbError` saying what is wrong.
+
+    `sqlite:///abs/path` or `sqlite://path/relative/to/base_dir`;
+    `mysql://user:pass@host[:port]/db`; `postgres://user:pass@host[:port]/db`.
+    """
+    scheme, sep, rest = (url or "").partition("://")
+    engine = _ENGINES.get(scheme.lower())
+    if not sep or engine is None:
+        raise DbError(f"unsupported db_url {_mask(url)!r}: valid forms are sqlite:///abs/path, "
+                      "sqlite://relative/path, mysql://user:pass@host[:port]/db, "
+                      "postgres://user:pass@host[:port]/db")
+    if engine == "sqlite":
+        if not rest:
+            raise DbError("db_url sqlite:// names no file")
+        path = rest if os.path.isabs(rest) else os.path.join(base_dir or os.getcwd(), rest)
+        return DbUrl("sqlite", os.path.normpath(path))
+    at = rest.rfind("@")
+    userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else ("", rest)
+    hostport, slash, database = hostpart.partition("/")
+    if not slash or not database:
+        raise DbError(f"db_url {_mask(url)!r} names no database")
+    host, colon, port_text = hostport.partition(":")
+    if not host:
+        raise DbError(f"db_url {_mask(url)!r} names no host")
+    port = None
+    if colon:
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            raise DbError(f"bad port {port_text!r} in db_url {_mask(url)!r}")
+        port = int(port_text)
+    user = password = None
+    if at >= 0:
+        user, _, password = userinfo.partition(":")
+        user, password = unquote(user) or None, unquote(password) or None
+    return DbUrl(engine, database, host=host, port=port, user=user, password=password)
+
+
+def _mask(url) -> str:
+    text = str(url or "")
+    scheme_end = text.find("://")
+    at = text.rfind("@")
+    if scheme_end >= 0 and at > scheme_end:
+        userinfo = text[scheme_end + 3:at]
+        if ":" in userinfo:
+            return f"{text[:scheme_end + 3]}{userinfo.split(':', 1)[0]}:***{text[at:]}"
+    return text
+
+
+# ------------------------------------------------------------------ database
+
+_psycogreen_done = False
+
+
+def _cooperative_postgres() -> bool:
+    """Install psycogreen's gevent wait callback once; False if unavailable."""
+    global _psycogreen_done
+    if not _psycogreen_done:
+        try:
+            from psycogreen.gevent import patch_psycopg
+        except ImportError:
+            return False
+        patch_psycopg()
+        _psycogreen_done = True
+    return True
+
+
+def _socket_patched() -> bool:
+    from gevent import monkey
+    return monkey.is_module_patched("socket")
+
+
+class FsDatabase:
+    """Reads the `freeswitch` table named by `db_url` (one connection per read)."""
+
+    def __init__(self, db_url: str, base_dir: str | None = None, table: str = "freeswitch",
+                 col_username: str = "username", col_password: str = "password",
+                 col_ip: str = "ip", col_port: str = "port", col_events: str = "events_csv",
+                 timeout: float = 10.0):
+        self.url = parse_db_url(db_url, base_dir)
+        self.table = table
+        self.columns = {"username": col_username, "password": col_password, "ip": col_ip,
+                        "port": col_port, "events": col_events}
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"FsDatabase({self.url.masked()!r}, table={self.table!r})"
+
+    @property
+    def engine(self) -> str:
+        return self.url.engine
+
+    # -- public API -------------------------------------------------------
+
+    def load(self) -> list[FsRow]:
+        """Check the version row, then read every row (primary-key order)."""
+        return self._run(self._load_blocking, "read")
+
+    def ensure_schema(self) -> bool:
+        """Create the SQLite file, `version` table, data table and version row.
+
+        Only for an embedded SQLite DB and only what is missing: an existing
+        data table is left alone (a wrong version row stays wrong). Returns
+        True when the data table was created.
+        """
+        if self.url.engine != "sqlite":
+            return False
+        return self._run(self._ensure_schema_blocking, "create the schema of")
+
+    # -- running driver calls off the hub ---------------------------------
+
+    def _run(self, func, what: str):
+        try:
+            if self._cooperative():
+                with gevent.Timeout(self.timeout, DbError(
+                        f"no answer from {self.url.masked()} within {self.timeout:g} s")):
+                    return func()
+            return gevent.get_hub().threadpool.apply(func)
+        except DbError:
+            raise
+        except (peewee.PeeweeException, OSError, ValueError) as exc:
+            raise DbError(f"cannot {what} table {self.table!r} in {self.url.masked()}: "
+                          f"{_one_line(exc)}") from None
+        except Exception as exc:  # driver-specific errors (pymysql/psycopg2) not wrapped by peewee
+            raise DbError(f"cannot {what} table {self.table!r} in {self.url.masked()}: "
+                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+
+    def _cooperative(self) -> bool:
+        if self.url.engine == "mysql":
+            return _socket_patched()
+        if self.url.engine == "postgres":
+            return _cooperative_postgres()
+        return False
+
+    def _database(self) -> peewee.Database:
+        u, t = self.url, max(1, int(self.timeout + 0.999))
+        if u.engine == "sqlite":
+            return peewee.SqliteDatabase(u.database, timeout=self.timeout)
+        if u.engine == "mysql":
+            return peewee.MySQLDatabase(u.database, host=u.host, port=u.port or 3306, user=u.user,
+                                        password=u.password or "", connect_timeout=t,
+                                        read_timeout=t, write_timeout=t, charset="utf8mb4")
+        return peewee.PostgresqlDatabase(u.database, host=u.host, port=u.port or 5432,
+                                         user=u.user, password=u.password, connect_timeout=t,
+                                         options=f"-c statement_timeout={t * 1000}")
+
+    def _models(self, db: peewee.Database, with_id: bool):
+        class Version(peewee.Model):
+            table_name = peewee.CharField(max_length=32)
+            table_version = peewee.IntegerField(default=0)
+
+            class Meta:
+                database = db
+                table_name = "version"
+                primary_key = False
+
+        cols = self.columns
+        fields = {
+            "username": peewee.BareField(column_name=cols["username"], null=True),
+            "password": peewee.BareField(column_name=cols["password"], null=True),
+            "ip": peewee.BareField(column_name=cols["ip"], null=True),
+            "port": peewee.BareField(column_name=cols["port"], null=True),
+            "events": peewee.BareField(column_name=cols["events"], null=True),
+        }
+        meta = {"database": db, "table_name": self.table}
+        if with_id:
+            fields["id"] = peewee.IntegerField(column_name="id", primary_key=True)
+        else:
+            meta["primary_key"] = False
+        fields["Meta"] = type("Meta", (), meta)
+        return Version, type("FsTable", (peewee.Model,), fields)
+
+    # -- blocking bodies (run in a pool thread or a cooperative greenlet) --
+
+    def _load_blocking(self) -> list[FsRow]:
+        db = self._database()
+        try:
+            db.connect()
+            version_model, _ = self._models(db, False)
+            found = list(version_model.select(version_model.table_version)
+                         .where(version_model.table_name == self.table).limit(1).tuples())
+            if not found:
+                raise DbVersionError(f"{self.table!r} record not found in 'version' table, "
+                                     f"expected version {TABLE_VERSION}")
+            version = found[0][0]
+            if _as_int(version) != TABLE_VERSION:
+                raise DbVersionError(f"invalid version {version} for table {self.table!r} found, "
+                                     f"expected {TABLE_VERSION}")
+            column_names = {c.name.lower() for c in db.get_columns(self.table)}
+            with_id = "id" in column_names
+            _, table = self._models(db, with_id)
+            query = table.select(*( [table.id] if with_id else []), table.username, table.password,
+                                 table.ip, table.port, table.events)
+            if with_id:
+                query = query.order_by(table.id)
+            rows = []
+            for n, values in enumerate(query.tuples(), start=1):
+                if not with_id:
+                    values = (n, *values)
+                rid, username, password, ip, port, events = values
+                rows.append(FsRow(_as_int(rid), _text(username), _text(password), _text(ip),
+                                  _as_int(port) if port is not None else None, _text(events)))
+            return rows
+        finally:
+            _close_quietly(db)
+
+    def _ensure_schema_blocking(self) -> bool:
+        parent = os.path.dirname(self.url.database)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        db = self._database()
+        try:
+            db.connect()
+            if self.table in db.get_tables():
+                return False
+            q = _quote_sqlite
+            c = self.columns
+            with db.atomic():
+                db.execute_sql(
+                    "CREATE TABLE IF NOT EXISTS version (table_name CHAR(32) NOT NULL, "
+                    "table_version INTEGER DEFAULT 0 NOT NULL, "
+                    "CONSTRAINT version_t_name_idx UNIQUE (table_name))")
+                db.execute_sql(
+                    f"CREATE TABLE {q(self.table)} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
+                    f"{q(c['username'])} CHAR(64), {q(c['password'])} CHAR(64) NOT NULL, "
+                    f"{q(c['ip'])} CHAR(20) NOT NULL, {q(c['port'])} INTEGER DEFAULT 8021 NOT NULL, "
+                    f"{q(c['events'])} CHAR(255))")
+                db.execute_sql("INSERT OR IGNORE INTO version (table_name, table_version) "
+                               "VALUES (?, ?)", (self.table, TABLE_VERSION))
+            log.info("created table %s (version %d) in %s", self.table, TABLE_VERSION,
+                     self.url.masked())
+            return True
+        finally:
+            _close_quietly(db)
+
+
+def _quote_sqlite(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _as_int(value):
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _close_quietly(db: peewee.Database) -> None:
+    try:
+        db.close()
+    except Exception:  # the connection may be dead already: nothing to release
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
