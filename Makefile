@@ -1,0 +1,65 @@
+# opensips-fs
+#
+#   make run     create .venv if needed, install, run on etc/opensips-fs.cfg (Ctrl-C stops)
+#   make test    same venv with the test extras, run the test suite
+#   make check   check the configuration file (CONFIG=...)
+#   make demo    simulator + opensips-fs + an E_FREESWITCH printer, until Ctrl-C
+#   make clean   remove the venv and build leftovers (keeps var/, the SQLite data)
+#
+# The venv is (re)installed only when setup.cfg or setup.py change (stamp
+# files), so every target is quick once set up. The install is editable:
+# code changes need no reinstall.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CONFIG      ?= etc/opensips-fs.cfg
+ARGS        ?=
+PYTEST_ARGS ?= -q
+CPS         ?= 2
+
+BIN        := $(VENV)/bin
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+DEPS       := setup.cfg setup.py
+PIP        := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.DEFAULT_GOAL := help
+.PHONY: help run test check demo clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+# Debian/Ubuntu keep ensurepip in the python3-venv package; without it, build
+# the venv without pip and bootstrap pip from the standard get-pip script.
+$(BIN)/python:
+	@echo "creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	    echo "$(PYTHON) -m venv failed (no ensurepip?): bootstrapping pip; on Debian/Ubuntu 'apt-get install python3-venv' avoids this"; \
+	    rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) && \
+	    $(BIN)/python -c "import urllib.request as u; u.urlretrieve('https://bootstrap.pypa.io/get-pip.py', '$(VENV)/get-pip.py')" && \
+	    $(BIN)/python $(VENV)/get-pip.py -q --disable-pip-version-check; }
+
+$(RUN_STAMP): $(DEPS) | $(BIN)/python
+	$(PIP) -e .
+	@touch $@
+
+$(TEST_STAMP): $(DEPS) | $(BIN)/python
+	$(PIP) -e '.[test]'
+	@touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
+	@mkdir -p var
+	exec $(BIN)/opensips-fs -f $(CONFIG) $(ARGS)
+
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+check: $(RUN_STAMP)
+	$(BIN)/opensips-fs -c -f $(CONFIG)
+
+demo: $(RUN_STAMP)
+	exec $(BIN)/python -m opensips_fs.tools.demo --calls-per-second $(CPS) $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,230 @@
+"""The running service: builds every room from the config and wires them.
+
+Start-up order (each room gets what the earlier ones built):
+
+1. `Stats` — shared counters;
+2. `esl.manager.EslManager` — only if ``freeswitch`` is loaded;
+3. `evi.registry.EviRegistry` — with the loaded ``event_*`` transports;
+4. `scripting.Scripting` — only if ``freeswitch_scripting`` is loaded (it
+   sets the manager's event sink, loads the DB and the fs_subscribe params);
+5. `mi.commands.MiRegistry` — core + statistics + EVI + scripting commands;
+6. the MI transports: HTTP (``httpd`` + ``mi_http``), FIFO, datagram.
+
+`stop()` stops what was started, in reverse order, and never raises. A room
+that fails to start (a listener that cannot bind, a FIFO path that is not
+writable…) makes `start()` stop what already runs and raise `StartupError`
+with a message naming the address.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from typing import Any, Callable
+
+from gevent.event import Event
+
+from . import __version__, logs
+from .config import Config
+from .mi import StartupError
+from .stats import Stats
+
+__all__ = ["App", "StartupError"]
+
+log = logging.getLogger(__name__)
+
+
+def _room(module: str) -> Any | None:
+    """Import a room's module, or None if that room is not part of this build."""
+    try:
+        return importlib.import_module(module, __package__)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.lstrip(".") in exc.name:
+            return None
+        raise
+
+
+class App:
+    """opensips-fs as one object: ``App(config).start()`` … ``stop()``."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.stats = Stats()
+        self.started_at: float | None = None
+        self.manager = None
+        self.evi = None
+        self.scripting = None
+        self.registry = None
+        self.context = None          # mi.core.CoreContext, once the MI is built
+        self.shutdown_requested = Event()
+        self.transports: list[tuple[str, str, Any]] = []   # (what, address, server)
+        self._running: list[tuple[str, Any]] = []          # (what, room), start order
+        self._stopped = False
+        self._up = False
+
+    # -- start
+
+    def start(self) -> "App":
+        """Build and start every room; raises `StartupError` (after stopping
+        whatever had started) when one cannot start."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        cfg = self.config
+        self.started_at = time.time()
+        log.info("starting opensips-fs %s (config %s)", __version__, cfg.path)
+
+        if cfg.freeswitch is not None:
+            manager = self._need("freeswitch", ".esl.manager")
+            if manager is not None:
+                self.manager = manager.EslManager(cfg.freeswitch, self.stats)
+                self._start_room("ESL connection manager", self.manager)
+
+        evi = _room(".evi.registry")
+        if evi is not None:
+            self.evi = evi.EviRegistry(self.stats, cfg.evi_transports())
+            self._start_room("event interface", self.evi)
+        elif cfg.evi_transports():
+            log.warning("event delivery is not part of this build: %s ignored",
+                        ", ".join(cfg.evi_transports()))
+
+        scripting = None
+        if cfg.freeswitch_scripting is not None and self.manager is not None:
+            scripting = self._need("freeswitch_scripting", ".scripting")
+        if scripting is not None:
+            self.scripting = scripting.Scripting(cfg.freeswitch_scripting, self.manager,
+                                                 self.evi, self.stats, cfg.dir)
+            self._start_room("freeswitch_scripting", self.scripting)
+
+        self._start_mi()
+        self._up = True
+        log.log(logs.NOTICE, "opensips-fs %s started: %s", __version__, ", ".join(
+            f"{what} on {where}" for what, where, _ in self.transports) or "no MI listener")
+
+    def _start_mi(self) -> None:
+        cfg = self.config
+        mi_commands = _room(".mi.commands")
+        if mi_commands is None:
+            if any((cfg.mi_http, cfg.mi_fifo, cfg.mi_datagram)):
+                log.warning("the MI is not part of this build: no MI listener started")
+            return
+        self.registry = mi_commands.MiRegistry(self.stats)
+        core = _room(".mi.core")
+        if core is not None:
+            self.context = core.CoreContext(
+                started_at=self.started_at, stats=self.stats, processes=self.processes,
+                get_log_level=logs.get_level, set_log_level=logs.set_level,
+                registry=self.registry, shutdown=self.shutdown)
+            self.registry.register(core.statistics_commands(self.stats))
+            self.registry.register(core.core_commands(self.context))
+        if self.evi is not None:
+            self.registry.register(self.evi.mi_commands())
+        if self.scripting is not None:
+            self.registry.register(self.scripting.mi_commands())
+
+        if cfg.httpd is not None and cfg.mi_http is None:
+            log.log(logs.NOTICE, "httpd is loaded without mi_http: no HTTP listener to start")
+        # (module, room, what, address, build the server from the room's module)
+        listeners = [
+            ("mi_http", ".mi.http", "MI HTTP",
+             f"{cfg.httpd.address}/{cfg.mi_http.root}" if cfg.mi_http else "",
+             lambda room: room.MiHttpServer(cfg.httpd, cfg.mi_http, self.registry, self.stats)),
+            ("mi_fifo", ".mi.fifo", "MI FIFO",
+             cfg.mi_fifo.fifo_name if cfg.mi_fifo else "",
+             lambda room: room.MiFifoServer(cfg.mi_fifo, self.registry, self.stats)),
+            ("mi_datagram", ".mi.datagram", "MI datagram",
+             cfg.mi_datagram.socket_name if cfg.mi_datagram else "",
+             lambda room: room.MiDatagramServer(cfg.mi_datagram, self.registry, self.stats)),
+        ]
+        for module, room_name, what, address, build in listeners:
+            if getattr(cfg, module) is None:
+                continue
+            room = self._need(module, room_name)
+            if room is not None:
+                self._start_transport(what, address, lambda: build(room))
+
+    def _need(self, module: str, room: str):
+        """The room implementing a loaded module; None (with a warning) while
+        that room is not part of this build."""
+        found = _room(room)
+        if found is None:
+            log.warning('module "%s" is loaded but not part of this build yet: skipped', module)
+        return found
+
+    def _start_room(self, what: str, room) -> None:
+        try:
+            room.start()
+        except StartupError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "StartupError":
+                raise StartupError(f"cannot start the {what}: {exc}") from exc
+            log.exception("cannot start the %s", what)
+            raise StartupError(f"cannot start the {what}: {_reason(exc)}") from exc
+        self._running.append((what, room))
+
+    def _start_transport(self, what: str, address: str, build: Callable[[], Any]) -> None:
+        try:
+            server = build()
+            server.start()
+        except Exception as exc:
+            reason = _reason(exc)
+            if address in reason:
+                raise StartupError(f"cannot start {what}: {reason}") from exc
+            raise StartupError(f"cannot start {what} on {address}: {reason}") from exc
+        self.transports.append((what, address, server))
+        self._running.append((f"{what} on {address}", server))
+
+    def shutdown(self) -> None:
+        """Ask the owner of the app (the command line) to stop it: what MI
+        `kill` and the signal handlers call."""
+        self.shutdown_requested.set()
+
+    # -- what MI `ps` lists
+
+    def processes(self) -> list[str]:
+        """The logical workers, named like OpenSIPS's processes (MI `ps`)."""
+        cfg = self.config
+        names = ["attendant"]
+        if cfg.freeswitch is not None:
+            names.append("FS Manager")
+        if cfg.event_stream is not None:
+            names.append("event_stream Sender")
+        if cfg.mi_http is not None:
+            names.append(f"HTTPD {cfg.httpd.address}")
+        if cfg.mi_datagram is not None:
+            names.append("MI Datagram")
+        if cfg.mi_fifo is not None:
+            names.append("MI FIFO")
+        names += ["time_keeper", "timer"]
+        return names
+
+    # -- stop
+
+    def stop(self) -> None:
+        """Stop every started room in reverse order; never raises."""
+        if self._stopped:
+            return
+        self._stopped = True
+        while self._running:
+            what, room = self._running.pop()
+            try:
+                room.stop()
+            except Exception:
+                log.exception("error while stopping the %s", what)
+        self.transports.clear()
+        if self._up:
+            log.log(logs.NOTICE, "opensips-fs stopped")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

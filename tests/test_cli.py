@@ -1,0 +1,245 @@
+"""The `opensips-fs` command as a user runs it: exit codes, config check,
+start, clean stop on SIGTERM/SIGINT, start-up failures naming the address."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from opensips_fs import __version__
+
+pytestmark = pytest.mark.timeout(30)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CFG = REPO / "etc" / "opensips-fs.cfg"
+HAVE_MI_HTTP = (REPO / "opensips_fs" / "mi" / "http.py").exists()
+HAVE_MI_FIFO = (REPO / "opensips_fs" / "mi" / "fifo.py").exists()
+
+
+def opensips_fs(*args, timeout=15):
+    return subprocess.run([sys.executable, "-m", "opensips_fs", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out (bind to 0) and released."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_config(tmp_path, http_port=None, extra=""):
+    """The default config, copied, with every fixed address moved to tmp_path
+    or to a free port (tests never touch the default ports and paths)."""
+    text = DEFAULT_CFG.read_text()
+    text = text.replace('"port", 8888', f'"port", {http_port or free_port()}')
+    text = text.replace('"/tmp/opensips_fifo"', f'"{tmp_path}/fifo"')
+    text = text.replace('"reply_dir", "/tmp/"', f'"reply_dir", "{tmp_path}/"')
+    text = text.replace("udp:127.0.0.1:8080", f"udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}")
+    text = text.replace('"sqlite://../var/opensips-fs.sqlite"', '"sqlite://fs.sqlite"')
+    assert "8888" not in text.replace("127.0.0.1:8888/mi", "") and "/tmp/opensips_fifo" not in text
+    path = tmp_path / "opensips-fs.cfg"
+    path.write_text(text + extra)
+    return path
+
+
+class Service:
+    """opensips-fs running in a subprocess, stderr captured to a file."""
+
+    def __init__(self, cfg, *args):
+        self.log_path = Path(str(cfg) + ".log")
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "opensips_fs", "-f", str(cfg), *args],
+            stdout=subprocess.DEVNULL, stderr=self.log_file, cwd=REPO)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for(self, text, timeout=10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode} before {text!r}:\n{self.log}")
+            time.sleep(0.02)
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.log}")
+
+    def stop(self, signum=signal.SIGTERM, timeout=10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log_file.close()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log_file.close()
+
+
+@pytest.fixture
+def services():
+    started = []
+
+    def start(cfg, *args):
+        service = Service(cfg, *args)
+        started.append(service)
+        return service
+    yield start
+    for service in started:
+        service.kill()
+
+
+def mi_http(port, method, params=None, root="mi"):
+    body = {"jsonrpc": "2.0", "method": method, "id": 1}
+    if params is not None:
+        body["params"] = params
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/{root}",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+# ---------------------------------------------------------------- exit codes
+
+def test_version():
+    result = opensips_fs("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"opensips-fs {__version__}"
+    assert opensips_fs("-V").stdout.strip() == f"opensips-fs {__version__}"
+
+
+def test_check_good_config_exits_0(tmp_path):
+    cfg = make_config(tmp_path)
+    result = opensips_fs("-c", "-f", cfg)
+    assert result.returncode == 0, result.stderr
+    assert "config file ok" in result.stderr
+
+
+def test_check_default_config_exits_0():
+    result = opensips_fs("-c", "-f", DEFAULT_CFG)
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_bad_config_exits_1_with_file_line(tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text('loadmodule "httpd.so"\n\nmodparam("httpd", "port", "eighty")\n')
+    result = opensips_fs("-c", "-f", cfg)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{cfg}:3: ")
+    assert "expects an integer" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_missing_file_exits_1(tmp_path):
+    result = opensips_fs("-c", "-f", tmp_path / "none.cfg")
+    assert result.returncode == 1
+    assert f"{tmp_path / 'none.cfg'}: cannot read config file" in result.stderr
+
+
+def test_run_with_bad_config_exits_1_without_starting(tmp_path):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text('loadmodule "sl.so"\n')
+    result = opensips_fs("-f", cfg)
+    assert result.returncode == 1
+    assert f'{cfg}:1: unknown module "sl"' in result.stderr
+
+
+def test_bad_log_level_option_is_a_usage_error(tmp_path):
+    result = opensips_fs("-c", "-l", "loud", "-f", make_config(tmp_path))
+    assert result.returncode == 2
+    assert "bad log level 'loud'" in result.stderr
+
+
+def test_missing_config_option_is_a_usage_error():
+    result = opensips_fs("-c")
+    assert result.returncode == 2
+    assert "-f" in result.stderr
+
+
+def test_check_logs_ignored_module_notes(tmp_path):
+    cfg = tmp_path / "frag.cfg"
+    cfg.write_text('loadmodule "db_mysql.so"\nloadmodule "proto_udp.so"\n')
+    result = opensips_fs("-c", "-f", cfg)
+    assert result.returncode == 0
+    assert f'NOTICE:core:main: {cfg}:1: loadmodule "db_mysql.so" ignored' in result.stderr
+    assert f"{cfg}:2: " in result.stderr
+
+
+# ---------------------------------------------------------------- start / stop
+
+def test_minimal_config_starts_and_stops_on_sigterm(tmp_path, services):
+    cfg = tmp_path / "empty.cfg"
+    cfg.write_text("log_level=3\n")
+    service = services(cfg)
+    service.wait_for("started")
+    assert service.stop(signal.SIGTERM) == 0
+    assert "SIGTERM received, stopping" in service.log
+    assert "opensips-fs stopped" in service.log
+
+
+def test_log_level_option_overrides_config(tmp_path, services):
+    cfg = tmp_path / "quiet.cfg"
+    cfg.write_text("log_level=-1\n")
+    service = services(cfg, "-l", "info")
+    service.wait_for("INFO:core:_start: starting opensips-fs")
+    assert service.stop(signal.SIGINT) == 0
+    assert "SIGINT received" in service.log
+    quiet = services(cfg)
+    time.sleep(0.5)
+    assert quiet.stop() == 0
+    assert quiet.log == ""     # errors only: a clean run prints nothing
+
+
+@pytest.mark.skipif(not HAVE_MI_HTTP, reason="MI over HTTP not built yet")
+def test_default_config_copy_answers_mi_and_stops_cleanly(tmp_path, services):
+    port = free_port()
+    service = services(make_config(tmp_path, http_port=port))
+    service.wait_for("started")
+    reply = mi_http(port, "which")
+    assert reply["jsonrpc"] == "2.0" and reply["id"] == 1
+    assert "which" in reply["result"]
+    if "fs_list" in reply["result"]:
+        assert mi_http(port, "fs_list")["result"] == {"Sockets": []}
+    assert service.stop(signal.SIGTERM) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert "Traceback" not in service.log
+
+
+@pytest.mark.skipif(not HAVE_MI_HTTP, reason="MI over HTTP not built yet")
+def test_http_port_in_use_exits_1_naming_the_address(tmp_path, services):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        service = services(make_config(tmp_path, http_port=port))
+        assert service.proc.wait(15) == 1
+    assert f"127.0.0.1:{port}" in service.log
+    assert "ERROR" in service.log
+    assert "Traceback" not in service.log
+
+
+@pytest.mark.skipif(not HAVE_MI_FIFO, reason="MI over FIFO not built yet")
+def test_unwritable_fifo_path_exits_1_naming_the_path(tmp_path, services):
+    cfg = make_config(tmp_path)
+    fifo = tmp_path / "no" / "such" / "dir" / "fifo"
+    cfg.write_text(cfg.read_text().replace(f'"{tmp_path}/fifo"', f'"{fifo}"'))
+    service = services(cfg)
+    assert service.proc.wait(15) == 1
+    assert str(fifo) in service.log
+    assert "Traceback" not in service.log
