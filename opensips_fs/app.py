@@ -133,8 +133,7 @@ class App:
             log.log(logs.NOTICE, "httpd is loaded without mi_http: no HTTP listener to start")
         # (module, room, what, address, build the server from the room's module)
         listeners = [
-            ("mi_http", ".mi.http", "MI HTTP",
-             f"{cfg.httpd.address}/{cfg.mi_http.root}" if cfg.mi_http else "",
+            ("mi_http", ".mi.http", "MI HTTP", cfg.httpd.address if cfg.mi_http else "",
              lambda room: room.MiHttpServer(cfg.httpd, cfg.mi_http, self.registry, self.stats)),
             ("mi_fifo", ".mi.fifo", "MI FIFO",
              cfg.mi_fifo.fifo_name if cfg.mi_fifo else "",
@@ -179,6 +178,9 @@ class App:
             if address in reason:
                 raise StartupError(f"cannot start {what}: {reason}") from exc
             raise StartupError(f"cannot start {what} on {address}: {reason}") from exc
+        bound = getattr(server, "address", None)
+        if isinstance(bound, tuple) and len(bound) >= 2:
+            address = f"{bound[0]}:{bound[1]}"     # the real port when configured as 0
         self.transports.append((what, address, server))
         self._running.append((f"{what} on {address}", server))
 
@@ -198,7 +200,8 @@ class App:
         if cfg.event_stream is not None:
             names.append("event_stream Sender")
         if cfg.mi_http is not None:
-            names.append(f"HTTPD {cfg.httpd.address}")
+            bound = [where for what, where, _ in self.transports if what == "MI HTTP"]
+            names.append(f"HTTPD {bound[0] if bound else cfg.httpd.address}")
         if cfg.mi_datagram is not None:
             names.append("MI Datagram")
         if cfg.mi_fifo is not None:

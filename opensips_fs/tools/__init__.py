@@ -1,0 +1,1 @@
+"""Small command-line helpers: an EVI event printer, the demo runner."""

@@ -1,0 +1,250 @@
+"""The app in-process: rooms wired in order, MI answering through them, stop
+in reverse, start-up failures naming the address and leaving nothing running;
+and the evi_print tool against a running app."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import gevent
+import pytest
+
+from opensips_fs import config, logs
+from opensips_fs.app import App, StartupError
+
+pytestmark = pytest.mark.timeout(20)
+
+REPO = Path(__file__).resolve().parent.parent
+MI = REPO / "opensips_fs" / "mi"
+needs_mi_http = pytest.mark.skipif(not (MI / "http.py").exists(), reason="no MI HTTP yet")
+needs_mi_fifo = pytest.mark.skipif(not (MI / "fifo.py").exists(), reason="no MI FIFO yet")
+needs_mi_datagram = pytest.mark.skipif(not (MI / "datagram.py").exists(),
+                                       reason="no MI datagram yet")
+
+
+def build(tmp_path, body: str) -> config.Config:
+    return config.loads(body, str(tmp_path / "app.cfg"))
+
+
+HTTP_ONLY = '''
+loadmodule "httpd.so"
+modparam("httpd", "port", 0)
+loadmodule "mi_http.so"
+loadmodule "event_datagram.so"
+loadmodule "event_stream.so"
+'''
+
+
+@pytest.fixture
+def running(tmp_path):
+    apps = []
+
+    def start(body: str) -> App:
+        app = App(build(tmp_path, body)).start()
+        apps.append(app)
+        return app
+    saved_level = logs.get_level()
+    yield start
+    for app in apps:
+        app.stop()
+    logs.set_level(saved_level)
+
+
+def http_port(app: App) -> int:
+    for what, address, _server in app.transports:
+        if what == "MI HTTP":
+            return int(address.rsplit(":", 1)[1])
+    raise AssertionError(f"no MI HTTP listener in {app.transports}")
+
+
+def mi(port: int, method: str, params=None):
+    body = {"jsonrpc": "2.0", "method": method, "id": 7}
+    if params is not None:
+        body["params"] = params
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/mi",
+                                     data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        answer = json.loads(reply.read())
+    assert answer["id"] == 7
+    return answer
+
+
+# ---------------------------------------------------------------- wiring
+
+@needs_mi_http
+def test_app_answers_mi_which_and_ps(running):
+    app = running(HTTP_ONLY)
+    port = http_port(app)
+    assert port != 0
+    names = mi(port, "which")["result"]
+    for name in ("which", "ps", "log_level", "get_statistics", "event_subscribe"):
+        assert name in names
+    processes = mi(port, "ps")["result"]["Processes"]
+    assert [p["Type"] for p in processes] == [
+        "attendant", "event_stream Sender", f"HTTPD 127.0.0.1:{port}", "time_keeper", "timer"]
+    assert [p["ID"] for p in processes] == list(range(5))
+    assert {p["PID"] for p in processes} == {os.getpid()}
+
+
+@needs_mi_http
+def test_mi_log_level_drives_the_logging_setup(running):
+    app = running(HTTP_ONLY)
+    port = http_port(app)
+    logs.set_level(3)
+    rows = mi(port, "log_level")["result"]["Processes"]
+    assert {row["Log level"] for row in rows} == {3}
+    assert mi(port, "log_level", [4])["result"] == {"New global log level": 4}
+    assert logs.get_level() == 4
+    assert mi(port, "log_level", {"level": -1})["result"] == {"New global log level": -1}
+    assert logs.get_level() == -1
+
+
+@needs_mi_http
+def test_mi_kill_asks_the_owner_to_stop(running):
+    app = running(HTTP_ONLY)
+    assert not app.shutdown_requested.is_set()
+    assert mi(http_port(app), "kill")["result"] == "OK"
+    assert app.shutdown_requested.wait(timeout=3)
+
+
+@needs_mi_http
+def test_stop_closes_the_listeners_and_is_idempotent(running):
+    app = running(HTTP_ONLY)
+    port = http_port(app)
+    mi(port, "which")
+    app.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    app.stop()
+    assert app.transports == []
+
+
+def test_rooms_start_in_order_and_stop_in_reverse(tmp_path, running):
+    body = HTTP_ONLY + '''
+loadmodule "freeswitch.so"
+loadmodule "freeswitch_scripting.so"
+'''
+    app = running(body)
+    order = [what for what, _room in app._running]
+    expected = ["ESL connection manager", "event interface", "freeswitch_scripting"]
+    present = [what for what in expected if what in order]
+    assert order[:len(present)] == present
+    assert order[len(present):] == [f"MI HTTP on 127.0.0.1:{http_port(app)}"]
+
+    stopped = []
+    for what, room in app._running:
+        original = room.stop
+
+        def recording_stop(*args, _what=what, _original=original, **kwargs):
+            stopped.append(_what)
+            return _original(*args, **kwargs)
+        room.stop = recording_stop
+    app.stop()
+    assert stopped == list(reversed(order))
+
+
+def test_app_without_modules_starts_and_stops(tmp_path):
+    app = App(build(tmp_path, "log_level=3\n")).start()
+    assert app.transports == [] and app.manager is None and app.scripting is None
+    app.stop()
+
+
+# ---------------------------------------------------------------- start-up failures
+
+@needs_mi_http
+def test_http_port_in_use_is_a_startup_error_naming_it(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        app = App(build(tmp_path, HTTP_ONLY.replace('"port", 0', f'"port", {port}')))
+        with pytest.raises(StartupError) as info:
+            app.start()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "in use" in str(info.value)
+    assert app._running == [] and app.transports == []
+
+
+@needs_mi_http
+@needs_mi_datagram
+def test_failure_after_a_listener_started_stops_that_listener(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        udp_port = busy.getsockname()[1]
+        app = App(build(tmp_path, HTTP_ONLY + f'''
+loadmodule "mi_datagram.so"
+modparam("mi_datagram", "socket_name", "udp:127.0.0.1:{udp_port}")
+'''))
+        with pytest.raises(StartupError) as info:
+            app.start()
+    assert f"127.0.0.1:{udp_port}" in str(info.value)
+    assert app._running == []
+
+
+@needs_mi_fifo
+def test_fifo_in_missing_folder_is_a_startup_error_naming_the_path(tmp_path):
+    fifo = tmp_path / "missing" / "fifo"
+    app = App(build(tmp_path, f'''
+loadmodule "mi_fifo.so"
+modparam("mi_fifo", "fifo_name", "{fifo}")
+modparam("mi_fifo", "reply_dir", "{tmp_path}/")
+'''))
+    with pytest.raises(StartupError) as info:
+        app.start()
+    assert str(fifo) in str(info.value)
+
+
+# ---------------------------------------------------------------- evi_print
+
+@needs_mi_http
+def test_evi_print_subscribes_prints_and_unsubscribes(running):
+    app = running(HTTP_ONLY)
+    port = http_port(app)
+    printer = subprocess.Popen(
+        [sys.executable, "-m", "opensips_fs.tools.evi_print", "udp:127.0.0.1:0",
+         "--mi", f"http://127.0.0.1:{port}/mi", "--wait", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 10
+        subscribers = []
+        while time.monotonic() < deadline and not subscribers:
+            gevent.sleep(0.05)
+            events = mi(port, "subscribers_list")["result"]["Events"]
+            subscribers = [s for e in events if e["name"] == "E_FREESWITCH"
+                           for s in e["Subscribers"]]
+        assert subscribers and subscribers[0]["socket"].startswith("udp:127.0.0.1:")
+        params = json.dumps({"name": "CHANNEL_ANSWER", "sender": "10.0.0.7", "body": json.dumps(
+            {"Event-Name": "CHANNEL_ANSWER", "Unique-ID": "u-1",
+             "Caller-Caller-ID-Number": "1001"})})
+        assert mi(port, "raise_event", {"event": "E_FREESWITCH", "params": params})[
+            "result"] == "OK"
+        gevent.sleep(0.3)
+        printer.send_signal(signal.SIGINT)
+        out, err = printer.communicate(timeout=10)
+    finally:
+        if printer.poll() is None:
+            printer.kill()
+            printer.communicate()
+    assert printer.returncode == 0, err
+    assert "E_FREESWITCH CHANNEL_ANSWER from 10.0.0.7 Unique-ID=u-1 " \
+           "Caller-Caller-ID-Number=1001" in out
+    events = mi(port, "subscribers_list")["result"]["Events"]
+    left = [s for e in events if e["name"] == "E_FREESWITCH" for s in e["Subscribers"]]
+    assert all(s["ttl"] == "expired" or s["expire"] == 0 for s in left)
+
+
+def test_evi_print_describes_datagrams():
+    from opensips_fs.tools.evi_print import describe
+    line = describe(b'{"jsonrpc":"2.0","method":"E_FREESWITCH","params":{"name":"DTMF",'
+                    b'"sender":"127.0.0.1","body":"{\\"Event-Name\\":\\"DTMF\\",'
+                    b'\\"DTMF-Digit\\":\\"5\\"}"}}', raw=False)
+    assert line.endswith(" E_FREESWITCH DTMF from 127.0.0.1 DTMF-Digit=5")
+    assert describe(b'{"jsonrpc":"2.0","method":"E_OTHER"}', raw=False).endswith(" E_OTHER {}")
+    assert "(not a JSON-RPC notification) junk" in describe(b"junk", raw=False)
+    assert describe(b"junk", raw=True).endswith(" junk")
