@@ -1,0 +1,270 @@
+"""MI over HTTP (`httpd` + `mi_http`): a gevent TCP server that only frames bytes.
+
+One greenlet per connection reads bytes, lets `httpwire.RequestParser` cut
+them into requests, routes each one and writes the reply (MI.md §6.1):
+
+* `POST /<root>` and `POST /<root>/…` run MI (`registry.handle`): 200 with
+  the JSON-RPC reply (errors included), 202 + `Content-Length: 0` for a
+  notification, 400 for an empty body, 405 (`Allow: POST`) for another
+  method;
+* `GET /health`, `GET /metrics` (Prometheus text from `Stats`) [OURS], plus
+  any `extra_routes`;
+* anything else: 404; a body over the limit: 413 and close; a malformed
+  request: 400 and close; optional HTTP Basic auth (401) and TLS.
+
+Keep-alive with TCP_NODELAY; an idle connection is closed after
+`conn_timeout` seconds, and a request must arrive whole within
+`conn_timeout` of its first byte (slow senders are cut off).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import re
+import time
+from typing import Callable
+
+import gevent
+from gevent import socket, ssl
+from gevent.server import StreamServer
+
+from ..stats import Stats
+from . import StartupError
+from .httpwire import (
+    CONTINUE,
+    CONTINUE_RESPONSE,
+    NEED_DATA,
+    HttpError,
+    HttpRequest,
+    RequestParser,
+    encode_response,
+)
+
+__all__ = ["MiHttpServer", "prometheus_text"]
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+MAX_BODY = 1 << 20
+RECV_SIZE = 65536
+HEALTH_BODY = b'{"status":"ok"}'
+
+# A route answers (status, content type, body) for a request.
+Route = Callable[[HttpRequest], "tuple[int, str, bytes]"]
+
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def prometheus_text(stats: Stats) -> bytes:
+    """Every statistic as `opensips_fs_<group>_<name>` (text format 0.0.4)."""
+    lines = []
+    for stat in stats:
+        name = _METRIC_NAME.sub("_", f"opensips_fs_{stat.group}_{stat.name}")
+        try:
+            value = stat.value
+        except Exception:  # a gauge whose source is gone: skip it, keep the page
+            continue
+        lines.append(f"# TYPE {name} {'counter' if stat.incremental else 'gauge'}")
+        lines.append(f"{name} {value}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class MiHttpServer:
+    """The `httpd` listener serving MI under `/<root>`."""
+
+    def __init__(self, httpd_settings, mi_http_settings, registry, stats: Stats,
+                 extra_routes: dict[str, Route] | None = None, max_body: int = MAX_BODY):
+        self.settings = httpd_settings
+        self.registry = registry
+        self.stats = stats
+        root = (mi_http_settings.root if mi_http_settings is not None else "mi").strip("/")
+        self.root_path = "/" + root
+        self.max_body = max_body
+        self.timeout = float(getattr(httpd_settings, "conn_timeout", 30) or 30)
+        self.routes: dict[str, Route] = {"/health": self._health, "/metrics": self._metrics}
+        self.routes.update(extra_routes or {})
+        user = getattr(httpd_settings, "auth_username", None)
+        password = getattr(httpd_settings, "auth_password", None)
+        self._auth = None
+        if user and password is not None:
+            self._auth = f"{user}:{password}".encode()
+        realm = getattr(httpd_settings, "auth_realm", None) or "OpenSIPS MI"
+        self._challenge = (("WWW-Authenticate", f'Basic realm="{realm}"'),)
+        self._tls = self._tls_context()
+        self._server: StreamServer | None = None
+        self._requests = stats.counter("mi", "http_requests")
+        self._rejected = stats.counter("mi", "http_rejected")
+        self._connections = stats.counter("mi", "http_connections")
+        self._timeouts = stats.counter("mi", "http_timeouts")
+        self._open = 0
+        stats.gauge("mi", "http_open_connections", lambda: self._open)
+
+    def _tls_context(self):
+        cert = getattr(self.settings, "tls_cert_file", None)
+        key = getattr(self.settings, "tls_key_file", None)
+        if not cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(cert, key or None)
+        except (OSError, ssl.SSLError) as err:
+            raise StartupError(f"httpd: cannot load TLS certificate {cert}: {err}") from None
+        return context
+
+    # -- life cycle -----------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            return (self.settings.ip, self.settings.port)
+        return self._server.address[:2]
+
+    def start(self) -> "MiHttpServer":
+        where = f"{self.settings.ip}:{self.settings.port}"
+        try:
+            listener = socket.socket(socket.AF_INET6 if ":" in self.settings.ip else socket.AF_INET)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.settings.ip, self.settings.port))
+            listener.listen(1024)
+        except OSError as err:
+            raise StartupError(f"httpd: cannot listen on {where}: {err.strerror or err}") from None
+        self._server = StreamServer(listener, self._serve)
+        self._server.start()
+        log.info("MI HTTP listening on %s:%s%s", *self.address, self.root_path)
+        return self
+
+    def stop(self, timeout: float = 1.0) -> None:
+        if self._server is not None:
+            self._server.stop(timeout=timeout)
+            self._server = None
+
+    # -- one connection -------------------------------------------------------
+
+    def _serve(self, sock, address) -> None:
+        self._connections.value += 1
+        self._open += 1
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock.settimeout(self.timeout)
+                sock = self._tls.wrap_socket(sock, server_side=True)
+            self._converse(sock)
+        except (OSError, ssl.SSLError, gevent.Timeout):
+            pass
+        finally:
+            self._open -= 1
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _converse(self, sock) -> None:
+        parser = RequestParser(max_body=self.max_body)
+        recv = sock.recv
+        sendall = sock.sendall
+        timeout = self.timeout
+        deadline = None  # set while a request is partially received
+        while True:
+            try:
+                event = parser.next_event()
+            except HttpError as err:
+                self._rejected.value += 1
+                log.debug("HTTP %s from client: %s", err.status, err.detail)
+                sendall(encode_response(err.status, close=True))
+                return
+            if event is NEED_DATA:
+                if parser.in_progress:
+                    if deadline is None:
+                        deadline = time.monotonic() + timeout
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        self._timeouts.value += 1
+                        sendall(encode_response(408, close=True))
+                        return
+                else:
+                    deadline = None
+                    wait = timeout
+                sock.settimeout(wait)
+                try:
+                    data = recv(RECV_SIZE)
+                except socket.timeout:
+                    if parser.in_progress:
+                        self._timeouts.value += 1
+                        sendall(encode_response(408, close=True))
+                    return
+                if not data:
+                    return
+                parser.feed(data)
+                continue
+            if event is CONTINUE:
+                sendall(CONTINUE_RESPONSE)
+                continue
+            deadline = None
+            self._requests.value += 1
+            reply, keep_open = self._respond(event)
+            sendall(reply)
+            if not keep_open:
+                return
+
+    # -- routing --------------------------------------------------------------
+
+    def _respond(self, request: HttpRequest) -> tuple[bytes, bool]:
+        close = not request.keep_alive
+        path = request.path
+        if path == self.root_path or path.startswith(self.root_path + "/"):
+            if self._auth is not None and not self._authorized(request):
+                return self._unauthorized(close)
+            return self._mi(request, close)
+        route = self.routes.get(path)
+        if route is None:
+            self._rejected.value += 1
+            return encode_response(404, close=close), not close
+        if request.method not in ("GET", "HEAD"):
+            self._rejected.value += 1
+            return encode_response(405, close=close, headers=(("Allow", "GET"),)), not close
+        if self._auth is not None and path != "/health" and not self._authorized(request):
+            return self._unauthorized(close)
+        try:
+            status, content_type, body = route(request)
+        except Exception:
+            log.exception("HTTP route %s failed", path)
+            status, content_type, body = 500, "text/plain", b""
+        if request.method == "HEAD":
+            reply = encode_response(status, body, content_type=content_type, close=close)
+            return reply[:len(reply) - len(body)], not close
+        return encode_response(status, body, content_type=content_type, close=close), not close
+
+    def _mi(self, request: HttpRequest, close: bool) -> tuple[bytes, bool]:
+        if request.method != "POST":
+            self._rejected.value += 1
+            return encode_response(405, content_type=JSON, close=close, headers=(("Allow", "POST"),)), not close
+        if not request.body:
+            self._rejected.value += 1
+            return encode_response(400, content_type=JSON, close=close), not close
+        reply = self.registry.handle(request.body)
+        if reply is None:
+            return encode_response(202, content_type=JSON, close=close), not close
+        return encode_response(200, reply, content_type=JSON, close=close), not close
+
+    def _authorized(self, request: HttpRequest) -> bool:
+        scheme, _, token = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(given, self._auth)
+
+    def _unauthorized(self, close: bool) -> tuple[bytes, bool]:
+        self._rejected.value += 1
+        return encode_response(401, close=close, headers=self._challenge), not close
+
+    def _health(self, request: HttpRequest):
+        return 200, JSON, HEALTH_BODY
+
+    def _metrics(self, request: HttpRequest):
+        return 200, "text/plain; version=0.0.4", prometheus_text(self.stats)

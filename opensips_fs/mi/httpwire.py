@@ -1,0 +1,326 @@
+"""Sans-IO HTTP/1.1 server side: request parser and response encoder.
+
+Supports: HTTP/1.0 and HTTP/1.1 requests; bodies sized by Content-Length or
+sent with `Transfer-Encoding: chunked`; keep-alive and pipelining (several
+requests in one read, a request split over many reads); `Expect:
+100-continue`; `Connection: close` / `keep-alive`. Not supported (answered
+with an error status, then the connection is closed): other transfer
+codings (501), HTTP versions other than 1.x (505), obsolete header line
+folding and malformed request or header lines (400), a header block over
+`max_head` bytes (431), a body over `max_body` bytes (413), a request with
+both Content-Length and Transfer-Encoding (400: smuggling guard).
+
+Goals: fast on the common path (one `find` for the end of the header
+block, one split per line, no regex), linear in the worst case — a client
+that sends one byte at a time never makes the parser rescan what it has
+already looked at (`_scan_from`), and every size is bounded before bytes
+are accumulated.
+
+Plan: `RequestParser.feed(data)` buffers bytes; `next_event()` returns an
+`HttpRequest`, `NEED_DATA`, or `CONTINUE` (the transport should write
+`CONTINUE_RESPONSE` once), or raises `HttpError(status)`. `encode_response`
+builds reply bytes with OpenSIPS' header order (MI.md §6.1): status line,
+Date, optional Connection: close, extra headers, Content-Type,
+Content-Length.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+__all__ = [
+    "CONTINUE",
+    "CONTINUE_RESPONSE",
+    "NEED_DATA",
+    "HttpError",
+    "HttpRequest",
+    "RequestParser",
+    "encode_response",
+    "http_date",
+]
+
+NEED_DATA = "NEED_DATA"
+CONTINUE = "CONTINUE"
+CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+REASONS = {
+    200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Payload Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented",
+    503: "Service Unavailable", 505: "HTTP Version Not Supported",
+}
+
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_MAX_CHUNK_LINE = 1024
+
+
+class HttpError(Exception):
+    """The request cannot be served; answer `status` and close."""
+
+    def __init__(self, status: int, detail: str = ""):
+        super().__init__(status, detail)
+        self.status = status
+        self.detail = detail
+
+
+class HttpRequest:
+    """One complete request. Header names are lower-cased, values latin-1."""
+
+    __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
+
+    def __init__(self, method, target, version, headers, body, keep_alive):
+        self.method = method
+        self.target = target
+        self.path = target.split("?", 1)[0]
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return f"HttpRequest({self.method} {self.target} HTTP/{self.version}, {len(self.body)} bytes)"
+
+
+def _is_token(data: bytes) -> bool:
+    return bool(data) and all(c in _TOKEN_CHARS for c in data)
+
+
+class RequestParser:
+    """Incremental parser for the requests of one connection."""
+
+    def __init__(self, max_head: int = 16384, max_body: int = 1 << 20):
+        self.max_head = max_head
+        self.max_body = max_body
+        self._buf = bytearray()
+        self._pos = 0            # start of the unconsumed bytes
+        self._scan_from = 0      # where the next search for the head end starts
+        self._head = None        # (method, target, version, headers, keep_alive) once parsed
+        self._length = 0         # Content-Length of the current body
+        self._chunked = False
+        self._chunks = bytearray()
+        self._chunk_state = "size"   # size, data, data-crlf, trailer
+        self._chunk_left = 0
+        self._continue_pending = False
+
+    # -- buffer ---------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._scan_from -= self._pos
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a returned request."""
+        return len(self._buf) - self._pos + len(self._chunks)
+
+    @property
+    def in_progress(self) -> bool:
+        return self._head is not None or len(self._buf) > self._pos
+
+    def _consume(self, n: int) -> bytes:
+        data = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[:self._pos]
+            self._scan_from -= self._pos
+            self._pos = 0
+        return data
+
+    # -- events ---------------------------------------------------------------
+
+    def next_event(self):
+        if self._head is None:
+            if not self._read_head():
+                return NEED_DATA
+        if self._continue_pending:
+            self._continue_pending = False
+            if not self._body_complete_soon():
+                return CONTINUE
+        body = self._read_chunked() if self._chunked else self._read_body()
+        if body is None:
+            return NEED_DATA
+        method, target, version, headers, keep_alive = self._head
+        self._head = None
+        self._scan_from = self._pos
+        return HttpRequest(method, target, version, headers, body, keep_alive)
+
+    def _body_complete_soon(self) -> bool:
+        if self._chunked:
+            return False
+        return len(self._buf) - self._pos >= self._length
+
+    # -- head -----------------------------------------------------------------
+
+    def _read_head(self) -> bool:
+        buf = self._buf
+        # Tolerate empty lines before a request line (RFC 9112 §2.2).
+        while buf.startswith(b"\r\n", self._pos):
+            self._pos += 2
+        if self._scan_from < self._pos:
+            self._scan_from = self._pos
+        end = buf.find(b"\r\n\r\n", self._scan_from)
+        if end < 0:
+            if len(buf) - self._pos > self.max_head:
+                raise HttpError(431, "header block too large")
+            self._scan_from = max(self._pos, len(buf) - 3)
+            return False
+        if end - self._pos > self.max_head:
+            raise HttpError(431, "header block too large")
+        head = bytes(buf[self._pos:end])
+        self._pos = end + 4
+        self._parse_head(head)
+        return True
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
+            raise HttpError(400, "bad request line")
+        method, target, proto = parts
+        if proto == b"HTTP/1.1":
+            version = "1.1"
+        elif proto == b"HTTP/1.0":
+            version = "1.0"
+        elif proto.startswith(b"HTTP/"):
+            raise HttpError(505, "unsupported HTTP version")
+        else:
+            raise HttpError(400, "bad request line")
+        headers = []
+        lengths = []
+        codings = []
+        connection = []
+        expect = None
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not _is_token(name):
+                raise HttpError(400, "bad header line")
+            key = name.decode("ascii").lower()
+            text = value.strip(b" \t").decode("latin-1")
+            headers.append((key, text))
+            if key == "content-length":
+                lengths.append(text)
+            elif key == "transfer-encoding":
+                codings += [c.strip().lower() for c in text.split(",") if c.strip()]
+            elif key == "connection":
+                connection += [c.strip().lower() for c in text.split(",")]
+            elif key == "expect":
+                expect = text.lower()
+        if codings and lengths:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        self._chunked = False
+        self._length = 0
+        if codings:
+            if codings != ["chunked"]:
+                raise HttpError(501, "unsupported transfer coding")
+            self._chunked = True
+            self._chunks = bytearray()
+            self._chunk_state = "size"
+        elif lengths:
+            if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
+                raise HttpError(400, "bad Content-Length")
+            if len(lengths[0]) > 12 or int(lengths[0]) > self.max_body:
+                raise HttpError(413, "body too large")
+            self._length = int(lengths[0])
+        if version == "1.1":
+            keep_alive = "close" not in connection
+        else:
+            keep_alive = "keep-alive" in connection and "close" not in connection
+        self._continue_pending = (
+            expect == "100-continue" and version == "1.1" and (self._chunked or self._length > 0)
+        )
+        self._head = (method.decode("ascii"), target.decode("latin-1"), version, headers, keep_alive)
+
+    # -- bodies ---------------------------------------------------------------
+
+    def _read_body(self) -> bytes | None:
+        if len(self._buf) - self._pos < self._length:
+            return None
+        return self._consume(self._length)
+
+    def _read_chunked(self) -> bytes | None:
+        buf = self._buf
+        while True:
+            if self._chunk_state == "size":
+                end = buf.find(b"\r\n", self._pos)
+                if end < 0:
+                    if len(buf) - self._pos > _MAX_CHUNK_LINE:
+                        raise HttpError(400, "chunk size line too long")
+                    return None
+                line = bytes(buf[self._pos:end]).split(b";", 1)[0].strip(b" \t")
+                if not line or len(line) > 16 or not all(c in _HEX for c in line):
+                    raise HttpError(400, "bad chunk size")
+                size = int(line, 16)
+                self._pos = end + 2
+                if len(self._chunks) + size > self.max_body:
+                    raise HttpError(413, "body too large")
+                if size == 0:
+                    self._chunk_state = "trailer"
+                else:
+                    self._chunk_left = size
+                    self._chunk_state = "data"
+            elif self._chunk_state == "data":
+                take = min(self._chunk_left, len(buf) - self._pos)
+                if take == 0:
+                    return None
+                self._chunks += self._consume(take)
+                self._chunk_left -= take
+                if self._chunk_left == 0:
+                    self._chunk_state = "data-crlf"
+            elif self._chunk_state == "data-crlf":
+                if len(buf) - self._pos < 2:
+                    return None
+                if not buf.startswith(b"\r\n", self._pos):
+                    raise HttpError(400, "bad chunk end")
+                self._pos += 2
+                self._chunk_state = "size"
+            else:  # trailer section: lines up to an empty one, ignored
+                end = buf.find(b"\r\n", self._pos)
+                if end < 0:
+                    if len(buf) - self._pos > self.max_head:
+                        raise HttpError(431, "trailers too large")
+                    return None
+                empty = end == self._pos
+                self._pos = end + 2
+                if empty:
+                    body = bytes(self._chunks)
+                    self._chunks = bytearray()
+                    self._chunk_state = "size"
+                    return body
+
+
+_date_cache = [0, ""]
+
+
+def http_date() -> str:
+    """The IMF-fixdate of now, computed once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+def encode_response(status: int, body: bytes = b"", *, content_type: str | None = None,
+                    close: bool = False, headers: tuple = ()) -> bytes:
+    """Status line, Date, [Connection: close], extra headers, [Content-Type],
+    Content-Length, blank line, body."""
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Date: {http_date()}"]
+    if close:
+        lines.append("Connection: close")
+    lines += [f"{name}: {value}" for name, value in headers]
+    if content_type:
+        lines.append(f"Content-Type: {content_type}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -1,0 +1,145 @@
+"""Shared helpers for the MI tests (no tests here): a registry with the core,
+statistics, EVI and freeswitch_scripting *declarations* of MI.md §2.2, and
+servers on ephemeral ports / tmp paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from opensips_fs.mi.commands import MiCommand, MiRegistry
+from opensips_fs.mi.core import CoreContext, core_commands, statistics_commands
+from opensips_fs.stats import Stats
+
+GOLDEN = Path("/work/shared/golden/opensips")
+PROCESSES = ["attendant", "FS Manager", "event_stream Sender", "HTTPD 127.0.0.1:8888",
+             "MI Datagram", "MI FIFO", "time_keeper", "timer"]
+
+
+class HandlerReached(AssertionError):
+    """A declaration-only command ran its handler: the test expected an
+    error produced before the handler."""
+
+
+def _declared_only(params):
+    raise HandlerReached("declaration-only command handler called")
+
+
+# Recipes of the EVI and freeswitch_scripting rooms (MI.md §2.2); their
+# handlers live in those rooms: here only recipe matching is exercised.
+DECLARATIONS = [
+    ("evi", "subscribe", "event_subscribe", [["event", "socket"], ["event", "socket", "expire"]],
+     "subscribes an event to the Event Interface"),
+    ("evi", "list", "events_list", [[]], "lists all the events advertised through the Event Interface"),
+    ("evi", "subscribers", "subscribers_list", [[], ["event"], ["event", "socket"]],
+     "lists all the Event Interface subscribers; Params: [ event [ subscriber ]]"),
+    ("evi", "raise", "raise_event", [["event"], ["event", "params"]],
+     "raises an event through the Event Interface; Params: event [ params ]"),
+    ("freeswitch_scripting", "subscribe", "fs_subscribe", [["freeswitch_url", "events"]], None),
+    ("freeswitch_scripting", "unsubscribe", "fs_unsubscribe", [["freeswitch_url", "events"]], None),
+    ("freeswitch_scripting", "list", "fs_list", [[]], None),
+    ("freeswitch_scripting", "reload", "fs_reload", [[]], None),
+    ("freeswitch_scripting", "esl", "freeswitch_esl", [["command", "freeswitch_url"]], None),
+    ("freeswitch_scripting", "status", "fs_status", [[], ["freeswitch_url"]], None),
+]
+
+
+def declarations() -> list[MiCommand]:
+    return [MiCommand(m, n, a, r, _declared_only, h) for m, n, a, r, h in DECLARATIONS]
+
+
+class LogLevel:
+    def __init__(self):
+        self.level = 3
+
+    def get(self) -> int:
+        return self.level
+
+    def set(self, level: int) -> None:
+        self.level = level
+
+
+def build_registry(stats: Stats | None = None, started_at: float | None = None):
+    stats = stats if stats is not None else Stats()
+    registry = MiRegistry(stats)
+    level = LogLevel()
+    ctx = CoreContext(started_at if started_at is not None else time.time(), stats,
+                      lambda: list(PROCESSES), level.get, level.set, registry)
+    registry.register(statistics_commands(stats))
+    registry.register(core_commands(ctx))
+    registry.register(declarations())
+    registry.log_level = level
+    return registry
+
+
+def httpd_settings(**overrides):
+    values = dict(ip="127.0.0.1", port=0, auth_realm="OpenSIPS MI", auth_username=None,
+                  auth_password=None, tls_cert_file=None, tls_key_file=None, conn_timeout=30)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def load_golden(name: str) -> dict:
+    return json.loads((GOLDEN / name).read_text())
+
+
+def latin1(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+def http_exchange(address, raw: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw request bytes, read until the server closes."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(raw)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def read_http_response(sock, buffer: bytearray) -> bytes:
+    """Read exactly one Content-Length framed response from a keep-alive socket."""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed before a full response")
+        buffer += data
+    head_end = buffer.index(b"\r\n\r\n") + 4
+    length = 0
+    for line in bytes(buffer[:head_end]).split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(buffer) < head_end + length:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed mid-body")
+        buffer += data
+    response = bytes(buffer[:head_end + length])
+    del buffer[:head_end + length]
+    return response
+
+
+def mask_date(raw: bytes) -> bytes:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = [b"Date: <masked>" if line.startswith(b"Date: ") else line for line in head.split(b"\r\n")]
+    return b"\r\n".join(lines) + sep + body
+
+
+def split_response(raw: bytes):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in lines[1:]]
+    return lines[0], headers, body
+
+
+def mkfifo_reply(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    os.mkfifo(path, 0o600)
+    return path
