@@ -203,7 +203,10 @@ class HttpSink(_Sink):
         listener.bind((self.host, self.port))
         listener.listen(64)
         self.port = listener.getsockname()[1]
-        self._server = self._server_class(listener, self._app, log=None, error_log=None)
+        from gevent.pool import Pool
+        # a pool, so that stop() also kills the keep-alive connections
+        self._server = self._server_class(listener, self._app, spawn=Pool(1000),
+                                          log=None, error_log=None)
         self._server.start()
 
     def pause(self):

@@ -1,0 +1,328 @@
+"""EVI delivery over real sockets: reconnect and backlog, queue bounds and
+drop counts, many subscribers, several transports at once, tcp /method and
+jsonrpc sharing one connection, oversized datagrams, unix, xmlrpc bytes."""
+
+import json
+import os
+import socket
+import time
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from opensips_fs.evi.registry import EviRegistry
+from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink
+from opensips_fs.stats import Stats
+
+
+class Settings:
+    def __init__(self, queue_size=100000):
+        self.queue_size = queue_size
+
+
+def registry(queue_size=100000):
+    stats = Stats()
+    evi = EviRegistry(stats, {m: Settings(queue_size) for m in (
+        "event_datagram", "event_stream", "event_xmlrpc", "event_http")})
+    evi.start()
+    return evi
+
+
+def body(i):
+    return json.dumps({"Event-Name": "CHANNEL_STATE", "Seq": str(i),
+                       "Pad": "x" * 900}).encode()
+
+
+def seqs(sink):
+    return [int(json.loads(d["params"]["body"])["Seq"]) for d in sink.documents()]
+
+
+def stat(evi, name):
+    return evi.stats.counter("evi", name).value
+
+
+def raise_spread(evi, first, count, seconds):
+    """Raise `count` events evenly over `seconds` (the subscriber is away)."""
+    for i in range(first, first + count):
+        evi.raise_freeswitch("CHANNEL_STATE", "127.0.0.1", body(i))
+        gevent.sleep(seconds / count)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+def test_subscriber_away_for_5s_gets_every_event(kind):
+    evi = registry()
+    sink = TcpSink() if kind == "tcp" else HttpSink()
+    try:
+        evi.subscribe("E_FREESWITCH", sink.socket, 3600)
+        raise_spread(evi, 0, 10, 0.1)
+        assert sink.wait_for(10)
+        sink.pause()
+        raise_spread(evi, 10, 100, 5.0)
+        assert len(sink.payloads) == 10
+        sink.resume()
+        back = time.monotonic()
+        assert sink.wait_for(110, timeout=3.0)
+        assert time.monotonic() - back < 1.5      # backoff is capped at 1 s
+        raise_spread(evi, 110, 5, 0.05)
+        assert sink.wait_for(115)
+        got = seqs(sink)
+        # at-least-once: a batch cut by the close may come twice, never out of order
+        assert sorted(set(got)) == list(range(115))
+        assert got == sorted(got)
+        dest = evi.destinations()[0]
+        assert dest.dropped == 0 and stat(evi, "notifications_dropped") == 0
+        assert dest.send_errors >= 1 and stat(evi, "send_errors") == dest.send_errors
+        assert dest.sent >= 115
+    finally:
+        evi.stop()
+        sink.close()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["tcp", "http"])
+def test_beyond_the_bound_drops_are_counted_exactly(kind):
+    evi = registry(queue_size=10)
+    port = free_port()
+    socket_text = (f"tcp:127.0.0.1:{port}" if kind == "tcp"
+                   else f"http://127.0.0.1:{port}/events")
+    evi.subscribe("E_FREESWITCH", socket_text, 3600)
+    evi.raise_freeswitch("CHANNEL_STATE", "127.0.0.1", body(0))
+    gevent.sleep(0.2)                     # the sender has failed to connect
+    for i in range(1, 25):
+        evi.raise_freeswitch("CHANNEL_STATE", "127.0.0.1", body(i))
+    dest = evi.destinations()[0]
+    assert len(dest.queue) == 10 and dest.dropped == 15
+    sink = (TcpSink if kind == "tcp" else HttpSink)(port=port)
+    try:
+        received_expected = 10 + len(dest.inflight)
+        assert sink.wait_for(received_expected, timeout=3)
+        gevent.sleep(0.2)
+        got = seqs(sink)
+        assert got[-10:] == list(range(15, 25))
+        assert len(got) + dest.dropped == 25
+        assert dest.dropped == stat(evi, "notifications_dropped") == 25 - len(got)
+        assert dest.queued == 0
+    finally:
+        evi.stop()
+        sink.close()
+
+
+@pytest.mark.timeout(20)
+def test_50_udp_subscribers_get_every_event_in_order():
+    evi = registry()
+    sinks = [UdpSink() for _ in range(50)]
+    try:
+        for sink in sinks:
+            evi.subscribe("E_FREESWITCH", sink.socket, 3600)
+        for i in range(200):
+            evi.raise_freeswitch("CHANNEL_STATE", "127.0.0.1", body(i))
+            if i % 20 == 0:
+                gevent.sleep(0)
+        for sink in sinks:
+            assert sink.wait_for(200)
+            assert seqs(sink) == list(range(200))
+        assert stat(evi, "notifications_sent") == 50 * 200
+    finally:
+        evi.stop()
+        for sink in sinks:
+            sink.close()
+
+
+@pytest.mark.timeout(20)
+def test_all_transports_at_once(tmp_path):
+    evi = registry()
+    udp, tcp, http = UdpSink(), TcpSink(), HttpSink()
+    unix_path = str(tmp_path / "evi.sock")
+    unix = gsocket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix.bind(unix_path)
+    unix_got = []
+    reader = gevent.spawn(lambda: [unix_got.append(unix.recv(65536)) for _ in iter(int, 1)])
+    try:
+        for s in (udp.socket, tcp.socket, http.socket, f"unix:{unix_path}"):
+            evi.subscribe("E_FREESWITCH", s, 3600)
+        for i in range(300):
+            evi.raise_freeswitch("CHANNEL_STATE", "127.0.0.1", body(i))
+            if i % 50 == 0:
+                gevent.sleep(0)
+        for sink in (udp, tcp, http):
+            assert sink.wait_for(300)
+            assert seqs(sink) == list(range(300))
+        deadline = time.monotonic() + 3
+        while len(unix_got) < 300 and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert unix_got == udp.payloads            # same bytes on every transport
+        assert b"".join(tcp.chunks) == b"".join(udp.payloads)
+        assert http.payloads == udp.payloads
+        assert {r["method"] for r in http.requests} == {"POST"}
+        assert {r["content_type"] for r in http.requests} == {"application/json"}
+        assert {r["path"] for r in http.requests} == {"/events"}
+    finally:
+        reader.kill()
+        unix.close()
+        evi.stop()
+        for sink in (udp, tcp, http):
+            sink.close()
+
+
+@pytest.mark.timeout(10)
+def test_tcp_method_override_and_jsonrpc_alias_share_one_connection():
+    evi = registry()
+    tcp = TcpSink()
+    try:
+        evi.subscribe("E_FREESWITCH", tcp.socket, 3600)
+        evi.subscribe("E_FREESWITCH", f"jsonrpc:127.0.0.1:{tcp.port}/fs_event", 3600)
+        evi.raise_freeswitch("DTMF", "fs1", b'{"Event-Name":"DTMF"}')
+        assert tcp.wait_for(2)
+        tail = b',"params":{"name":"DTMF","sender":"fs1","body":"{\\"Event-Name\\":\\"DTMF\\"}"}}'
+        assert b"".join(tcp.chunks) == (
+            b'{"jsonrpc":"2.0","method":"fs_event"' + tail
+            + b'{"jsonrpc":"2.0","method":"E_FREESWITCH"' + tail)
+        assert tcp.connections == 1
+        assert len(evi.destinations()) == 1
+    finally:
+        evi.stop()
+        tcp.close()
+
+
+@pytest.mark.timeout(10)
+def test_oversized_datagram_is_counted_not_cut():
+    evi = registry()
+    udp = UdpSink()
+    try:
+        evi.subscribe("E_FREESWITCH", udp.socket, 3600)
+        evi.raise_freeswitch("BIG", "h", b'{"Event-Name":"BIG","x":"' + b"y" * 70000 + b'"}')
+        evi.raise_freeswitch("DTMF", "h", b"{}")
+        assert udp.wait_for(1)
+        gevent.sleep(0.1)
+        assert len(udp.payloads) == 1 and b'"DTMF"' in udp.payloads[0]
+        dest = evi.destinations()[0]
+        assert dest.send_errors == 1 == stat(evi, "send_errors")
+        assert "too big" in dest.last_error
+    finally:
+        evi.stop()
+        udp.close()
+
+
+@pytest.mark.timeout(10)
+def test_any_bytes_never_crash_and_round_trip():
+    evi = registry()
+    udp = UdpSink()
+    try:
+        evi.subscribe("E_FREESWITCH", udp.socket, 3600)
+        bodies = [b"", b"not json", b"\xff\xfe\x00\x01", bytes(range(256)),
+                  '{"Event-Name":"caf\u00e9 \u2603"}'.encode()]
+        for b in bodies:
+            evi.raise_freeswitch("X", "h", b)
+        assert udp.wait_for(len(bodies))
+        for b, payload in zip(bodies, udp.payloads):
+            text = json.loads(payload.decode("utf-8", "surrogateescape"))["params"]["body"]
+            assert text.encode("utf-8", "surrogateescape") == b
+    finally:
+        evi.stop()
+        udp.close()
+
+
+def test_no_subscriber_costs_nothing():
+    evi = registry()
+    evi.raise_freeswitch("DTMF", "h", b"{}")
+    assert evi.destinations() == []
+    assert stat(evi, "notifications_sent") == 0
+
+
+@pytest.mark.timeout(10)
+def test_xmlrpc_request_bytes():
+    evi = registry()
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    requests = []
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            data = b""
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            requests.append(data)
+            conn.close()
+
+    server = gevent.spawn(serve)
+    try:
+        evi.subscribe("E_FREESWITCH", f"xmlrpc:127.0.0.1:{port}:e_handler", 3600)
+        evi.raise_freeswitch("DTMF", "fs1", b'{"a":"<&>"}')
+        deadline = time.monotonic() + 3
+        while not requests and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        body = (b'<?xml version="1.0"?>\n<methodCall>\n<methodName>e_handler</methodName>\n'
+                b'<params>\n<param>\n<value><string>E_FREESWITCH</string></value>\n</param>\n'
+                b'<param>\n<name>name</name>\n<value><string>DTMF</string></value>\n</param>\n'
+                b'<param>\n<name>sender</name>\n<value><string>fs1</string></value>\n</param>\n'
+                b'<param>\n<name>body</name>\n<value><string>{"a":"&lt;&amp;&gt;"}'
+                b'</string></value>\n</param>\n</params>\n</methodCall>')
+        head = (f"POST /RPC2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                "User-Agent: OpenSIPS XMLRPC Notifier\r\nContent-type: text/xml\r\n"
+                f"Content-length: {len(body)}\r\n\r\n").encode()
+        assert requests == [head + body]
+    finally:
+        server.kill()
+        listener.close()
+        evi.stop()
+
+
+@pytest.mark.timeout(10)
+def test_http_non_2xx_is_retried_then_delivered():
+    evi = registry()
+    http = HttpSink()
+    http.status = "503 Service Unavailable"
+    try:
+        evi.subscribe("E_FREESWITCH", http.socket, 3600)
+        evi.raise_freeswitch("DTMF", "h", b"{}")
+        gevent.sleep(0.3)
+        assert http.payloads == [] and len(http.requests) >= 2
+        http.status = "204 No Content"
+        assert http.wait_for(1, timeout=2)
+        dest = evi.destinations()[0]
+        deadline = time.monotonic() + 2
+        while dest.sent == 0 and time.monotonic() < deadline:
+            gevent.sleep(0.01)      # the reply is on its way back to the sender
+        assert dest.retried >= 2 and dest.sent == 1
+        assert stat(evi, "notifications_retried") == dest.retried
+        assert dest.last_error.startswith("HTTP 503")
+    finally:
+        evi.stop()
+        http.close()
+
+
+@pytest.mark.timeout(10)
+def test_unsubscribed_destination_flushes_then_goes_away():
+    evi = registry()
+    tcp = TcpSink()
+    try:
+        evi.subscribe("E_FREESWITCH", tcp.socket, 3600)
+        for i in range(50):
+            evi.raise_freeswitch("CHANNEL_STATE", "h", body(i))
+        evi.subscribe("E_FREESWITCH", tcp.socket, 0)
+        evi.clock = lambda: time.time() + 2
+        assert not evi.has_subscribers("E_FREESWITCH")
+        assert tcp.wait_for(50)
+        deadline = time.monotonic() + 2
+        while evi.destinations() and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert evi.destinations() == []
+    finally:
+        evi.stop()
+        tcp.close()
