@@ -1,0 +1,428 @@
+"""`freeswitch_scripting`: which FreeSWITCH sockets and events the service
+follows, and ESL commands on demand (FSS.md).
+
+The `fs_list` set is a list of *entries* (newest first), each naming one ESL
+socket and its events (newest first for MI and modparam additions, CSV order
+for DB rows). Every entry holds one reference on its socket and one reference
+per listed event; the ESL manager turns the reference sums into connections
+and `event json` / `nixevent` commands. `SubscriptionSet` is that list as pure
+data (no I/O), `Scripting` applies its changes to the manager's sockets and
+answers the MI commands:
+
+* `fs_subscribe` / `fs_unsubscribe` / `fs_list`: OpenSIPS's replies and
+  errors, with one [EMU] rule on top: a rejected call changes nothing (no
+  half-made entry, no credential change, no socket created).
+* `fs_reload`: the whole set is replaced by the DB rows, atomically: the rows
+  are read first (off the hub, `db.py`), the new references are taken, then
+  the sets are swapped and the old references released, so events that stay
+  subscribed cause no wire traffic. A row without password, ip or events is
+  skipped with a warning naming its id; a table that cannot be read keeps the
+  old set and answers `500 Internal Error`.
+* `freeswitch_esl` [OURS]: runs one ESL command on any socket and returns the
+  api body or the Reply-Text (FSS.md §7.2).
+* `fs_status` [OURS]: the manager's view of each socket.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent.lock
+
+from . import url as fsurl
+from .db import BadRow, DbError, FsDatabase, row_subscription
+from .mi.commands import MiCommand, MiError
+
+__all__ = ["MAX_COMMAND_BYTES", "Entry", "Scripting", "SubscriptionSet", "normalize_command"]
+
+log = logging.getLogger("opensips_fs.scripting")
+
+MODULE = "freeswitch_scripting"
+MAX_COMMAND_BYTES = 64 * 1024
+
+INTERNAL_ERROR = (500, "Internal Error")
+NO_DB = (-32000, "Server error", "Command handler returned null")
+
+
+def internal_error() -> MiError:
+    return MiError(*INTERNAL_ERROR)
+
+
+# ----------------------------------------------------------------- the model
+
+class Entry:
+    """One `fs_list` line: a socket and its events, display order."""
+
+    __slots__ = ("socket", "events")
+
+    def __init__(self, socket, events=()):
+        self.socket = socket
+        self.events: list[str] = list(events)
+
+    def __repr__(self) -> str:
+        return f"Entry({_socket_name(self.socket)}, {self.events!r})"
+
+
+class SubscriptionSet:
+    """The ordered entries. Pure bookkeeping: the caller applies the returned
+    changes (references, subscriptions) to the sockets."""
+
+    def __init__(self, entries=None):
+        self.entries: list[Entry] = list(entries or [])
+
+    def first(self, socket) -> Entry | None:
+        """The newest entry of `socket` (MI calls only ever touch that one)."""
+        for entry in self.entries:
+            if entry.socket is socket:
+                return entry
+        return None
+
+    def sockets(self) -> list:
+        seen, out = set(), []
+        for entry in self.entries:
+            if id(entry.socket) not in seen:
+                seen.add(id(entry.socket))
+                out.append(entry.socket)
+        return out
+
+    def add(self, socket, names) -> tuple[bool, list[str]]:
+        """Subscribe `names` on the socket's first entry, creating (prepending)
+        the entry if there is none. Empty names and names already in the entry
+        are skipped; each new name is prepended. Returns (entry created, names
+        added in order of arrival)."""
+        entry = self.first(socket)
+        created = entry is None
+        if created:
+            entry = Entry(socket)
+            self.entries.insert(0, entry)
+        added = []
+        for name in names:
+            if name and name not in entry.events:
+                entry.events.insert(0, name)
+                added.append(name)
+        return created, added
+
+    def remove(self, socket, names) -> tuple[bool, list[str]]:
+        """Unsubscribe `names` from the socket's first entry. An entry left
+        without events leaves the set (also one that had none, as soon as a
+        non-empty name is given). Returns (entry removed, names removed)."""
+        entry = self.first(socket)
+        if entry is None:
+            return False, []
+        wanted = [name for name in names if name]
+        removed = []
+        for name in wanted:
+            if name in entry.events:
+                entry.events.remove(name)
+                removed.append(name)
+        dropped = bool(wanted) and not entry.events
+        if dropped:
+            self.entries.remove(entry)
+        return dropped, removed
+
+    def as_list(self) -> dict:
+        return {"Sockets": [{"if": _socket_name(e.socket), "Events": list(e.events)}
+                            for e in self.entries]}
+
+
+def _socket_name(socket) -> str:
+    return getattr(socket, "name", None) or str(socket)
+
+
+def normalize_command(text: str, max_bytes: int = MAX_COMMAND_BYTES) -> str:
+    """The command text to send (the connection adds the `\\n\\n` terminator),
+    or `MiError` 400: empty, over `max_bytes`, or holding an empty line (which
+    would end this command and smuggle in another one). Trailing CR/LF are
+    just a terminator and are dropped; interior single newlines (header lines
+    such as `job-uuid: foobar`) are kept."""
+    command = text.rstrip("\r\n")
+    if not command.strip():
+        raise MiError(400, "Empty ESL command")
+    if len(command.encode("utf-8", "surrogateescape")) > max_bytes:
+        raise MiError(400, "ESL command too long")
+    if any(not line.rstrip("\r") for line in command.split("\n")):
+        raise MiError(400, "Bad ESL command")
+    return command
+
+
+# -------------------------------------------------------------- the service
+
+class Scripting:
+    """The freeswitch_scripting module: MI commands, modparams, DB reloads."""
+
+    def __init__(self, settings, manager, evi, stats, cfg_dir=None,
+                 max_command_bytes: int = MAX_COMMAND_BYTES, db_timeout: float = 10.0):
+        self.settings = settings
+        self.manager = manager
+        self.evi = evi
+        self.stats = stats
+        self.cfg_dir = cfg_dir
+        self.max_command_bytes = max_command_bytes
+        self.set = SubscriptionSet()
+        self.db = None
+        if getattr(settings, "db_url", None):
+            self.db = FsDatabase(
+                settings.db_url, cfg_dir, table=settings.db_table,
+                col_username=settings.db_col_username, col_password=settings.db_col_password,
+                col_ip=settings.db_col_ip, col_port=settings.db_col_port,
+                col_events=settings.db_col_events, timeout=db_timeout)
+        self._reload_lock = gevent.lock.Semaphore()
+        self._raise = evi.raise_freeswitch if evi is not None else None
+        group = MODULE
+        self._reloads = stats.counter(group, "db_reloads")
+        self._reload_failures = stats.counter(group, "db_reload_failures")
+        self._rows_skipped = stats.counter(group, "db_rows_skipped")
+        self._esl_commands = stats.counter(group, "esl_commands")
+        self._esl_failures = stats.counter(group, "esl_command_failures")
+        stats.gauge(group, "subscribed_sockets", lambda: len(self.set.entries))
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.event_sink = self.on_event
+        if self.db is not None:
+            try:
+                if self.db.engine == "sqlite":
+                    self.db.ensure_schema()
+                self.reload()
+            except (DbError, MiError) as exc:
+                log.error("initial load of table %s failed, starting with no DB "
+                          "subscriptions: %s", self.settings.db_table, _reason(exc))
+        for param in getattr(self.settings, "fs_subscribe", None) or []:
+            try:
+                self.subscribe_modparam(param.url)
+            except (fsurl.UrlError, ValueError) as exc:
+                log.error("%s:%s: fs_subscribe ignored: %s", param.file, param.line, exc)
+
+    def stop(self) -> None:
+        if getattr(self.manager, "event_sink", None) == self.on_event:
+            self.manager.event_sink = None
+        old, self.set = self.set, SubscriptionSet()
+        self._release(old.entries)
+
+    def on_event(self, socket, name: str, body: bytes) -> None:
+        """Called by the ESL reader for each subscribed event: raise E_FREESWITCH."""
+        self._raise(name, socket.host, body)
+
+    # -- subscriptions ----------------------------------------------------
+
+    def subscribe_modparam(self, url: str) -> None:
+        """One `fs_subscribe` modparam: like an MI subscribe, events from `?`."""
+        parsed = fsurl.parse(url)
+        if not parsed.password:
+            raise ValueError(f"fs_subscribe URL {parsed.key} has no password")
+        socket = self._socket(parsed, create=True)
+        self._subscribe(socket, parsed, parsed.events)
+
+    def subscribe(self, url_text: str, params_events) -> str:
+        parsed, socket = self._resolve(url_text)
+        events = params_events()  # typed read: may raise, nothing changed yet
+        if socket is None:
+            socket = self._socket(parsed, create=True)
+        self._subscribe(socket, parsed, events)
+        return "OK"
+
+    def _subscribe(self, socket, parsed, events) -> None:
+        self._update_credentials(socket, parsed)
+        created, added = self.set.add(socket, events)
+        if created:
+            socket.ref()
+        for name in added:
+            socket.subscribe(name)
+
+    def unsubscribe(self, url_text: str, params_events) -> str:
+        parsed, socket = self._resolve(url_text)
+        if socket is None or self.set.first(socket) is None:
+            # [OS] answer OK before even reading the events; [EMU] never create
+            # a socket for an unsubscribe
+            if socket is not None:
+                self._update_credentials(socket, parsed)
+            return "OK"
+        events = params_events()
+        self._update_credentials(socket, parsed)
+        dropped, removed = self.set.remove(socket, events)
+        for name in removed:
+            socket.unsubscribe(name)
+        if dropped:
+            socket.unref()
+        return "OK"
+
+    def list(self) -> dict:
+        return self.set.as_list()
+
+    # -- reload -------------------------------------------------------------
+
+    def reload(self) -> str:
+        if self.db is None:
+            raise MiError(*NO_DB)
+        with self._reload_lock:
+            self._reloads.value += 1
+            try:
+                rows = self.db.load()
+            except DbError as exc:
+                self._reload_failures.value += 1
+                log.error("failed to reload DB data, keeping old data set: %s", exc)
+                raise internal_error() from None
+            subs = []
+            for row in rows:
+                try:
+                    subs.append(row_subscription(row, self.db.columns))
+                except BadRow as exc:
+                    self._rows_skipped.value += 1
+                    log.warning("table %s: row id %s skipped: %s", self.settings.db_table,
+                                row.id, exc)
+            if not rows:
+                log.info("table %s is empty, clearing all sockets", self.settings.db_table)
+            new = SubscriptionSet()
+            try:
+                for sub in subs:
+                    socket = self.manager.find(sub.host, sub.port)
+                    if socket is None:
+                        socket = self.manager.get(sub.host, sub.port, sub.username, sub.password)
+                    socket.update_credentials(sub.username, sub.password, from_db=True)
+                    entry = Entry(socket, _unique(sub.events))
+                    new.entries.insert(0, entry)
+                    self._acquire(entry)
+            except Exception:
+                log.exception("reload aborted, keeping old data set")
+                self._release(new.entries)
+                self._reload_failures.value += 1
+                raise internal_error() from None
+            old, self.set = self.set, new
+            self._release(old.entries)
+            log.info("loaded %d socket subscription(s) from table %s", len(new.entries),
+                     self.settings.db_table)
+            return "OK"
+
+    @staticmethod
+    def _acquire(entry: Entry) -> None:
+        entry.socket.ref()
+        for name in entry.events:
+            entry.socket.subscribe(name)
+
+    @staticmethod
+    def _release(entries) -> None:
+        for entry in entries:
+            for name in entry.events:
+                entry.socket.unsubscribe(name)
+            entry.socket.unref()
+
+    # -- freeswitch_esl -------------------------------------------------------
+
+    def esl(self, command: str, url_text: str) -> str:
+        from .esl.connection import EslNotConnected, EslTimeout
+
+        text = normalize_command(command, self.max_command_bytes)
+        parsed, socket = self._resolve(url_text)
+        if socket is None:
+            socket = self._socket(parsed, create=True)
+        else:
+            self._update_credentials(socket, parsed)
+        self._esl_commands.value += 1
+        try:
+            reply = socket.command(text)
+        except EslTimeout:
+            self._esl_failures.value += 1
+            raise MiError(504, "ESL command timeout") from None
+        except EslNotConnected:
+            self._esl_failures.value += 1
+            raise MiError(503, "FreeSWITCH not connected") from None
+        if reply.content_type == "api/response":
+            return (reply.body or b"").decode("utf-8", "surrogateescape")
+        return reply.reply_text or ""
+
+    # -- fs_status ------------------------------------------------------------
+
+    def status(self, url_text: str | None = None) -> dict:
+        if url_text is None:
+            return {"Sockets": [s.status() for s in self.manager.sockets()]}
+        try:
+            parsed = fsurl.parse(url_text)
+        except fsurl.UrlError as exc:
+            log.error("fs_status: %s", exc)
+            raise internal_error() from None
+        socket = self.manager.find(parsed.host, parsed.port)
+        if socket is None:
+            raise MiError(404, "Socket not found")
+        return {"Sockets": [socket.status()]}
+
+    # -- sockets ----------------------------------------------------------------
+
+    def _resolve(self, url_text: str):
+        """Parse the URL and find its socket without creating anything:
+        (parsed, socket or None). A bad URL, or an unknown socket without a
+        password, is `500 Internal Error` (FSS.md §2.3, §4 step 2)."""
+        try:
+            parsed = fsurl.parse(url_text)
+        except fsurl.UrlError as exc:
+            log.error("failed to parse FS URL: %s", exc)
+            raise internal_error() from None
+        socket = self.manager.find(parsed.host, parsed.port)
+        if socket is None and not parsed.password:
+            log.error("refusing to connect to FS %s without a password", parsed.key)
+            raise internal_error()
+        return parsed, socket
+
+    def _socket(self, parsed, create: bool):
+        from .esl.manager import EslNoPassword
+
+        socket = self.manager.find(parsed.host, parsed.port)
+        if socket is not None or not create:
+            return socket
+        try:
+            return self.manager.get(parsed.host, parsed.port, parsed.username, parsed.password)
+        except EslNoPassword:
+            raise internal_error() from None
+
+    @staticmethod
+    def _update_credentials(socket, parsed) -> None:
+        """FSS.md §2.3: a URL naming a socket that is not DB-provisioned sets
+        its username (cleared if none) and, when given, its password."""
+        if not getattr(socket, "db_provisioned", False):
+            socket.update_credentials(parsed.username, parsed.password)
+
+    # -- MI -------------------------------------------------------------------
+
+    def mi_commands(self) -> list[MiCommand]:
+        def subscribe(params):
+            return self.subscribe(params.string("freeswitch_url"),
+                                  lambda: params.strings("events"))
+
+        def unsubscribe(params):
+            return self.unsubscribe(params.string("freeswitch_url"),
+                                    lambda: params.strings("events"))
+
+        def esl(params):
+            # both strings are read first: bad types are -32602 before anything runs
+            command = params.string("command")
+            return self.esl(command, params.string("freeswitch_url"))
+
+        def status(params):
+            if "freeswitch_url" in params:
+                return self.status(params.string("freeswitch_url"))
+            return self.status()
+
+        return [
+            MiCommand(MODULE, "subscribe", "fs_subscribe", [["freeswitch_url", "events"]],
+                      subscribe),
+            MiCommand(MODULE, "unsubscribe", "fs_unsubscribe", [["freeswitch_url", "events"]],
+                      unsubscribe),
+            MiCommand(MODULE, "list", "fs_list", [[]], lambda params: self.list()),
+            MiCommand(MODULE, "reload", "fs_reload", [[]], lambda params: self.reload()),
+            MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
+            MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),
+        ]
+
+
+def _unique(names) -> list[str]:
+    out = []
+    for name in names:
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, MiError):
+        return f"{exc.code} {exc.message}"
+    return str(exc)
