@@ -1,0 +1,391 @@
+"""One ESL connection to one FreeSWITCH (gevent): connect, log in, run
+commands, hand every other frame to its owner, notice when the peer is gone.
+
+* `open()` connects within `connect_timeout`, waits (same bound) for
+  `auth/request`, sends `auth PASS` or `userauth USER:PASS` and waits (same
+  bound) for `+OK accepted` (ESL.md §10.1). Failures raise `EslConnectError`
+  (`EslAuthError` for a refused login) and leave nothing behind.
+* Commands are matched with replies in FIFO order (ESL.md §4): every
+  `command/reply` or `api/response` completes the oldest outstanding command.
+  A caller that times out leaves its slot in the FIFO, so its late reply is
+  consumed and discarded, never handed to the next caller.
+* One reader greenlet per connection cuts frames with the sans-IO parser and
+  calls `on_frame(frame)` for every frame that is not a reply; it never waits
+  on anything but the socket.
+* A disconnect notice, EOF, reset, protocol error or silence beyond the
+  liveness bound ends the connection: every outstanding command fails at once
+  with `EslNotConnected` naming the cause, and `on_lost(conn, reason)` runs.
+* Liveness [EMU]: TCP keepalive and `TCP_USER_TIMEOUT` are set so that a peer
+  that vanished without a FIN is noticed by the kernel within
+  `liveness_timeout`; on top of that, after `idle_probe` seconds without a
+  byte the connection sends a harmless unknown command (answered
+  `-ERR command not found`) and a peer still silent after `liveness_timeout`
+  is declared dead. While a caller's command is outstanding FreeSWITCH may be
+  legitimately silent (a synchronous `api` blocks the connection), so the
+  bound is then `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket as _stdsocket
+import time
+
+import gevent
+import gevent.event
+import gevent.lock
+from gevent import socket
+
+from .protocol import (
+    CT_AUTH_REQUEST,
+    CT_COMMAND_REPLY,
+    DEFAULT_MAX_BODY,
+    REPLY_TYPES,
+    Frame,
+    FrameParser,
+    ProtocolError,
+    auth_command,
+    encode_command,
+)
+
+__all__ = [
+    "EslAuthError",
+    "EslConnectError",
+    "EslConnection",
+    "EslError",
+    "EslNotConnected",
+    "EslReply",
+    "EslTimeout",
+    "PROBE_COMMAND",
+]
+
+log = logging.getLogger("opensips_fs.esl")
+
+RECV_SIZE = 256 * 1024
+# An unknown command: FreeSWITCH answers `-ERR command not found` and does
+# nothing else (no API event, no state change).
+PROBE_COMMAND = "opensips-fs-ping"
+
+
+class EslError(Exception):
+    """Base of every ESL failure."""
+
+
+class EslNotConnected(EslError):
+    """The socket is not connected, or the connection was lost while waiting."""
+
+
+class EslTimeout(EslError):
+    """No reply within the command timeout."""
+
+
+class EslConnectError(EslError):
+    """A connection attempt failed (refused, timed out, no greeting)."""
+
+
+class EslAuthError(EslConnectError):
+    """FreeSWITCH refused the credentials."""
+
+
+class EslReply:
+    """The reply to one command: `command/reply` or `api/response`."""
+
+    __slots__ = ("content_type", "headers", "body", "reply_text")
+
+    def __init__(self, content_type: str | None, headers: list[tuple[str, str]], body: bytes | None):
+        self.content_type = content_type
+        self.headers = headers
+        self.body = body
+        self.reply_text = None
+        for name, value in headers:
+            if name.lower() == "reply-text":
+                self.reply_text = value
+                break
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> "EslReply":
+        return cls(frame.content_type, frame.headers, frame.body)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return default
+
+    def __repr__(self) -> str:
+        if self.reply_text is not None:
+            return f"EslReply({self.content_type!r}, {self.reply_text!r})"
+        return f"EslReply({self.content_type!r}, body={None if self.body is None else len(self.body)})"
+
+
+class _Waiter:
+    """One outstanding command's FIFO slot."""
+
+    __slots__ = ("done", "reply", "error", "abandoned", "user")
+
+    def __init__(self, user: bool):
+        self.done = gevent.event.Event()
+        self.reply: EslReply | None = None
+        self.error: Exception | None = None
+        self.abandoned = False
+        self.user = user
+
+
+class _Lost(Exception):
+    pass
+
+
+def _set_keepalive(sock, liveness: float) -> None:
+    """Kernel-level dead-peer detection within about `liveness` seconds."""
+    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_KEEPALIVE, 1)
+    idle = max(1, int(liveness / 3))
+    interval = max(1, int((liveness - idle) / 4))
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval), ("TCP_KEEPCNT", 4),
+                        ("TCP_USER_TIMEOUT", int(liveness * 1000))):
+        option = getattr(_stdsocket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(_stdsocket.IPPROTO_TCP, option, value)
+            except OSError:  # not supported on this platform
+                pass
+    sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+
+
+class EslConnection:
+    """A single logged-in ESL connection. Not reused after it is lost."""
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float, on_frame, on_lost=None,
+                 max_body: int = DEFAULT_MAX_BODY, liveness_timeout: float = 30.0,
+                 idle_probe: float = 10.0, busy_timeout: float = 300.0, label: str | None = None):
+        self.host = host
+        self.port = port
+        self.label = label or f"{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.on_frame = on_frame
+        self.on_lost = on_lost
+        self.liveness_timeout = liveness_timeout
+        self.idle_probe = min(idle_probe, liveness_timeout)
+        self.busy_timeout = max(busy_timeout, liveness_timeout)
+        self._parser = FrameParser(max_body=max_body)
+        self._sock = None
+        self._reader = None
+        self._fifo: collections.deque[_Waiter] = collections.deque()
+        self._send_lock = gevent.lock.Semaphore()
+        self._early: list[Frame] = []
+        self._last_rx = 0.0
+        self._probe_sent = False
+        self.connected = False
+        self.lost_reason: str | None = None
+        self.closed = gevent.event.Event()
+        self.late_replies = 0
+        self.stray_replies = 0
+
+    # -- opening -------------------------------------------------------------
+
+    def open(self, username: str | None, password: str, on_authenticating=None) -> None:
+        """Connect and log in, or raise `EslConnectError` / `EslAuthError`.
+        `on_authenticating()` runs once the TCP connection is up."""
+        timeout = self.connect_timeout
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except (OSError, gevent.Timeout) as exc:
+            raise EslConnectError(f"connect to {self.label} failed: {_describe(exc)}") from None
+        try:
+            _set_keepalive(sock, self.liveness_timeout)
+            if on_authenticating is not None:
+                on_authenticating()
+            greeting = self._read_frame(sock, timeout, "auth/request greeting")
+            if greeting.content_type != CT_AUTH_REQUEST:
+                raise EslConnectError(f"{self.label} did not greet with auth/request "
+                                      f"(got {greeting.content_type!r})")
+            sock.sendall(encode_command(auth_command(password, username)))
+            reply = self._read_frame(sock, timeout, "the auth reply")
+            text = reply.reply_text
+            if reply.content_type != CT_COMMAND_REPLY or (text or "").lower() != "+ok accepted":
+                raise EslAuthError(f"{self.label} refused the login: {text or reply.content_type!r}")
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._last_rx = time.monotonic()
+        self.connected = True
+        self._reader = gevent.spawn(self._read_loop)
+
+    def _read_frame(self, sock, timeout: float, what: str) -> Frame:
+        deadline = time.monotonic() + timeout
+        while not self._early:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EslConnectError(f"no {what} from {self.label} within {timeout:g} s")
+            sock.settimeout(left)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (TimeoutError, _stdsocket.timeout):
+                continue
+            except OSError as exc:
+                raise EslConnectError(f"{self.label} failed while waiting for {what}: {_describe(exc)}") from None
+            if not data:
+                raise EslConnectError(f"{self.label} closed the connection while waiting for {what}")
+            try:
+                self._early.extend(self._parser.feed(data))
+            except ProtocolError as exc:
+                raise EslConnectError(f"{self.label}: protocol error: {exc}") from None
+        return self._early.pop(0)
+
+    # -- commands ------------------------------------------------------------
+
+    def send(self, text: str, user: bool = True) -> _Waiter:
+        """Queue one command (text without its blank line) and send it."""
+        data = encode_command(text)
+        with self._send_lock:
+            if not self.connected:
+                raise EslNotConnected(f"{self.label} is not connected"
+                                      + (f" ({self.lost_reason})" if self.lost_reason else ""))
+            waiter = _Waiter(user)
+            self._fifo.append(waiter)
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                self._lose(f"send failed: {_describe(exc)}")
+        return waiter
+
+    def wait(self, waiter: _Waiter, timeout: float) -> EslReply:
+        """The reply of `waiter`, or EslTimeout (its slot stays: the late
+        reply is discarded) / EslNotConnected."""
+        if not waiter.done.wait(timeout):
+            waiter.abandoned = True
+            raise EslTimeout(f"no reply from {self.label} within {timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def command(self, text: str, timeout: float) -> EslReply:
+        return self.wait(self.send(text), timeout)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._fifo)
+
+    # -- reading -------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        recv = sock.recv
+        feed = self._parser.feed
+        on_frame = self.on_frame
+        fifo = self._fifo
+        reply_types = REPLY_TYPES
+        sock.settimeout(self.idle_probe)
+        try:
+            early, self._early = self._early, []
+            for frame in early:
+                self._dispatch(frame)
+            while True:
+                try:
+                    data = recv(RECV_SIZE)
+                except (TimeoutError, _stdsocket.timeout):
+                    self._on_silence()
+                    continue
+                if not data:
+                    raise _Lost("EOF from FreeSWITCH"
+                                + (" inside a frame" if self._parser.in_frame else ""))
+                self._last_rx = time.monotonic()
+                self._probe_sent = False
+                for frame in feed(data):
+                    content_type = frame.content_type
+                    if content_type in reply_types:
+                        if fifo:
+                            self._complete(fifo.popleft(), frame)
+                        else:
+                            self.stray_replies += 1
+                            on_frame(frame)
+                    elif frame.is_disconnect:
+                        text = (frame.body or b"").decode("utf-8", "replace").strip()
+                        raise _Lost(f"disconnect notice: {text or content_type}")
+                    else:
+                        on_frame(frame)
+        except _Lost as exc:
+            self._lose(str(exc))
+        except ProtocolError as exc:
+            self._lose(f"protocol error: {exc}")
+        except OSError as exc:
+            self._lose(f"read failed: {_describe(exc)}")
+        except gevent.GreenletExit:
+            self._lose("closed")
+        except Exception as exc:  # a bug in a frame handler: never lose track of the connection
+            log.exception("ESL %s: reader failed", self.label)
+            self._lose(f"internal error: {exc!r}")
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.content_type in REPLY_TYPES:
+            if self._fifo:
+                self._complete(self._fifo.popleft(), frame)
+            else:
+                self.stray_replies += 1
+                self.on_frame(frame)
+        elif frame.is_disconnect:
+            raise _Lost("disconnect notice")
+        else:
+            self.on_frame(frame)
+
+    def _complete(self, waiter: _Waiter, frame: Frame) -> None:
+        if waiter.abandoned:
+            if waiter.user:
+                self.late_replies += 1
+            return
+        waiter.reply = EslReply.from_frame(frame)
+        waiter.done.set()
+
+    def _on_silence(self) -> None:
+        silent = time.monotonic() - self._last_rx
+        busy = any(w.user and not w.abandoned for w in self._fifo)
+        limit = self.busy_timeout if busy else self.liveness_timeout
+        if silent >= limit:
+            raise _Lost(f"no data from FreeSWITCH for {silent:.1f} s")
+        if not self._probe_sent and not busy:
+            self._probe_sent = True
+            waiter = self.send(PROBE_COMMAND, user=False)
+            waiter.abandoned = True  # its reply only proves the peer is alive
+
+    # -- closing -------------------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        if not self.connected and self.closed.is_set():
+            return
+        self.connected = False
+        self.lost_reason = reason
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(_stdsocket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        error = EslNotConnected(f"connection to {self.label} lost: {reason}")
+        fifo, self._fifo = self._fifo, collections.deque()
+        for waiter in fifo:
+            waiter.error = error
+            waiter.done.set()
+        self.closed.set()
+        if self.on_lost is not None:
+            try:
+                self.on_lost(self, reason)
+            except Exception:
+                log.exception("ESL %s: on_lost handler failed", self.label)
+
+    def close(self, reason: str = "closed") -> None:
+        """Close now (no `exit`, no `nixevent`); fail outstanding commands."""
+        reader = self._reader
+        self._lose(reason)
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, _stdsocket.timeout, gevent.Timeout)):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
