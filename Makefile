@@ -1,7 +1,7 @@
 # opensips-fs
 #
 #   make run     create .venv if needed, install, run on etc/opensips-fs.cfg (Ctrl-C stops)
-#   make test    same venv with the test extras, run the test suite
+#   make test    same venv with the test extras, run the test suite (TESTS=tests/test_x.py)
 #   make check   check the configuration file (CONFIG=...)
 #   make demo    simulator + opensips-fs + an E_FREESWITCH printer, until Ctrl-C
 #   make clean   remove the venv and build leftovers (keeps var/, the SQLite data)
@@ -15,6 +15,7 @@ VENV        ?= .venv
 CONFIG      ?= etc/opensips-fs.cfg
 ARGS        ?=
 PYTEST_ARGS ?= -q
+TESTS       ?= tests
 CPS         ?= 2
 
 BIN        := $(VENV)/bin
@@ -52,7 +53,7 @@ run: $(RUN_STAMP)
 	exec $(BIN)/opensips-fs -f $(CONFIG) $(ARGS)
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS) $(TESTS)
 
 check: $(RUN_STAMP)
 	$(BIN)/opensips-fs -c -f $(CONFIG)
