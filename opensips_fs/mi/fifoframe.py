@@ -41,7 +41,7 @@ _SPACE = re.compile(rb"[\x00-\x20]*")
 _NOT_SPACE = re.compile(rb"[^\x00-\x20]")
 _SPACE_OR_END = re.compile(rb"[\x00-\x20]")
 # What may legitimately be cut at the end of a partial JSON text.
-_PARTIAL_TOKEN = re.compile(r'[-+0-9.eE]*|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|\\u[0-9a-fA-F]{0,3}')
+_PARTIAL_TOKEN = re.compile(r'[-+0-9.eE]*|t(r(ue?)?)?|f(a(l(se?)?)?)?|n(u(ll?)?)?|\\?u[0-9a-fA-F]{0,3}')
 
 
 def valid_reply_name(name: str) -> bool:

@@ -1,0 +1,280 @@
+"""The sans-IO parts of MI, tested with bytes alone: JSON-RPC parsing
+(jsonrpc.py), the HTTP request parser (httpwire.py), FIFO framing
+(fifoframe.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from opensips_fs.mi.fifoframe import FifoParser, FifoRejected, FifoRequest
+from opensips_fs.mi.httpwire import CONTINUE, NEED_DATA, HttpError, RequestParser, encode_response
+from opensips_fs.mi.jsonrpc import (
+    INVALID_REQUEST_NULL_ID, NOTIFICATION, PARSE_ERROR_REPLY, RequestError, encode_error, encode_success,
+    parse_request,
+)
+
+# -- jsonrpc -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body, method, params, request_id", [
+    (b'{"jsonrpc":"2.0","method":"m","id":1}', "m", None, 1),
+    (b'{"jsonrpc":"2.0","method":"m","params":{},"id":"1"}', "m", None, "1"),
+    (b'{"jsonrpc":"2.0","method":"m","params":[],"id":null}', "m", None, None),
+    (b'{"jsonrpc":"2.0","method":"m","params":[1]}', "m", [1], NOTIFICATION),
+    (b'  {"id":-3,"method":"m","jsonrpc":"2.0"}  ', "m", None, -3),
+    (b'{"jsonrpc":"2.0","method":"m","id":1.9}', "m", None, 1),
+    (b'{"jsonrpc":"2.0","method":"m","id":-1.9}', "m", None, -1),
+    (b'{"jsonrpc":"2.0","method":"m","id":99999999999}', "m", None, 2147483647),
+    (b'{"jsonrpc":"2.0","method":"m","id":-99999999999}', "m", None, -2147483648),
+    (b'{"jsonrpc":"2.0","method":"m","id":1e999}', "m", None, 2147483647),
+    (b'{"jsonrpc":"2.0","method":"m","id":' + b"9" * 5000 + b"}", "m", None, 2147483647),
+    (b'{"JSONRPC":"2.0","Method":"m","Params":[2],"ID":4}', "m", [2], 4),
+    (b'{"jsonrpc":"2.0","method":"first","method":"second","id":1}', "first", None, 1),
+    (b'{"jsonrpc":"2.0","method":"m","id":1}{"x":1}', "m", None, 1),
+    (b'{"jsonrpc":"2.0","method":"m","id":1} trailing garbage', "m", None, 1),
+    (b'\x01{\x02"jsonrpc"\x03:"2.0",\x1f"method":"m","id":1}', "m", None, 1),
+    (b'{"jsonrpc":"2.0","method":"a\x01b","id":1}', "a\x01b", None, 1),
+    (b'{"jsonrpc":"2.0","method":"m\\u0000x","id":"i\\u0000d"}', "m", None, "i"),
+])
+def test_parse_valid(body, method, params, request_id):
+    request = parse_request(body)
+    assert (request.method, request.params, request.id) == (method, params, request_id)
+
+
+@pytest.mark.parametrize("body, reply", [
+    (b"", PARSE_ERROR_REPLY),
+    (b"   ", PARSE_ERROR_REPLY),
+    (b'{"jsonrpc":"2.0","method":"m","id":1', PARSE_ERROR_REPLY),
+    (b'{"jsonrpc":"2.0","method":"m","id":NaN}', PARSE_ERROR_REPLY),
+    (b'{"jsonrpc":"2.0","method":"m","id":Infinity}', PARSE_ERROR_REPLY),
+    (b"[" * 50000, PARSE_ERROR_REPLY),
+    (b"[]", INVALID_REQUEST_NULL_ID),
+    (b'[{"jsonrpc":"2.0","method":"m","id":1}]', INVALID_REQUEST_NULL_ID),
+    (b'"str"', INVALID_REQUEST_NULL_ID),
+    (b'{"jsonrpc":"2.0","method":"m","id":{}}', INVALID_REQUEST_NULL_ID),
+    (b'{"jsonrpc":"2.0","method":"m","id":[1]}', INVALID_REQUEST_NULL_ID),
+    (b'{"jsonrpc":"2.0","method":"m","id":false}', INVALID_REQUEST_NULL_ID),
+    (b'{"jsonrpc":"1.0","method":"m"}', INVALID_REQUEST_NULL_ID),
+    (b'{"jsonrpc":"1.0","method":"m","id":8}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":8}'),
+    (b'{"jsonrpc":2.0,"method":"m","id":"a"}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":"a"}'),
+    (b'{"method":"m","id":9}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":9}'),
+    (b'{"jsonrpc":"2.0","id":10}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":10}'),
+    (b'{"jsonrpc":"2.0","method":5,"id":11}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":11}'),
+    (b'{"jsonrpc":"2.0","method":"m","params":"x","id":12}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":12}'),
+    (b'{"jsonrpc":"2.0","method":"m","params":null,"id":null}', INVALID_REQUEST_NULL_ID),
+])
+def test_parse_errors(body, reply):
+    with pytest.raises(RequestError) as caught:
+        parse_request(body)
+    assert caught.value.reply == reply
+
+
+def test_non_utf8_round_trips():
+    request = parse_request(b'{"jsonrpc":"2.0","method":"m","id":"caf\xe9"}')
+    assert encode_success("OK", request.id) == b'{"jsonrpc":"2.0","result":"OK","id":"caf\xe9"}'
+
+
+def test_encoding_member_order_and_escapes():
+    assert encode_error(-32602, "Invalid params", "Bad type for parameter 'x'", "i") == \
+        b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params","data":"Bad type for parameter \'x\'"},"id":"i"}'
+    assert encode_success({"b": 1, "a": "\x01/\x7f\n"}, None) == \
+        b'{"jsonrpc":"2.0","result":{"b":1,"a":"\\u0001/\x7f\\n"},"id":null}'
+
+
+def test_control_pass_is_linear():
+    """Many escaped quotes plus a control byte: one linear sweep."""
+    body = b'{"a":"' + b'\\"' * 300000 + b'\x01'
+    started = time.perf_counter()
+    with pytest.raises(RequestError):
+        parse_request(body)
+    assert time.perf_counter() - started < 2
+
+
+# -- httpwire ------------------------------------------------------------------------------
+
+REQ = b"POST /mi HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def test_http_request_whole_and_bytewise():
+    for chunks in ([REQ], [bytes([b]) for b in REQ]):
+        parser = RequestParser()
+        events = []
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (event := parser.next_event()) is not NEED_DATA:
+                events.append(event)
+        (request,) = events
+        assert (request.method, request.path, request.version, request.body, request.keep_alive) == \
+            ("POST", "/mi", "1.1", b"{}", True)
+        assert request.header("host") == "h"
+        assert not parser.in_progress
+
+
+def test_http_pipelined_and_connection_close():
+    parser = RequestParser()
+    parser.feed(REQ + REQ.replace(b"Host: h", b"Connection: close") + b"\r\n")
+    first, second = parser.next_event(), parser.next_event()
+    assert first.keep_alive and not second.keep_alive
+    assert parser.next_event() is NEED_DATA
+
+
+def test_http_expect_continue_only_when_body_missing():
+    parser = RequestParser()
+    parser.feed(b"POST /mi HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert parser.next_event() is CONTINUE
+    assert parser.next_event() is NEED_DATA
+    parser.feed(b"{}")
+    assert parser.next_event().body == b"{}"
+    parser.feed(b"POST /mi HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")
+    assert parser.next_event().body == b"{}"
+
+
+def test_http_chunked_with_trailers():
+    parser = RequestParser()
+    parser.feed(b"POST /mi HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n")
+    assert parser.next_event().body == b"{}"
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"POST /mi HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413),
+    (b"POST /mi HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /mi HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413),
+    (b"POST /mi HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST /mi HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX", 400),
+    (b"POST  /mi HTTP/1.1\r\n\r\n", 400),
+    (b"POST /mi HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+    (b"POST /mi FTP/1.0\r\n\r\n", 400),
+])
+def test_http_errors(raw, status):
+    parser = RequestParser()
+    parser.feed(raw)
+    with pytest.raises(HttpError) as caught:
+        parser.next_event()
+    assert caught.value.status == status
+
+
+def test_http_head_scan_is_linear():
+    """Feeding a 16 KiB header block one byte at a time never rescans it."""
+    parser = RequestParser(max_head=16384)
+    parser.feed(b"POST /mi HTTP/1.1\r\n")
+    started = time.perf_counter()
+    with pytest.raises(HttpError):
+        for _ in range(20000):
+            parser.feed(b"a")
+            assert parser.next_event() is NEED_DATA
+    assert time.perf_counter() - started < 1
+
+
+def test_encode_response_header_order():
+    reply = encode_response(200, b"{}", content_type="application/json", close=True)
+    lines = reply.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    assert lines[1].startswith(b"Date: ") and lines[1].endswith(b" GMT")
+    assert lines[2:] == [b"Connection: close", b"Content-Type: application/json", b"Content-Length: 2", b"", b"{}"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 50), max_size=10))
+def test_http_parser_never_crashes(data, cuts):
+    parser = RequestParser(max_head=200, max_body=100)
+    position = 0
+    try:
+        for cut in cuts + [len(data)]:
+            parser.feed(data[position:position + cut])
+            position += cut
+            for _ in range(10):
+                if parser.next_event() is NEED_DATA:
+                    break
+    except HttpError:
+        pass
+
+
+# -- fifoframe -----------------------------------------------------------------------------
+
+def feed_all(parser, *chunks):
+    out = []
+    for chunk in chunks:
+        out += parser.feed(chunk)
+    return out
+
+
+def test_fifo_one_request():
+    assert FifoParser().feed(b':r1:{"a":1}') == [FifoRequest("r1", b'{"a":1}')]
+
+
+def test_fifo_several_requests_and_whitespace():
+    items = FifoParser().feed(b'\n :r1:{"a":"}"}\n:r2: {"b":[1,{"c":"\\""}]}  \n::{"n":1}')
+    assert items == [FifoRequest("r1", b'{"a":"}"}'), FifoRequest("r2", b'{"b":[1,{"c":"\\""}]}'),
+                     FifoRequest(None, b'{"n":1}')]
+
+
+def test_fifo_bytewise_equals_whole():
+    data = b':r1:{"a":"x\\\\"}:r2:{"q":"\\"{"}'
+    parser = FifoParser()
+    assert feed_all(parser, *[bytes([b]) for b in data]) == FifoParser().feed(data) == [
+        FifoRequest("r1", b'{"a":"x\\\\"}'), FifoRequest("r2", b'{"q":"\\"{"}')]
+
+
+def test_fifo_refused_names_consume_their_request():
+    items = FifoParser().feed(b':../x:{"a":1}:a.b:{"a":2}:ok:{"a":3}')
+    assert [type(i) for i in items] == [FifoRejected, FifoRejected, FifoRequest]
+    assert items[2] == FifoRequest("ok", b'{"a":3}')
+
+
+def test_fifo_garbage_discarded_to_end_of_line():
+    items = FifoParser().feed(b'garbage here\n:r:{"a":1}')
+    assert isinstance(items[0], FifoRejected) and items[1] == FifoRequest("r", b'{"a":1}')
+
+
+def test_fifo_hopeless_json_is_reported_at_once():
+    assert FifoParser().feed(b":r:{bad json") == [FifoRequest("r", b"{bad json")]
+
+
+@pytest.mark.parametrize("partial", [b'{"jsonrpc":"2.0"', b'{"a":"unterminated', b'{"a":tr', b'{"a":-',
+                                     b'{"a":"\\u00', b'{"a":1.', b'{"a":', b'{'])
+def test_fifo_incomplete_json_waits(partial):
+    parser = FifoParser()
+    assert parser.feed(b":r:" + partial) == []
+    assert parser.pending
+    assert parser.flush() == [FifoRequest("r", partial)]
+    assert not parser.pending
+
+
+def test_fifo_oversize_request_is_skipped():
+    parser = FifoParser(max_request=1000)
+    items = parser.feed(b':big:{"a":"' + b"x" * 2000)
+    assert items == [FifoRequest("big", b"")]
+    items = parser.feed(b"x" * 5000 + b'"}:next:{"b":1}')
+    assert items == [FifoRequest("next", b'{"b":1}')]
+
+
+def test_fifo_long_reply_name_rejected():
+    items = FifoParser().feed(b":" + b"n" * 300 + b':{"a":1}\n:ok:{"a":2}')
+    assert isinstance(items[0], FifoRejected) and items[-1] == FifoRequest("ok", b'{"a":2}')
+
+
+def test_fifo_dribble_is_linear():
+    """A 1 MiB request written one 64-byte piece at a time stays fast."""
+    parser = FifoParser()
+    parser.feed(b':r:{"a":"')
+    piece = b"x" * 63 + b"}"
+    started = time.perf_counter()
+    for _ in range(16000):
+        assert parser.feed(piece) == []
+    assert parser.feed(b'"}') == [FifoRequest("r", b'{"a":"' + piece * 16000 + b'"}')]
+    assert time.perf_counter() - started < 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.integers(1, 30), max_size=8))
+def test_fifo_parser_never_crashes(data, cuts):
+    parser = FifoParser(max_request=100)
+    position = 0
+    for cut in cuts + [len(data)]:
+        for item in parser.feed(data[position:position + cut]):
+            assert isinstance(item, (FifoRequest, FifoRejected))
+        position += cut
+    parser.flush()
