@@ -21,12 +21,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import time
 from typing import Any, Callable
 
 from gevent.event import Event
 
 from . import __version__, logs
+from . import url as fsurl
 from .config import Config
 from .mi import StartupError
 from .stats import Stats
@@ -63,6 +65,8 @@ class App:
         self._running: list[tuple[str, Any]] = []          # (what, room), start order
         self._stopped = False
         self._up = False
+        for secret in config_secrets(config):
+            logs.register_secret(secret)
 
     # -- start
 
@@ -225,6 +229,24 @@ class App:
         self.transports.clear()
         if self._up:
             log.log(logs.NOTICE, "opensips-fs stopped")
+
+
+def config_secrets(config: Config) -> list[str]:
+    """The passwords written in the config, to be masked in every log line."""
+    secrets = []
+    if config.httpd is not None and config.httpd.auth_password:
+        secrets.append(config.httpd.auth_password)
+    scripting = config.freeswitch_scripting
+    if scripting is not None:
+        if scripting.db_url:
+            found = re.match(r"^\w+://[^:/@]*:([^@]*)@", scripting.db_url)
+            if found and found.group(1):
+                secrets.append(found.group(1))
+        for param in scripting.fs_subscribe:
+            password = fsurl.parse(param.url).password
+            if password:
+                secrets.append(password)
+    return secrets
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ in reverse, start-up failures naming the address and leaving nothing running;
 and the evi_print tool against a running app."""
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -49,11 +50,13 @@ def running(tmp_path):
         app = App(build(tmp_path, body)).start()
         apps.append(app)
         return app
-    saved_level = logs.get_level()
+    logger = logging.getLogger("opensips_fs")
+    saved = logs.get_level(), logger.level
     yield start
     for app in apps:
         app.stop()
-    logs.set_level(saved_level)
+    logs.set_level(saved[0])
+    logger.setLevel(saved[1])       # leave other tests' log capture as it was
 
 
 def http_port(app: App) -> int:
