@@ -71,7 +71,8 @@ class Stack:
     """Simulators on ephemeral ports, refused ports, and opensips-fs itself."""
 
     def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
-                 db_rows: list | None = None, esl_cmd_timeout: int = 5000):
+                 db_rows: list | None = None, esl_cmd_timeout: int = 5000,
+                 db_params: str | None = None, extra: str = ""):
         self.tmp_path = tmp_path
         self.sims = {}
         for golden_port in sims:
@@ -90,8 +91,10 @@ class Stack:
 loadmodule "freeswitch.so"
 modparam("freeswitch", "esl_cmd_timeout", {esl_cmd_timeout})
 loadmodule "freeswitch_scripting.so"
-modparam("freeswitch_scripting", "db_url", "sqlite://{self.db_path}")
+{db_params if db_params is not None else
+ f'modparam("freeswitch_scripting", "db_url", "sqlite://{self.db_path}")'}
 {self.rewrite(modparams)}
+{extra}
 loadmodule "httpd.so"
 modparam("httpd", "ip", "127.0.0.1")
 modparam("httpd", "port", 0)
