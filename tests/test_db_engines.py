@@ -253,25 +253,29 @@ def test_missing_version_table_is_an_error(engine_db):
 
 # ----------------------------------------------------- failures, not stalls
 
-def _lock_and_find_waiter(db: EngineDb, started) -> int:
-    """Lock the data table from the raw connection; return the id of the
-    server-side connection that waits on the lock."""
+def _lock(db: EngineDb, table: str = "freeswitch") -> None:
+    """Lock the data table from the raw connection: readers wait."""
     if db.engine == "postgres":
         db.conn.autocommit = False
-        db.execute("LOCK TABLE freeswitch IN ACCESS EXCLUSIVE MODE")
-        query = ("SELECT pid FROM pg_stat_activity WHERE datname = ? AND wait_event_type = 'Lock' "
-                 "AND pid <> pg_backend_pid()")
+        db.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
     else:
-        db.execute("LOCK TABLES freeswitch WRITE")
-        query = ("SELECT id FROM information_schema.processlist WHERE db = ? "
+        db.execute(f"LOCK TABLES {table} WRITE")
+
+
+def _find_waiter(db: EngineDb) -> int:
+    """The id of the server-side connection that waits on the lock."""
+    if db.engine == "postgres":
+        query = ("SELECT pid FROM pg_stat_activity WHERE datname = %s "
+                 "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+    else:
+        query = ("SELECT id FROM information_schema.processlist WHERE db = %s "
                  "AND state LIKE 'Waiting for table%%' AND id <> CONNECTION_ID()")
-    started.set()
     watcher = db._connect(db.name)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             cur = watcher.cursor()
-            cur.execute(query.replace("?", "%s"), (db.name,))
+            cur.execute(query, (db.name,))
             found = cur.fetchall()
             if found:
                 return found[0][0]
@@ -279,6 +283,16 @@ def _lock_and_find_waiter(db: EngineDb, started) -> int:
         raise AssertionError("the reload never waited on the lock")
     finally:
         watcher.close()
+
+
+def _kill(db: EngineDb, server_id: int) -> None:
+    killer = db._connect(db.name)
+    try:
+        killer.cursor().execute(
+            "SELECT pg_terminate_backend(%s)" if db.engine == "postgres" else "KILL %s",
+            (server_id,))
+    finally:
+        killer.close()
 
 
 def _unlock(db: EngineDb):
@@ -298,19 +312,14 @@ def test_connection_killed_mid_read_is_an_error_and_the_hub_keeps_running(engine
         fs_db = db.fs_database()
         ticks = []
         ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(100000)])
-        started = gevent.event.Event()
+        _lock(db)
         reader = gevent.spawn(fs_db.load)
-        waiter = _lock_and_find_waiter(db, started)
+        waiter = _find_waiter(db)
         ticks_while_blocked = len(ticks)
         gevent.sleep(0.2)
         assert len(ticks) > ticks_while_blocked + 5, "the hub stalled while the DB was locked"
         assert not reader.ready()
-        killer = db._connect(db.name)
-        try:
-            killer.cursor().execute(
-                "SELECT pg_terminate_backend(%s)" if engine == "postgres" else "KILL %s", (waiter,))
-        finally:
-            killer.close()
+        _kill(db, waiter)
         reader.join(10)
         ticker.kill()
         assert reader.ready() and isinstance(reader.exception, DbError)
@@ -330,9 +339,9 @@ def test_locked_table_times_out_with_a_clear_error(engine, tmp_path):
     try:
         standard_db(db)
         fs_db = db.fs_database(timeout=1)
-        started = gevent.event.Event()
+        _lock(db)
         reader = gevent.spawn(fs_db.load)
-        _lock_and_find_waiter(db, started)
+        _find_waiter(db)
         t0 = time.monotonic()
         reader.join(10)
         assert reader.ready() and isinstance(reader.exception, DbError)

@@ -72,7 +72,7 @@ class Stack:
 
     def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
                  db_rows: list | None = None, esl_cmd_timeout: int = 5000,
-                 db_params: str | None = None, extra: str = ""):
+                 db_params: str | None = None, extra: str = "", before_start=None):
         self.tmp_path = tmp_path
         self.sims = {}
         for golden_port in sims:
@@ -87,6 +87,8 @@ class Stack:
         self.db_path = tmp_path / "fs.sqlite"
         if db_rows is not None:
             self.write_db(db_rows)
+        if before_start is not None:
+            before_start(self)
         text = f'''
 loadmodule "freeswitch.so"
 modparam("freeswitch", "esl_cmd_timeout", {esl_cmd_timeout})
