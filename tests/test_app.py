@@ -251,3 +251,28 @@ def test_evi_print_describes_datagrams():
     assert describe(b'{"jsonrpc":"2.0","method":"E_OTHER"}', raw=False).endswith(" E_OTHER {}")
     assert "(not a JSON-RPC notification) junk" in describe(b"junk", raw=False)
     assert describe(b"junk", raw=True).endswith(" junk")
+
+
+# ---------------------------------------------------------------- demo
+
+def test_demo_plan_follows_the_demo_config():
+    from opensips_fs.tools import demo
+    steps = demo.plan(str(REPO / "etc" / "demo.cfg"), 3.0, "udp:127.0.0.1:19500", False)
+    assert [name for name, _argv, _ready in steps] == ["simulator", "opensips-fs", "evi_print"]
+    sim_argv = steps[0][1]
+    assert sim_argv[sim_argv.index("--listen") + 1] == "127.0.0.1:18021"
+    assert sim_argv[sim_argv.index("--password") + 1] == "ClueCon"
+    assert sim_argv[sim_argv.index("--calls-per-second") + 1] == "3.0"
+    assert steps[0][2] == ("127.0.0.1", 18021)
+    assert steps[1][1][-4:] == ["-f", str(REPO / "etc" / "demo.cfg"), "-l", "notice"]
+    assert steps[1][2] == ("127.0.0.1", 18888)
+    assert steps[2][1][-3:] == ["udp:127.0.0.1:19500", "--mi", "http://127.0.0.1:18888/mi"]
+
+
+def test_demo_refuses_a_config_without_fs_subscribe(tmp_path):
+    from opensips_fs.tools import demo
+    cfg = tmp_path / "nosub.cfg"
+    cfg.write_text('loadmodule "httpd.so"\nloadmodule "mi_http.so"\n')
+    with pytest.raises(SystemExit) as info:
+        demo.plan(str(cfg), 1.0, "udp:127.0.0.1:0", False)
+    assert "fs_subscribe" in str(info.value)
