@@ -580,7 +580,7 @@ class _Parser:
             self.loadmodule(token)
         elif keyword == "modparam":
             self.modparam(token)
-        elif keyword in ("log_level", "debug"):
+        elif keyword == "log_level":
             self.expect("punct", "=", "'=' after log_level")
             value = self.take()
             if value.kind not in ("int", "word", "str"):

@@ -372,3 +372,27 @@ def test_copy_of_default_config_with_other_ports(tmp_path):
     cfg = config.loads(text, str(tmp_path / "opensips-fs.cfg"))
     assert cfg.httpd.port == 0
     assert cfg.mi_fifo.fifo_name == f"{tmp_path}/fifo"
+
+
+# ---------------------------------------------------------------- any input
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+FRAGMENTS = st.sampled_from([
+    'loadmodule', 'modparam', '"httpd.so"', '"httpd"', '"port"', '"mi_fifo"', '"fifo_mode"',
+    '"freeswitch_scripting"', '"freeswitch.so"', '"fs_subscribe"', '":pw@h:1?A"', 'log_level',
+    'log_stderror', '(', ')', ',', '=', ';', '\n', ' ', '#', '/*', '*/', '"', "'", '\\', '0666',
+    '-1', '0x1f', '8888', 'yes', 'info', 'route', '{', '}', '$', 'é', '\x00',
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=120), st.lists(FRAGMENTS, max_size=40).map("".join)))
+def test_any_text_gives_a_config_or_a_config_error(text):
+    try:
+        cfg = config.loads(text, "/nonexistent/h/x.cfg")
+    except ConfigError as error:
+        assert str(error).startswith("/nonexistent/h/x.cfg:")
+        assert error.line is not None and 1 <= error.line <= text.count("\n") + 1
+    else:
+        assert set(cfg.loaded) <= set(config.MODULES)
