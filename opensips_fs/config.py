@@ -27,7 +27,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable
 
 from . import url as fsurl
@@ -746,5 +746,6 @@ def load(path: str) -> Config:
 def settings_fields(module: str) -> list[tuple[str, object]]:
     """(param, default) for each parameter of ``module``, for documentation."""
     spec = MODULES[module]
-    defaults = {f.name: f.default for f in fields(spec.settings)}
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(spec.settings)}
     return [(name, defaults.get(name)) for name in spec.params]

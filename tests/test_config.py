@@ -396,3 +396,12 @@ def test_any_text_gives_a_config_or_a_config_error(text):
         assert error.line is not None and 1 <= error.line <= text.count("\n") + 1
     else:
         assert set(cfg.loaded) <= set(config.MODULES)
+
+
+def test_every_parameter_is_a_settings_field():
+    from dataclasses import fields
+    for module, spec in config.MODULES.items():
+        names = {f.name for f in fields(spec.settings)}
+        assert set(spec.params) <= names, module
+        assert [name for name, _ in config.settings_fields(module)] == list(spec.params)
+    assert dict(config.settings_fields("freeswitch_scripting"))["fs_subscribe"] == []
