@@ -20,7 +20,8 @@ commands, hand every other frame to its owner, notice when the peer is gone.
   `liveness_timeout`; on top of that, after `idle_probe` seconds without a
   byte the connection sends a harmless unknown command (answered
   `-ERR command not found`) and a peer still silent after `liveness_timeout`
-  is declared dead. While a caller's command is outstanding FreeSWITCH may be
+  is declared dead (`check_liveness()`, called periodically by the owner, so
+  that no timer is armed per read). While a caller's command is outstanding FreeSWITCH may be
   legitimately silent (a synchronous `api` blocks the connection), so the
   bound is then `busy_timeout`.
 """
@@ -40,6 +41,7 @@ from gevent import socket
 from .protocol import (
     CT_AUTH_REQUEST,
     CT_COMMAND_REPLY,
+    CT_EVENT_JSON,
     DEFAULT_MAX_BODY,
     REPLY_TYPES,
     Frame,
@@ -277,25 +279,24 @@ class EslConnection:
         on_frame = self.on_frame
         fifo = self._fifo
         reply_types = REPLY_TYPES
-        sock.settimeout(self.idle_probe)
+        monotonic = time.monotonic
+        sock.settimeout(None)  # silence is watched by check_liveness(), not by a timer per read
         try:
             early, self._early = self._early, []
             for frame in early:
                 self._dispatch(frame)
             while True:
-                try:
-                    data = recv(RECV_SIZE)
-                except (TimeoutError, _stdsocket.timeout):
-                    self._on_silence()
-                    continue
+                data = recv(RECV_SIZE)
                 if not data:
                     raise _Lost("EOF from FreeSWITCH"
                                 + (" inside a frame" if self._parser.in_frame else ""))
-                self._last_rx = time.monotonic()
+                self._last_rx = monotonic()
                 self._probe_sent = False
                 for frame in feed(data):
                     content_type = frame.content_type
-                    if content_type in reply_types:
+                    if content_type == CT_EVENT_JSON:
+                        on_frame(frame)
+                    elif content_type in reply_types:
                         if fifo:
                             self._complete(fifo.popleft(), frame)
                         else:
@@ -338,15 +339,25 @@ class EslConnection:
         waiter.reply = EslReply.from_frame(frame)
         waiter.done.set()
 
-    def _on_silence(self) -> None:
-        silent = time.monotonic() - self._last_rx
+    def check_liveness(self, now: float | None = None) -> None:
+        """Called periodically (EslManager does it): probe a connection idle
+        for `idle_probe` s, drop one silent beyond its bound."""
+        if not self.connected:
+            return
+        silent = (now or time.monotonic()) - self._last_rx
+        if silent < self.idle_probe:
+            return
         busy = any(w.user and not w.abandoned for w in self._fifo)
         limit = self.busy_timeout if busy else self.liveness_timeout
         if silent >= limit:
-            raise _Lost(f"no data from FreeSWITCH for {silent:.1f} s")
+            self.close(f"no data from FreeSWITCH for {silent:.1f} s")
+            return
         if not self._probe_sent and not busy:
             self._probe_sent = True
-            waiter = self.send(PROBE_COMMAND, user=False)
+            try:
+                waiter = self.send(PROBE_COMMAND, user=False)
+            except EslNotConnected:
+                return
             waiter.abandoned = True  # its reply only proves the peer is alive
 
     # -- closing -------------------------------------------------------------

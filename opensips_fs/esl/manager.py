@@ -165,6 +165,10 @@ class EslSocket:
         self.reconnects = 0
         self.commands = 0
         self.command_timeouts = 0
+        counters = manager._counters
+        self._c_received = counters.events_received
+        self._c_relayed = counters.events_relayed
+        self._c_dropped = counters.events_dropped
 
     def __repr__(self) -> str:
         return f"EslSocket({self.name!r}, state={self.state!r}, refs={self.refs})"
@@ -518,7 +522,7 @@ class EslSocket:
 
     def _on_frame(self, frame) -> None:
         self.events_received += 1
-        self._manager._counters.events_received.value += 1
+        self._c_received.value += 1
         body = frame.body
         if frame.content_type != CT_EVENT_JSON or body is None:
             self._drop()
@@ -547,8 +551,8 @@ class EslSocket:
             self._drop()
             return
         self.events_relayed += 1
+        self._c_relayed.value += 1
         manager = self._manager
-        manager._counters.events_relayed.value += 1
         sink = manager.event_sink
         if sink is not None:
             try:
@@ -560,7 +564,7 @@ class EslSocket:
 
     def _drop(self, n: int = 1) -> None:
         self.events_dropped += n
-        self._manager._counters.events_dropped.value += n
+        self._c_dropped.value += n
 
     def _on_heartbeat(self, body: bytes) -> None:
         try:
@@ -734,9 +738,18 @@ class EslManager:
         self._consumers = []
 
     def _reap_loop(self) -> None:
+        step = max(0.01, min(TICK, self.idle_probe / 2, self.liveness_timeout / 4))
+        last_reap = time.monotonic()
         while True:
-            gevent.sleep(TICK)
-            self.reap()
+            gevent.sleep(step)
+            now = time.monotonic()
+            for sock in list(self._sockets.values()):
+                conn = sock._conn
+                if conn is not None:
+                    conn.check_liveness(now)
+            if now - last_reap >= TICK:
+                last_reap = now
+                self.reap()
 
     def reap(self) -> None:
         """Close sockets nobody needs any more (FSS.md §7.3)."""

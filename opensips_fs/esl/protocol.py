@@ -65,8 +65,8 @@ REPLY_TYPES = frozenset((CT_COMMAND_REPLY, CT_API_RESPONSE))
 # FreeSWITCH always writes event headers in this form; matching it whole
 # saves the generic header parse for the bulk of the traffic.
 _EVENT_HEAD_PREFIX = b"Content-Length: "
-_EVENT_JSON_HEAD_SUFFIX = b"\nContent-Type: text/event-json"
-_EVENT_JSON_HEADERS_TEMPLATE = "text/event-json"
+_EVENT_JSON_HEAD_REST = b"\nContent-Type: text/event-json\n\n"
+_EVENT_JSON_CT_PAIR = ("Content-Type", CT_EVENT_JSON)
 
 
 class ProtocolError(Exception):
@@ -130,11 +130,6 @@ def _show(raw) -> str:
 
 def _parse_header_block(block: bytes, max_body: int):
     """Return (headers, content_type, content_length or None)."""
-    if block.startswith(_EVENT_HEAD_PREFIX) and block.endswith(_EVENT_JSON_HEAD_SUFFIX):
-        raw = block[16:-30]
-        length = _parse_length(raw, max_body)
-        headers = [("Content-Length", raw.decode("ascii")), ("Content-Type", _EVENT_JSON_HEADERS_TEMPLATE)]
-        return headers, _EVENT_JSON_HEADERS_TEMPLATE, length
     headers = []
     content_type = None
     length = None
@@ -241,8 +236,32 @@ class FrameParser:
         size = len(buf)
         max_body = self.max_body
         find = buf.find
+        startswith = buf.startswith
         append = frames.append
         while pos < size:
+            if startswith(_EVENT_HEAD_PREFIX, pos):
+                # the common case: FreeSWITCH's event header block, matched
+                # with a memchr and a prefix compare instead of a generic parse
+                eol = find(b"\n", pos + 16, pos + 64)
+                if eol > 0 and startswith(_EVENT_JSON_HEAD_REST, eol):
+                    raw = buf[pos + 16:eol]
+                    if not raw.isdigit() or len(raw) > 12:
+                        raise ProtocolError(f"bad Content-Length {_show(raw)}")
+                    length = int(raw)
+                    if length > max_body:
+                        raise ProtocolError(f"Content-Length {length} exceeds the {max_body}-byte limit")
+                    start = eol + 32
+                    stop = start + length
+                    if stop <= size:
+                        append(Frame([("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR], CT_EVENT_JSON,
+                                     buf[start:stop]))
+                        pos = stop
+                        continue
+                    self._head = ([("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR], CT_EVENT_JSON)
+                    self._need = length
+                    self._chunks = [buf[start:]]
+                    self._pending = size - start
+                    break
             end = find(b"\n\n", pos)
             if end < 0:
                 if size - pos > self.max_header:
