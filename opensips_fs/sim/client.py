@@ -1,0 +1,335 @@
+"""One client connection of the simulated Event Socket: its session state
+(auth, subscriptions, format, filters, log level), its outbound queue of
+frames with FreeSWITCH's slow-consumer rule (ESL.md §8) and the writer
+greenlet that drains that queue in large batches.
+
+Replies and events share one ordered queue, so a frame is never interleaved
+with another and replies keep command order; only events count against the
+queue size (100 000 by default) and can be lost.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+
+import gevent
+from gevent.event import Event as GEvent
+
+from .commands import CommandParser
+
+__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "notice_frame"]
+
+NOTICE_BYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
+NOTICE_SHUTDOWN = "The system is being shut down.\n"
+NOTICE_LOST = "killed listener because of lost events\n"
+
+BATCH_BYTES = 256 * 1024
+
+
+def notice_frame(text: str, extra: bytes = b"") -> bytes:
+    raw = text.encode()
+    return b"Content-Type: text/disconnect-notice\n%sContent-Length: %d\n\n%s" % (extra, len(raw), raw)
+
+
+class _Record:
+    """Bytes of one direction, kept up to a limit (the total is always counted)."""
+
+    __slots__ = ("data", "total", "limit")
+
+    def __init__(self, limit: int):
+        self.data = bytearray()
+        self.total = 0
+        self.limit = limit
+
+    def add(self, chunk) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+
+class SimClient:
+    """A connected ESL client as the simulator sees it."""
+
+    def __init__(self, box, sock, peer, number: int):
+        self.box = box
+        self.sock = sock
+        self.peer = peer  # "host:port"
+        self.number = number  # 1-based accept order
+        self.parser = CommandParser()
+        self.commands: list[str] = []
+        self.authed = False
+        self.user = None  # SimUser after userauth
+        self.alive = True
+        self.format = "plain"
+        self.events_on = False  # LFLAG_EVENTS
+        self.all_events = False
+        self.event_list: dict[str, None] = {}  # subscribed names, in order
+        self.subclasses: dict[str, None] = {}
+        self.filters: list[tuple[str, str]] = []
+        self.log_level: int | None = None
+        self.myevents: str | None = None  # channel uuid bound by myevents
+        self.myevents_on = False
+        self.closed_reason: str | None = None
+        self._rx = _Record(box.record_limit)
+        self._tx = _Record(box.record_limit)
+        # outbound queue
+        self._queue: deque = deque()
+        self.queued_events = 0
+        self.lost = 0  # consecutive losses
+        self.lost_total = 0
+        self.sent_events = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self._held: list | None = None  # events arriving while a sync api runs
+        self._wake = GEvent()
+        self._room = GEvent()
+        self._room.set()
+        self._closing = False
+        self._writer = None
+        self._reader = None
+
+    # -- recording ---------------------------------------------------------
+    @property
+    def rx(self) -> bytes:
+        return bytes(self._rx.data)
+
+    @property
+    def tx(self) -> bytes:
+        return bytes(self._tx.data)
+
+    @property
+    def rx_total(self) -> int:
+        return self._rx.total
+
+    @property
+    def tx_total(self) -> int:
+        return self._tx.total
+
+    @property
+    def events(self) -> set:
+        return set(self.event_list)
+
+    # -- subscriptions -----------------------------------------------------
+    def wants(self, event) -> bool:
+        """FreeSWITCH's event_handler delivery rule plus the filter allow-list."""
+        if not self.events_on or not self.authed:
+            return False
+        if self.myevents is not None:
+            return event.get("Unique-ID") == self.myevents
+        if self.all_events:
+            send = True
+        elif event.name in self.event_list:
+            send = event.name != "CUSTOM" or not event.subclass or event.subclass in self.subclasses
+        else:
+            return False
+        if send and self.filters:
+            send = self._filter(event)
+        return send
+
+    def _filter(self, event) -> bool:
+        import re
+
+        send = False
+        for name, value in self.filters:
+            hval = event.get(name)
+            if hval is None:
+                continue
+            comp = value
+            pos = True
+            while comp and comp[0] in "+- ":
+                if comp[0] == "+":
+                    pos = True
+                elif comp[0] == "-":
+                    pos = False
+                comp = comp[1:]
+            if send and pos:
+                continue
+            if value.startswith("/"):
+                pattern = comp[1:-1] if comp.endswith("/") and len(comp) > 1 else comp[1:]
+                try:
+                    cmp = re.search(pattern, hval) is not None
+                except re.error:
+                    cmp = False
+            else:
+                cmp = hval.lower() == comp.lower()
+            if cmp:
+                if pos:
+                    send = True
+                else:
+                    return False
+        return send
+
+    # -- queue -------------------------------------------------------------
+    def send_frame(self, data: bytes) -> None:
+        """A reply or notice: always queued, never lost."""
+        if self._closing or not self.alive:
+            return
+        self._queue.append((data, 0))
+        self._wake.set()
+
+    def enqueue_event(self, data: bytes, count: int = 1, seq: int | None = None, seq_last: int | None = None) -> bool:
+        """Queue an event frame (or a batch of ``count`` frames); False if lost."""
+        if self._closing or not self.alive:
+            return False
+        box = self.box
+        if self.queued_events + count > box.queue_size:
+            self.lost += count
+            self.lost_total += count
+            box.lost_events += count
+            if self.lost > box.max_lost:
+                self.kill_lost_events()
+            return False
+        if self.lost:
+            self.lost = 0
+        self.queued_events += count
+        if self.queued_events >= box.queue_size:
+            self._room.clear()
+        if seq is not None:
+            if self.first_seq is None:
+                self.first_seq = seq
+            self.last_seq = seq if seq_last is None else seq_last
+        item = (data, count)
+        if self._held is not None:
+            self._held.append(item)
+        else:
+            self._queue.append(item)
+            self._wake.set()
+        return True
+
+    def drop_queued_events(self) -> None:
+        """``noevents``: events not yet written are discarded, replies kept."""
+        kept = deque(item for item in self._queue if not item[1])
+        self._queue.clear()
+        self._queue.extend(kept)
+        if self._held:
+            self._held.clear()
+        self.queued_events = 0
+        self._room.set()
+
+    def hold_events(self) -> None:
+        """While a synchronous api runs, its connection gets no events."""
+        self._held = []
+
+    def release_events(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._queue.extend(held)
+            self._wake.set()
+
+    def wait_room(self, count: int, timeout: float | None = None) -> bool:
+        """Block until ``count`` more events fit in the queue (burst back-pressure)."""
+        while self.alive and not self._closing and self.queued_events + count > self.box.queue_size:
+            self._room.clear()
+            if not self._room.wait(timeout):
+                return False
+        return self.alive and not self._closing
+
+    def wait_below(self, limit: int) -> bool:
+        """Block until at most ``limit`` events are queued (burst back-pressure)."""
+        while self.alive and not self._closing and self.queued_events > limit:
+            self._room.clear()
+            self._room.wait()
+        return self.alive and not self._closing
+
+    def kill_lost_events(self) -> None:
+        """The slow-consumer kill: drop what is queued, notice, close."""
+        self.box.log("killing listener %s because of too many lost events. Lost [%d] Queue size[%d/%d]"
+                     % (self.peer, self.lost, self.queued_events, self.box.queue_size))
+        self._queue.clear()
+        if self._held:
+            self._held.clear()
+        self.queued_events = 0
+        self.close_with(notice_frame(NOTICE_LOST), "lost events")
+
+    def close_with(self, last: bytes | None, reason: str) -> None:
+        """Send ``last`` (a notice) after what is queued, then close."""
+        if self._closing or not self.alive:
+            return
+        if last:
+            self._queue.append((last, 0))
+        self._closing = True
+        self.closed_reason = reason
+        self._wake.set()
+
+    def abort(self, reason: str = "dropped") -> None:
+        """Cut the connection now, nothing more sent."""
+        if not self.alive:
+            return
+        self.closed_reason = self.closed_reason or reason
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        was_alive = self.alive
+        self.alive = False
+        self._queue.clear()
+        self.queued_events = 0
+        self._room.set()
+        self._wake.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if was_alive:
+            self.box._client_closed(self)
+
+    # -- writer --------------------------------------------------------------
+    def run_writer(self) -> None:
+        queue = self._queue
+        sock = self.sock
+        box = self.box
+        try:
+            while self.alive:
+                if not queue:
+                    if self._closing:
+                        break
+                    self._wake.clear()
+                    self._wake.wait()
+                    continue
+                box.wait_unstalled()
+                batch = []
+                size = 0
+                events = 0
+                while queue and size < BATCH_BYTES:
+                    data, count = queue.popleft()
+                    batch.append(data)
+                    size += len(data)
+                    events += count
+                chunk = batch[0] if len(batch) == 1 else b"".join(batch)
+                sock.sendall(chunk)
+                self._tx.add(chunk)
+                if events:
+                    self.queued_events -= events
+                    self.sent_events += events
+                    self._room.set()
+        except (OSError, gevent.GreenletExit):
+            pass
+        finally:
+            self._shutdown_socket()
+
+    def state(self) -> dict:
+        return {
+            "conn": self.number,
+            "peer": self.peer,
+            "authed": self.authed,
+            "user": self.user.name if self.user else None,
+            "format": self.format,
+            "events": (["ALL"] if self.all_events else []) + list(self.event_list),
+            "subclasses": list(self.subclasses),
+            "filters": [list(f) for f in self.filters],
+            "alive": self.alive,
+            "commands": list(self.commands),
+            "sent_events": self.sent_events,
+            "queued_events": self.queued_events,
+            "lost_events": self.lost_total,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "rx_bytes": self.rx_total,
+            "tx_bytes": self.tx_total,
+            "closed_reason": self.closed_reason,
+        }

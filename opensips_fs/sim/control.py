@@ -1,0 +1,225 @@
+"""The simulator's control socket: one JSON object per line in, one JSON
+line out, so a benchmark or a test in another process can drive the boxes
+(the same operations as the library methods of ``FsSimulator``).
+
+Operations (``op``), each optionally aimed at one box with
+``"listen": "HOST:PORT"`` (default: every box; counts are summed):
+
+* ``{"op":"burst","count":K[,"name":…,"subclass":…,"size":N]}`` -> ``{"ok":true,"sent":K}`` once queued
+* ``{"op":"event","name":…,"headers":{…}|[[k,v]…],"body":…}`` -> ``{"ok":true,"sent":n}``
+  (``"headers"`` alone with an ``Event-Name`` works too)
+* ``{"op":"push","body":…|{…},"content_type":…,"force":false}`` -> ``{"ok":true,"sent":n}``
+* ``{"op":"raw","data":"…"}`` (latin-1 text of the exact bytes) -> ``{"ok":true,"sent":n}``
+* ``{"op":"drop"[,"notice":true]}`` -> ``{"ok":true,"kicked":n}``
+* ``{"op":"stall","seconds":S}``, ``{"op":"restart"[,"down":S]}``,
+  ``{"op":"refuse","on":true|false}``, ``{"op":"delay","ms":M}``,
+  ``{"op":"password","password":P}``, ``{"op":"heartbeat"}``,
+  ``{"op":"shutdown"}`` -> ``{"ok":true}``
+* ``{"op":"state"}`` -> ``{"ok":true,"boxes":[…]}`` (plus the first box's
+  ``conns`` at top level when one box is selected)
+
+A bad line gets ``{"ok":false,"error":"…"}`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import orjson
+
+__all__ = ["ControlServer", "apply"]
+
+MAX_LINE = 64 * 1024 * 1024
+
+
+class ControlError(Exception):
+    pass
+
+
+def _select(boxes, req):
+    target = req.get("listen")
+    if target is None:
+        return list(boxes)
+    chosen = [b for b in boxes if b.address == target or str(b.port) == str(target)]
+    if not chosen:
+        raise ControlError("no box listens on %s" % target)
+    return chosen
+
+
+def _num(req, key, default=None):
+    value = req.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ControlError("%s must be a number" % key)
+    return value
+
+
+def apply(boxes, req) -> dict:
+    """Run one control request against ``boxes``; returns the answer."""
+    if not isinstance(req, dict):
+        raise ControlError("request must be a JSON object")
+    op = req.get("op")
+    chosen = _select(boxes, req)
+    if op == "burst":
+        count = int(_num(req, "count"))
+        if count < 0:
+            raise ControlError("count must be >= 0")
+        size = req.get("size")
+        kwargs = {"name": str(req.get("name", "CUSTOM")), "size": int(size) if size else None}
+        if "subclass" in req:
+            kwargs["subclass"] = req["subclass"]
+        jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
+        gevent.joinall(jobs, raise_error=True)
+        return {"ok": True, "sent": sum(j.value for j in jobs)}
+    if op == "event":
+        headers = req.get("headers") or {}
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        elif not isinstance(headers, list):
+            raise ControlError("headers must be an object or a list of pairs")
+        name = req.get("name")
+        if name is None:
+            for k, v in headers:
+                if k == "Event-Name":
+                    name = v
+            headers = [(k, v) for k, v in headers if k != "Event-Name"]
+        if not name:
+            raise ControlError("event needs a name")
+        body = req.get("body")
+        return {"ok": True, "sent": sum(b.raise_event(str(name), headers, body) for b in chosen)}
+    if op == "push":
+        body = req.get("body")
+        if body is None:
+            raise ControlError("push needs a body")
+        ctype = str(req.get("content_type", "text/event-json"))
+        force = bool(req.get("force", False))
+        return {"ok": True, "sent": sum(b.push_event(body, ctype, force) for b in chosen)}
+    if op == "raw":
+        data = req.get("data")
+        if not isinstance(data, str):
+            raise ControlError("raw needs data (latin-1 text of the bytes)")
+        raw = data.encode("latin-1")
+        return {"ok": True, "sent": sum(b.push_raw(raw) for b in chosen)}
+    if op == "drop":
+        return {"ok": True, "kicked": sum(b.drop(bool(req.get("notice", False))) for b in chosen)}
+    if op == "stall":
+        seconds = _num(req, "seconds")
+        for b in chosen:
+            b.stall(seconds)
+        return {"ok": True}
+    if op == "restart":
+        down = _num(req, "down", 0.0)
+        for b in chosen:
+            b.restart(down=down, notice=bool(req.get("notice", True)))
+        return {"ok": True}
+    if op == "refuse":
+        for b in chosen:
+            b.refuse(bool(req.get("on", True)))
+        return {"ok": True}
+    if op == "delay":
+        ms = _num(req, "ms")
+        for b in chosen:
+            b.delay(ms)
+        return {"ok": True}
+    if op == "password":
+        password = req.get("password")
+        if not isinstance(password, str):
+            raise ControlError("password must be a string")
+        for b in chosen:
+            b.set_password(password)
+        return {"ok": True}
+    if op == "heartbeat":
+        return {"ok": True, "sent": sum(b.fire_heartbeat() for b in chosen)}
+    if op == "shutdown":
+        for b in chosen:
+            gevent.spawn(b.shutdown)
+        return {"ok": True}
+    if op == "state":
+        states = [b.state() for b in chosen]
+        answer = {"ok": True, "boxes": states}
+        if len(states) == 1:
+            answer["conns"] = states[0]["conns"]
+        return answer
+    raise ControlError("unknown op %r" % (op,))
+
+
+class ControlServer:
+    """TCP listener speaking the line protocol above."""
+
+    def __init__(self, boxes, host: str = "127.0.0.1", port: int = 0):
+        self.boxes = boxes
+        self.host = host
+        self.port = port
+        self._sock = None
+        self._glet = None
+        self._conns: set = set()
+
+    @property
+    def address(self) -> str:
+        return "%s:%d" % (self.host, self.port)
+
+    def start(self) -> "ControlServer":
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(16)
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._glet = gevent.spawn(self._accept, sock)
+        return self
+
+    def stop(self) -> None:
+        if self._glet is not None:
+            self._glet.kill(block=False)
+        if self._sock is not None:
+            self._sock.close()
+        for conn in list(self._conns):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _accept(self, sock) -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            self._conns.add(conn)
+            gevent.spawn(self._serve, conn)
+
+    def _serve(self, conn) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                if len(buf) > MAX_LINE:
+                    conn.sendall(b'{"ok":false,"error":"line too long"}\n')
+                    return
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line = bytes(buf[:nl]).strip()
+                    del buf[:nl + 1]
+                    if not line:
+                        continue
+                    conn.sendall(orjson.dumps(self.handle_line(line)) + b"\n")
+        except OSError:
+            pass
+        finally:
+            self._conns.discard(conn)
+            conn.close()
+
+    def handle_line(self, line: bytes) -> dict:
+        try:
+            req = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return {"ok": False, "error": "bad JSON: %s" % exc}
+        try:
+            return apply(self.boxes, req)
+        except (ControlError, ValueError, TypeError) as exc:
+            return {"ok": False, "error": str(exc)}

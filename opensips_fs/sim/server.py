@@ -1,0 +1,620 @@
+"""``FsSimulator``: one simulated FreeSWITCH box (mod_event_socket, inbound)
+served by gevent greenlets on a TCP listener, plus the library API tests use
+to drive it (raise/push events, bursts, faults, state).
+
+Each accepted connection gets a ``SimClient`` with a reader greenlet (bytes ->
+``commands.CommandParser`` -> ``session.handle``) and a writer greenlet
+(drains the client's ordered frame queue). Events are built once per
+delivery (``events.Event``) and serialised once per format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+
+import gevent
+import orjson
+from gevent.event import Event as GEvent
+
+from . import api
+from .calls import CallEngine
+from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
+from .commands import ParseError
+from .events import Event, Identity, is_event_name
+from .session import LOG_LEVELS, handle, reply_frame
+
+__all__ = ["FsSimulator", "SimUser"]
+
+GREETING = b"Content-Type: auth/request\n\n"
+BYE = notice_frame(NOTICE_BYE)
+SHUTDOWN = notice_frame(NOTICE_SHUTDOWN)
+
+CALLING_HEARTBEAT = ("switch_core.c", "send_heartbeat", 95)
+CALLING_RESCHEDULE = ("switch_scheduler.c", "switch_scheduler_execute", 73)
+CALLING_API = ("switch_loadable_module.c", "switch_api_execute", 3140)
+CALLING_BGJOB = ("mod_event_socket.c", "api_exec", 1580)
+CALLING_SENDEVENT = ("mod_event_socket.c", "parse_command", 2283)
+CALLING_RAISE = ("switch_event.c", "switch_event_fire_detailed", 2050)
+
+_LEVEL_NAMES = ("CONSOLE", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG")
+_BURST_MARK = "SIMSEQMARKQZX"
+
+log = logging.getLogger("opensips_fs.sim")
+
+
+@dataclass
+class SimUser:
+    """A directory user for ``userauth`` with the esl-allowed-* limits.
+
+    ``events``: None (all) or the esl-allowed-events words (a list or one
+    space-separated string; words after CUSTOM are subclasses);
+    ``api``: None (all) or the allowed API command names; ``log``: esl-allowed-log.
+    """
+
+    name: str  # "user@domain"
+    password: str
+    events: list | None = None
+    api: list | None = None
+    log: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.events, str):
+            self.events = self.events.split()
+        if isinstance(self.api, str):
+            self.api = [a.strip() for a in self.api.split(",") if a.strip()]
+
+    def allowed_event_names(self) -> list:
+        names = []
+        for word in self.events or ():
+            names.append(word)
+            if word.upper() == "CUSTOM":
+                break
+        return names
+
+    def allowed_subclasses(self) -> set:
+        words = self.events or []
+        upper = [w.upper() for w in words]
+        if "CUSTOM" not in upper:
+            return set()
+        return set(words[upper.index("CUSTOM") + 1:])
+
+
+class FsSimulator:
+    """A FreeSWITCH Event Socket stand-in; see the package docstring."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, password: str = "ClueCon",
+                 heartbeat: float = 20.0, users=None, hostname: str = "vm",
+                 core_uuid: str | None = None, seed: int | None = None,
+                 queue_size: int = 100000, max_lost: int = 500, *,
+                 ipv4: str = "127.0.0.1", ipv6: str = "::1", max_sessions: int = 1000,
+                 auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
+                 calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
+                 on_shutdown=None):
+        self.host = host
+        self.port = port
+        self.password = password
+        self.heartbeat = heartbeat
+        self.users = list(users or [])
+        self.queue_size = queue_size
+        self.max_lost = max_lost
+        self.auth_timeout = auth_timeout
+        self.record_limit = record_limit
+        self.calls_per_second = calls_per_second
+        self.shutdown_delay = shutdown_delay
+        self.on_shutdown = on_shutdown
+        self.clock = clock or time.time
+        self._rng = random.Random(seed) if seed is not None else random.Random()
+        self._fixed_core_uuid = core_uuid
+        self.identity = Identity(hostname=hostname, core_uuid=core_uuid or self.new_uuid(),
+                                 ipv4=ipv4, ipv6=ipv6)
+        self.max_sessions = max_sessions
+        self.seq = 0
+        self.started_at = self.clock()
+        self.clients: list[SimClient] = []
+        self._live: list[SimClient] = []
+        self.calls = CallEngine(self)
+        self.delay_ms = 0
+        self.refusing = False
+        self.lost_events = 0
+        self.stopped = GEvent()
+        self._unstalled = GEvent()
+        self._unstalled.set()
+        self._listener = None
+        self._greenlets: list = []
+        self._accept_glet = None
+        self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
+        self._idle = 100.0
+        self._shutting_down = False
+
+    # -- life cycle ----------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return "%s:%d" % (self.host, self.port)
+
+    def start(self) -> "FsSimulator":
+        self._bind()
+        if self.heartbeat and self.heartbeat > 0:
+            self._greenlets.append(gevent.spawn(self._heartbeat_loop))
+        if self.calls_per_second and self.calls_per_second > 0:
+            self._greenlets.append(gevent.spawn(self.calls.load_loop, self.calls_per_second))
+        return self
+
+    def _bind(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(128)
+        self.port = sock.getsockname()[1]
+        self._listener = sock
+        self._accept_glet = gevent.spawn(self._accept_loop, sock)
+
+    def _unbind(self) -> None:
+        if self._accept_glet is not None:
+            self._accept_glet.kill(block=False)
+            self._accept_glet = None
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+            self._listener = None
+
+    def stop(self) -> None:
+        """Close the listener and every client (no notice)."""
+        self._unbind()
+        for glet in self._greenlets:
+            glet.kill(block=False)
+        self._greenlets.clear()
+        self.calls.stop()
+        for client in list(self._live):
+            client.abort("stopped")
+        self.stopped.set()
+
+    def __enter__(self) -> "FsSimulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def shutdown(self) -> None:
+        """FreeSWITCH shutting down: the 31-byte notice to every client, close."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._unbind()
+        for client in list(self._live):
+            client.close_with(SHUTDOWN, "shutdown")
+        deadline = time.monotonic() + 2.0
+        while self._live and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        self.stop()
+        if self.on_shutdown:
+            self.on_shutdown(self)
+
+    def schedule_shutdown(self) -> None:
+        """``fsctl shutdown``: the notice follows about 0.8 s later."""
+        gevent.spawn_later(self.shutdown_delay, self.shutdown)
+
+    # -- faults ----------------------------------------------------------------
+    def drop(self, notice: bool = False) -> int:
+        """Cut every client connection (with the 67-byte notice if asked)."""
+        clients = list(self._live)
+        for client in clients:
+            if notice:
+                client.close_with(BYE, "dropped")
+            else:
+                client.abort("dropped")
+        return len(clients)
+
+    def stall(self, seconds: float) -> None:
+        """Stop reading and writing on every connection for ``seconds``."""
+        self._unstalled.clear()
+        gevent.spawn_later(seconds, self._unstalled.set)
+
+    def wait_unstalled(self) -> None:
+        if not self._unstalled.is_set():
+            self._unstalled.wait()
+
+    def restart(self, down: float = 0.0, notice: bool = True) -> None:
+        """Restart the listener: clients get the shutdown notice (or are cut),
+        the port refuses for ``down`` seconds, then a fresh FreeSWITCH run
+        (new Core-UUID unless one was fixed, uptime from zero) listens again."""
+        self._unbind()
+        for client in list(self._live):
+            if notice:
+                client.close_with(SHUTDOWN, "restart")
+            else:
+                client.abort("restart")
+        self.calls.stop()
+        if not self._fixed_core_uuid:
+            self.identity.core_uuid = self.new_uuid()
+        self.started_at = self.clock()
+        if down > 0:
+            gevent.sleep(down)
+        if not self.refusing:
+            self._bind()
+
+    def refuse(self, on: bool = True) -> None:
+        """Refuse new connections (the port is closed) or accept them again."""
+        on = bool(on)
+        if on == self.refusing:
+            return
+        self.refusing = on
+        if on:
+            self._unbind()
+        else:
+            self._bind()
+
+    def delay(self, ms: float) -> None:
+        """Delay every reply by ``ms`` milliseconds (0 turns it off)."""
+        self.delay_ms = max(0.0, float(ms))
+
+    def set_password(self, password: str) -> None:
+        self.password = password
+
+    # -- clients ------------------------------------------------------------------
+    def _accept_loop(self, listener) -> None:
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except OSError:
+                return
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), len(self.clients) + 1)
+            self.clients.append(client)
+            self._live.append(client)
+            client.send_frame(GREETING)
+            client._writer = gevent.spawn(client.run_writer)
+            client._reader = gevent.spawn(self._read_loop, client)
+
+    def _client_closed(self, client) -> None:
+        if client in self._live:
+            self._live.remove(client)
+        if client._reader is not None and client._reader is not gevent.getcurrent():
+            client._reader.kill(block=False)
+
+    def _read_loop(self, client) -> None:
+        sock = client.sock
+        deadline = time.monotonic() + self.auth_timeout if self.auth_timeout else None
+        try:
+            while client.alive and not client._closing:
+                self.wait_unstalled()
+                if deadline is not None and not client.authed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout()
+                    sock.settimeout(left)
+                else:
+                    sock.settimeout(None)
+                data = sock.recv(65536)
+                if not data:
+                    client.close_with(None, "eof")
+                    return
+                client._rx.add(data)
+                for item in client.parser.feed(data):
+                    if isinstance(item, ParseError):
+                        if item.kind == "nul":
+                            client.send_frame(reply_frame("-ERR command parse error."))
+                        client.close_with(BYE, "parse error (%s)" % item.kind)
+                        return
+                    client.commands.append(item.text)
+                    self.wait_unstalled()
+                    if self.delay_ms:
+                        gevent.sleep(self.delay_ms / 1000.0)
+                    handle(client, item)
+                    if client._closing or not client.alive:
+                        return
+        except socket.timeout:
+            client.close_with(BYE, "auth timeout")
+        except OSError:
+            client.abort("read error")
+
+    def state(self) -> dict:
+        """The box and every connection (``conns``: what each sent, its
+        subscriptions, counters), JSON-able."""
+        return {
+            "listen": self.address,
+            "core_uuid": self.identity.core_uuid,
+            "hostname": self.identity.hostname,
+            "sequence": self.seq,
+            "refusing": self.refusing,
+            "delay_ms": self.delay_ms,
+            "stalled": not self._unstalled.is_set(),
+            "channels": len(self.calls.channels),
+            "lost_events": self.lost_events,
+            "conns": [c.state() for c in self.clients if c.alive],
+            "closed": [c.state() for c in self.clients if not c.alive],
+        }
+
+    def find_user(self, name: str):
+        for user in self.users:
+            if user.name == name:
+                return user
+        return None
+
+    def live_clients(self) -> list:
+        return list(self._live)
+
+    def wait_clients(self, n: int, timeout: float = 5.0) -> list:
+        """Wait until ``n`` clients are connected and authenticated."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = [c for c in self._live if c.authed]
+            if len(ready) >= n:
+                return ready
+            if time.monotonic() >= deadline:
+                raise TimeoutError("%d authenticated client(s), wanted %d" % (len(ready), n))
+            gevent.sleep(0.005)
+
+    # -- identity, clock, ids ---------------------------------------------------
+    def new_uuid(self) -> str:
+        return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def uptime_us(self) -> int:
+        return int((self.clock() - self.started_at) * 1_000_000)
+
+    def idle_cpu(self) -> float:
+        now = time.monotonic()
+        cpu = sum(os.times()[:2])
+        last_t, last_cpu = self._cpu_mark
+        if now - last_t >= 0.5:
+            busy = (cpu - last_cpu) / (now - last_t) * 100.0
+            self._idle = max(0.0, min(100.0, 100.0 - busy))
+            self._cpu_mark = (now, cpu)
+        return self._idle
+
+    def session_stats(self) -> dict:
+        stats = self.calls.stats()
+        stats["max_sessions"] = self.max_sessions
+        return stats
+
+    # -- events -------------------------------------------------------------------
+    def make_event(self, name: str, headers=(), body: str | None = None,
+                   subclass: str | None = None, calling=CALLING_RAISE) -> Event:
+        seq = self.next_seq()
+        all_headers = self.identity.common(name, self.clock(), seq, calling)
+        if subclass:
+            all_headers.insert(0, ("Event-Subclass", subclass))
+        all_headers.extend(headers)
+        event = Event(name, all_headers, body, subclass)
+        event.seq = seq
+        return event
+
+    def fire(self, event: Event) -> int:
+        """Deliver one event to every client that wants it; returns how many."""
+        sent = 0
+        seq = getattr(event, "seq", None)
+        for client in self._live:
+            if client.wants(event):
+                client.enqueue_event(event.frame(client.format), 1, seq)
+                sent += 1
+        return sent
+
+    def raise_event(self, name: str, headers=None, body: str | None = None,
+                    subclass: str | None = None, calling=CALLING_RAISE) -> int:
+        """Fire a full FreeSWITCH event (common header block + ``headers``) to
+        the subscribed clients, each in its format; returns connections sent to."""
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        headers = [(str(k), str(v)) for k, v in (headers or [])]
+        canonical = is_event_name(name) or name
+        if canonical == "CUSTOM" and subclass is None:
+            for k, v in headers:
+                if k.lower() == "event-subclass":
+                    subclass = v
+            headers = [h for h in headers if h[0].lower() != "event-subclass"]
+        return self.fire(self.make_event(canonical, headers, body, subclass, calling))
+
+    def fire_sendevent(self, name, subclass, headers, body) -> int:
+        seq = self.next_seq()
+        common = self.identity.common(name, self.clock(), seq, CALLING_SENDEVENT)
+        event = Event(name, list(headers) + common, body, subclass)
+        event.seq = seq
+        return self.fire(event)
+
+    def push_event(self, body, content_type: str = "text/event-json", force: bool = False) -> int:
+        """Frame this exact body (a dict becomes compact JSON) and send it to
+        every authenticated client subscribed to the event it names (by name,
+        or ALL), to every client with events on if it names none, or to every
+        authenticated client with ``force``."""
+        if isinstance(body, dict):
+            from ..jsonenc import dumps
+
+            body = dumps(body)
+        if isinstance(body, str):
+            body = body.encode("utf-8", "surrogateescape")
+        name = _event_name_of(body, content_type)
+        data = b"Content-Length: %d\nContent-Type: %s\n\n%s" % (len(body), content_type.encode(), body)
+        sent = 0
+        for client in self._live:
+            if not client.authed:
+                continue
+            if not force:
+                if not client.events_on:
+                    continue
+                if name and not client.all_events and name.upper() not in client.event_list:
+                    continue
+            client.enqueue_event(data)
+            sent += 1
+        return sent
+
+    def push_raw(self, data: bytes) -> int:
+        """Write these exact bytes to every authenticated client."""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        sent = 0
+        for client in self._live:
+            if client.authed:
+                client.send_frame(data)
+                sent += 1
+        return sent
+
+    def fire_heartbeat(self) -> int:
+        stats = self.session_stats()
+        up = self.uptime_us()
+        from .api import format_uptime
+
+        sent = self.raise_event("HEARTBEAT", [
+            ("Event-Info", "System Ready"),
+            ("Up-Time", format_uptime(up)),
+            ("FreeSWITCH-Version", self.identity.version),
+            ("Uptime-msec", str(up // 1000)),
+            ("Session-Count", str(stats["count"])),
+            ("Max-Sessions", str(self.max_sessions)),
+            ("Session-Per-Sec", str(stats["max_per_sec"])),
+            ("Session-Per-Sec-Last", str(stats["per_sec_last"])),
+            ("Session-Per-Sec-Max", str(stats["per_sec_peak"])),
+            ("Session-Per-Sec-FiveMin", str(stats["per_sec_5min"])),
+            ("Session-Since-Startup", str(stats["since_startup"])),
+            ("Session-Peak-Max", str(stats["peak"])),
+            ("Session-Peak-FiveMin", str(stats["peak_5min"])),
+            ("Idle-CPU", "%f" % self.idle_cpu()),
+        ], calling=CALLING_HEARTBEAT)
+        self.raise_event("RE_SCHEDULE", [
+            ("Task-ID", "1"),
+            ("Task-Desc", "heartbeat"),
+            ("Task-Group", "core"),
+            ("Task-Runtime", str(int(self.clock() + (self.heartbeat or 20)))),
+        ], calling=CALLING_RESCHEDULE)
+        return sent
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            gevent.sleep(self.heartbeat)
+            self.fire_heartbeat()
+
+    # -- api ---------------------------------------------------------------------
+    def run_api(self, name: str, arg: str, job: str | None = None) -> str:
+        api_event = self.make_event("API", _api_headers(name, arg), calling=CALLING_API)
+        output = api.execute(self, name, arg, job)
+        self.fire(api_event)
+        return output
+
+    def spawn_bgapi(self, name: str, arg: str, job: str) -> None:
+        gevent.spawn(self._bgapi, name, arg, job)
+
+    def _bgapi(self, name: str, arg: str, job: str) -> None:
+        output = self.run_api(name, arg, job)
+        headers = [("Job-UUID", job), ("Job-Command", name)]
+        if arg:
+            headers.append(("Job-Command-Arg", arg))
+        self.fire(self.make_event("BACKGROUND_JOB", headers, output, calling=CALLING_BGJOB))
+
+    def log_line(self, level: str, text: str, file: str = "mod_commands.c",
+                 func: str = "log_function", line: int = 7247) -> int:
+        """A FreeSWITCH log line to every client that asked for that level."""
+        lvl = LOG_LEVELS.get(level.lower())
+        if lvl is None:
+            try:
+                lvl = min(max(int(level), 0), 7)
+            except ValueError:
+                lvl = 7
+        now = self.clock()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + ".%06d" % int((now % 1) * 1e6)
+        body = ("%s %.2f%% [%s] %s:%d %s\n" % (stamp, self.idle_cpu(), _LEVEL_NAMES[lvl], file, line, text)).encode(
+            "utf-8", "surrogateescape")
+        data = (b"Content-Type: log/data\nContent-Length: %d\nLog-Level: %d\nText-Channel: 3\n"
+                b"Log-File: %s\nLog-Func: %s\nLog-Line: %d\nUser-Data: \n\n%s") % (
+            len(body), lvl, file.encode(), func.encode(), line, body)
+        sent = 0
+        for client in self._live:
+            if client.log_level is not None and client.log_level >= lvl:
+                client.send_frame(data)
+                sent += 1
+        return sent
+
+    # -- load ------------------------------------------------------------------
+    def burst(self, count: int, name: str = "CUSTOM", subclass: str | None = "sim::burst",
+              size: int | None = None, chunk: int = 500, window: int = 20000) -> int:
+        """Send ``count`` events, each with a unique Event-Sequence, as fast as
+        each subscribed client reads (back-pressure, no loss). Returns the
+        number of events generated; blocks the calling greenlet until all are
+        queued."""
+        canonical = is_event_name(name) or name
+        if canonical != "CUSTOM":
+            subclass = None
+        extra = [("Burst-Count", str(count))]
+        if size:
+            extra.append(("Burst-Payload", "x" * int(size)))
+        done = 0
+        window = max(window, chunk)
+        while done < count:
+            n = min(chunk, count - done)
+            event = self.make_event(canonical, [("Burst-Index", "0")] + extra, None, subclass,
+                                    CALLING_RAISE)
+            targets = [c for c in self._live if c.wants(event)]
+            first = event.seq
+            self.seq = first + n - 1
+            if targets:
+                headers = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
+                templates = {}
+                for client in targets:
+                    fmt = client.format
+                    if fmt not in templates:
+                        templates[fmt] = _burst_blob(fmt, headers, None, first, n, done)
+                for client in targets:
+                    if client.wait_below(window - n):
+                        client.enqueue_event(templates[client.format], n, first, first + n - 1)
+            done += n
+            gevent.sleep(0)
+        return done
+
+
+def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:
+    """``n`` frames of one event shape, Event-Sequence first..first+n-1 and
+    Burst-Index index0.., built with one %-format per frame."""
+    headers = [(k, "SIMIDXMARKQZX" if k == "Burst-Index" else v) for k, v in headers]
+    payload = Event("x", headers, body).frame(fmt)
+    head, _, rest = payload.partition(b"\n\n")
+    rest = rest.replace(b"%", b"%%").replace(_BURST_MARK.encode(), b"%d").replace(b"SIMIDXMARKQZX", b"%d")
+    base_len = len(payload) - len(head) - 2 - len(_BURST_MARK) - len("SIMIDXMARKQZX")
+    ctype = head.split(b"\n")[1]
+    out = []
+    i = index0
+    for seq in range(first, first + n):
+        body_bytes = rest % (seq, i)
+        out.append(b"Content-Length: %d\n%s\n\n" % (len(body_bytes), ctype))
+        out.append(body_bytes)
+        i += 1
+    del base_len
+    return b"".join(out)
+
+
+def _api_headers(name: str, arg: str) -> list:
+    headers = []
+    if name.strip():
+        headers.append(("API-Command", name.strip()))
+    if arg.strip():
+        headers.append(("API-Command-Argument", arg.strip()))
+    return headers
+
+
+def _event_name_of(body: bytes, content_type: str) -> str | None:
+    if "json" in content_type:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(obj, dict):
+            name = obj.get("Event-Name")
+            return name if isinstance(name, str) else None
+        return None
+    for line in body.split(b"\n"):
+        if line.startswith(b"Event-Name: "):
+            return line[12:].decode("utf-8", "replace")
+        if not line:
+            break
+    return None

@@ -1,0 +1,340 @@
+"""What the simulated mod_event_socket does with each client command
+(ESL.md §5, §9): the same prefix matching and order as FreeSWITCH's
+``parse_command``, the exact reply texts (typos included), userauth limits.
+
+``handle(client, cmd)`` runs one parsed ``Command`` for one ``SimClient`` and
+queues its reply; everything that needs the box (api, events, calls) goes
+through ``client.box``.
+"""
+
+from __future__ import annotations
+
+from . import api
+from .client import NOTICE_BYE, notice_frame
+from .events import is_event_name
+
+__all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS"]
+
+LOG_LEVELS = {"console": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
+              "notice": 5, "info": 6, "debug": 7}
+
+
+def reply_frame(text: str, extra: list | None = None) -> bytes:
+    lines = ["Content-Type: command/reply", "Reply-Text: " + text]
+    if extra:
+        lines += ["%s: %s" % kv for kv in extra]
+    return ("\n".join(lines) + "\n\n").encode("utf-8", "surrogateescape")
+
+
+def api_frame(output: str) -> bytes:
+    raw = output.encode("utf-8", "surrogateescape")
+    return b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(raw), raw)
+
+
+BYE = notice_frame(NOTICE_BYE)
+
+
+def _reply(client, text, extra=None):
+    client.send_frame(reply_frame(text, extra))
+
+
+def _fail_auth(client):
+    client.send_frame(reply_frame("-ERR invalid"))
+    client.close_with(BYE, "auth failed")
+
+
+def handle(client, cmd) -> None:
+    line = cmd.line
+    low = line.lower()
+    box = client.box
+    if low.startswith("exit") or low.startswith("..."):
+        _reply(client, "+OK bye")
+        client.close_with(BYE, "exit")
+        return
+    if not client.authed:
+        if low.startswith("auth "):
+            if line[5:] == box.password:
+                client.authed = True
+                _reply(client, "+OK accepted")
+            else:
+                _fail_auth(client)
+        elif low.startswith("userauth "):
+            _userauth(client, line[9:])
+        else:
+            _reply(client, "-ERR command not found")
+        return
+    if low.startswith("filter "):
+        _filter(client, line[7:])
+    elif low.startswith("sendevent"):
+        _sendevent(client, cmd)
+    elif low.startswith("api "):
+        _api(client, line[4:])
+    elif low.startswith("sendmsg"):
+        uuid = line[7:].strip()
+        _reply(client, "-ERR invalid session id [%s]" % uuid)
+    elif low.startswith("bgapi "):
+        _bgapi(client, line[6:], cmd.header("Job-UUID"))
+    elif low.startswith("log"):
+        _log(client, line[3:])
+    elif low.startswith("linger") or low.startswith("nolinger"):
+        _reply(client, "-ERR not controlling a session")
+    elif low.startswith("event"):
+        _event(client, line)
+    elif low.startswith("divert_events"):
+        _reply(client, "-ERR not controlling a session.")
+    elif low.startswith("myevents"):
+        _myevents(client, line)
+    elif low.startswith("nixevent"):
+        _nixevent(client, line)
+    elif low.startswith("noevents"):
+        if client.events_on:
+            client.events_on = False
+            client.all_events = False
+            client.event_list.clear()
+            client.subclasses.clear()
+            client.drop_queued_events()
+            _reply(client, "+OK no longer listening for events")
+        else:
+            _reply(client, "-ERR not listening for events")
+    elif low.startswith("nolog"):
+        if client.log_level is not None:
+            client.log_level = None
+            _reply(client, "+OK no longer logging")
+        else:
+            _reply(client, "-ERR not loging")
+    else:
+        _reply(client, "-ERR command not found")
+
+
+def _userauth(client, rest: str) -> None:
+    box = client.box
+    user, at, domain_pass = rest.partition("@")
+    domain, _, password = domain_pass.partition(":")
+    if not user or not at or not domain:
+        _fail_auth(client)
+        return
+    entry = box.find_user(user + "@" + domain)
+    if entry is None or entry.password != password:
+        _fail_auth(client)
+        return
+    client.authed = True
+    client.user = entry
+    extra = [
+        ("Allowed-Events", " ".join(entry.events) if entry.events is not None else "all"),
+        ("Allowed-API", ",".join(entry.api) if entry.api is not None else "all"),
+    ]
+    if entry.events is not None:
+        extra.append(("Allowed-LOG", "true" if entry.log else "false"))
+    _reply(client, "+OK accepted", extra)
+
+
+def _api_allowed(client, name: str) -> bool:
+    user = client.user
+    return user is None or user.api is None or name in user.api
+
+
+def _split_api(text: str):
+    cmd, _, arg = text.partition(" ")
+    return cmd, arg
+
+
+def _api(client, text: str) -> None:
+    box = client.box
+    name, arg = _split_api(text)
+    if not _api_allowed(client, name):
+        _reply(client, "-ERR permission denied")
+        return
+    client.hold_events()
+    try:
+        output = box.run_api(name, arg)
+        client.send_frame(api_frame(output))
+    finally:
+        client.release_events()
+
+
+def _bgapi(client, text: str, job_uuid: str | None) -> None:
+    box = client.box
+    name, arg = _split_api(text)
+    if not _api_allowed(client, name):
+        _reply(client, "-ERR permission denied")
+        return
+    job = job_uuid if job_uuid else box.new_uuid()
+    _reply(client, "+OK Job-UUID: " + job, [("Job-UUID", job)])
+    box.spawn_bgapi(name, arg, job)
+
+
+def _log(client, rest: str) -> None:
+    user = client.user
+    if user is not None and not user.log:
+        _reply(client, "-ERR permission denied")
+        return
+    level_s = rest.strip()
+    if not level_s:
+        level = 7
+    elif level_s.lower() in LOG_LEVELS:
+        level = LOG_LEVELS[level_s.lower()]
+    else:
+        try:
+            level = min(max(int(level_s), 0), 7)
+        except ValueError:
+            _reply(client, "-ERR invalid log level")
+            return
+    client.log_level = level
+    _reply(client, "+OK log level %s [%d]" % (level_s, level))
+
+
+def _event_allowed(client, name: str) -> bool:
+    user = client.user
+    if user is None or user.events is None:
+        return True
+    allowed = {e.upper() for e in user.allowed_event_names()}
+    return "ALL" in allowed or name in allowed
+
+
+def _subclass_allowed(client, subclass: str) -> bool:
+    user = client.user
+    if user is None or user.events is None:
+        return True
+    subs = user.allowed_subclasses()
+    return not subs or subclass in subs
+
+
+def _event(client, line: str) -> None:
+    rest = line[5:]
+    space = rest.find(" ")
+    key_count = 0
+    if space >= 0:
+        tokens = rest[space + 1:].split(" ")
+        custom = False
+        for count, tok in enumerate(tokens):
+            if count == 0 and tok.lower() in ("xml", "plain", "json"):
+                client.format = tok.lower()
+                continue
+            if custom:
+                if not _subclass_allowed(client, tok):
+                    _reply(client, "-ERR permission denied")
+                    return
+                client.subclasses[tok] = None
+                continue
+            name = is_event_name(tok)
+            if name is None:
+                continue
+            if not _event_allowed(client, name):
+                _reply(client, "-ERR permission denied")
+                return
+            key_count += 1
+            if name == "ALL":
+                client.all_events = True
+            else:
+                client.event_list[name] = None
+            if name == "CUSTOM":
+                custom = True
+    if not key_count:
+        _reply(client, "-ERR no keywords supplied")
+        return
+    client.events_on = True
+    _reply(client, "+OK event listener enabled " + client.format)
+
+
+def _nixevent(client, line: str) -> None:
+    rest = line[8:]
+    space = rest.find(" ")
+    key_count = 0
+    if space >= 0:
+        custom = False
+        for tok in rest[space + 1:].split(" "):
+            if custom:
+                client.subclasses.pop(tok, None)
+                continue
+            name = is_event_name(tok)
+            if name is None:
+                continue
+            key_count += 1
+            if name == "CUSTOM":
+                custom = True
+            elif name == "ALL":
+                client.all_events = False
+                client.event_list.clear()
+            else:
+                if client.all_events:
+                    from .events import EVENT_NAMES
+
+                    client.all_events = False
+                    client.event_list = dict.fromkeys(n for n in EVENT_NAMES if n != "ALL")
+                client.event_list.pop(name, None)
+    if not key_count:
+        _reply(client, "-ERR no keywords supplied")
+        return
+    _reply(client, "+OK events nixed")
+
+
+def _filter(client, rest: str) -> None:
+    header = rest.lstrip(" ")
+    name, sep, value = header.partition(" ")
+    if name.lower() == "delete" and sep:
+        name, sep2, value = value.partition(" ")
+        if name.lower() == "all":
+            client.filters.clear()
+            _reply(client, "+OK filter deleted. [all][]")
+            return
+        if sep2:
+            client.filters = [f for f in client.filters if not (f[0].lower() == name.lower() and f[1] == value)]
+        else:
+            client.filters = [f for f in client.filters if f[0].lower() != name.lower()]
+        _reply(client, "+OK filter deleted. [%s][%s]" % (name, value))
+    elif sep:
+        if name.lower() == "add":
+            name, _, value = value.partition(" ")
+        client.filters.append((name, value))
+        _reply(client, "+OK filter added. [%s]=[%s]" % (name, value))
+    else:
+        _reply(client, "-ERR invalid syntax")
+
+
+def _sendevent(client, cmd) -> None:
+    box = client.box
+    uuid = box.new_uuid()
+    rest = cmd.line[9:]
+    ename = rest[1:] if rest.startswith(" ") else ""
+    name = is_event_name(ename) if ename else None
+    if name is None or name == "ALL":
+        name = "CUSTOM"
+    headers = [("Command", cmd.line)]
+    headers += [(k, v) for k, v in cmd.headers if v != ""]
+    subclass = None
+    if name == "CUSTOM":
+        for k, v in headers:
+            if k.lower() == "event-subclass":
+                subclass = v
+                break
+        if subclass is not None:
+            headers = [("Event-Subclass", subclass)] + [h for h in headers if h[0].lower() != "event-subclass"]
+    headers.append(("Event-UUID", uuid))
+    body = cmd.body.decode("utf-8", "surrogateescape") if cmd.body is not None else None
+    _reply(client, "+OK " + uuid)
+    box.fire_sendevent(name, subclass, headers, body)
+
+
+def _myevents(client, line: str) -> None:
+    box = client.box
+    words = line.split()
+    if len(words) < 2:
+        _reply(client, "-ERR command not found")
+        return
+    if client.myevents_on:
+        _reply(client, "-ERR aready enabled.")
+        return
+    uuid = words[1]
+    if not box.calls.exists(uuid):
+        if len(words) > 2:
+            _reply(client, "-ERR invalid uuid")
+            return
+        client.myevents_on = True
+        _reply(client, "+OK Events Enabled")
+        return
+    client.myevents_on = True
+    client.myevents = uuid
+    client.format = "plain"
+    client.events_on = True
+    box.calls.watch(uuid, client)
+    _reply(client, "+OK Events Enabled")
