@@ -6,7 +6,7 @@ import json
 import pytest
 
 from opensips_fs.sim import FsSimulator, SimUser
-from sim_helpers import EslTestClient
+from test_sim_support import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
 
