@@ -21,6 +21,7 @@ import os
 import stat
 
 import gevent
+from gevent.monkey import get_original
 from gevent.os import nb_read, nb_write
 
 from ..stats import Stats
@@ -36,6 +37,12 @@ OPEN_RETRIES = 4
 OPEN_RETRY_DELAY = 0.08
 WRITE_TIMEOUT = 5.0
 IDLE_FLUSH = 2.0  # s without bytes before an incomplete request is a parse error
+
+# gevent's patched os.close defers the close to the loop's next iteration
+# (after its next poll): the client waiting for the reply's EOF would then
+# wait for some unrelated event. The reply fd has no watcher left when we
+# close it, so the plain close is safe.
+_close_now = get_original("os", "close")
 
 
 class MiFifoServer:
@@ -138,4 +145,4 @@ class MiFifoServer:
             self._reply_failures.value += 1
             log.error("cannot write reply FIFO %s: %s", path, err)
         finally:
-            os.close(fd)
+            _close_now(fd)

@@ -1,0 +1,170 @@
+"""The real clients against the real MI transports: `opensips-cli -x mi …`
+and `opensips.mi.OpenSIPSMI`, over HTTP, FIFO and datagram (MI.md §8).
+
+The server runs in this process (gevent); each client runs in its own
+process, as users run it. `fs_list` through these clients is covered by the
+scripting room's tests once its handler is registered (note for them:
+`opensips_cli(..., "fs_list")` below works as is)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from opensips_fs.mi.datagram import MiDatagramServer
+from opensips_fs.mi.fifo import MiFifoServer
+from opensips_fs.mi.http import MiHttpServer
+from opensips_fs.stats import Stats
+from test_mi_support import build_registry, httpd_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "opensips-cli")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mi")
+    stats = Stats()
+    registry = build_registry(stats)
+    http = MiHttpServer(httpd_settings(), SimpleNamespace(root="mi"), registry, stats).start()
+    fifo = MiFifoServer(SimpleNamespace(fifo_name=str(base / "opensips_fifo"), fifo_mode=0o666,
+                                        reply_dir=str(base)), registry, stats).start()
+    datagram = MiDatagramServer(SimpleNamespace(socket_name="udp:127.0.0.1:0"), registry, stats).start()
+    yield SimpleNamespace(http=http, fifo=fifo, datagram=datagram, base=base, stats=stats)
+    http.stop()
+    fifo.stop()
+    datagram.stop()
+
+
+def cli_options(servers, transport):
+    host, port = servers.http.address
+    options = {
+        "http": {"communication_type": "http", "url": f"http://{host}:{port}/mi"},
+        "fifo": {"communication_type": "fifo", "fifo_file": servers.fifo.path,
+                 "fifo_file_fallback": servers.fifo.path, "fifo_reply_dir": str(servers.base)},
+        "datagram": {"communication_type": "datagram", "datagram_ip": "127.0.0.1",
+                     "datagram_port": str(servers.datagram.address[1])},
+    }[transport]
+    return options
+
+
+def opensips_cli(servers, transport, *words):
+    config = servers.base / f"cli-{transport}.cfg"
+    lines = ["[default]", "log_level: WARNING", "output_type: pretty-print"]
+    lines += [f"{key}: {value}" for key, value in cli_options(servers, transport).items()]
+    config.write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, HOME=str(servers.base))
+    return subprocess.run([CLI, "-f", str(config), "-x", "mi", *words], capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+TRANSPORTS = ["http", "fifo", "datagram"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_which(servers, transport):
+    result = opensips_cli(servers, transport, "which")
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout)
+    assert "fs_list" in names and "freeswitch_scripting:list" in names
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_version(servers, transport):
+    result = opensips_cli(servers, transport, "version")
+    assert result.returncode == 0, result.stderr
+    server = json.loads(result.stdout)["Server"]
+    assert server.startswith("OpenSIPS (4.1.0-dev (")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_uptime(servers, transport):
+    result = opensips_cli(servers, transport, "uptime")
+    assert result.returncode == 0, result.stderr
+    assert list(json.loads(result.stdout)) == ["Now", "Up since", "Up time"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_command_error(servers, transport):
+    result = opensips_cli(servers, transport, "log_level", "abc")
+    assert result.returncode != 0
+    assert "-32602: Invalid params (Bad type for parameter 'level')" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cli_array_params_and_named(servers, transport):
+    result = opensips_cli(servers, transport, "get_statistics", "mi:", "http_connections")
+    assert result.returncode == 0, result.stderr
+    values = json.loads(result.stdout)
+    assert "mi:requests" in values and "mi:http_connections" in values
+    named = opensips_cli(servers, transport, "which", "command=fs_subscribe")
+    assert json.loads(named.stdout) == [["freeswitch_url", "events"]]
+
+
+def test_cli_int_param_as_string_sets_level(servers):
+    result = opensips_cli(servers, "http", "log_level", "4")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"New global log level": 4}
+
+
+def test_cli_unknown_command_refused_locally(servers):
+    result = opensips_cli(servers, "http", "no_such_cmd")
+    assert result.returncode != 0
+    assert "no_such_cmd" in result.stderr
+
+
+# -- python opensips package -------------------------------------------------------------
+
+MI_SCRIPT = r"""
+import json, sys
+from opensips.mi import OpenSIPSMI, OpenSIPSMIException
+kwargs = json.loads(sys.argv[1])
+mi = OpenSIPSMI(kwargs.pop("conn"), **kwargs)
+out = []
+for method, params in json.loads(sys.argv[2]):
+    try:
+        out.append({"result": mi.execute(method, params)})
+    except OpenSIPSMIException as e:
+        out.append({"error": str(e)})
+print(json.dumps(out))
+"""
+
+
+def opensips_mi(servers, transport, calls):
+    host, port = servers.http.address
+    kwargs = {
+        "http": {"conn": "http", "url": f"http://{host}:{port}/mi"},
+        "fifo": {"conn": "fifo", "fifo_file": servers.fifo.path, "fifo_reply_dir": str(servers.base)},
+        "datagram": {"conn": "datagram", "datagram_ip": "127.0.0.1", "datagram_port": servers.datagram.address[1]},
+    }[transport]
+    result = subprocess.run([sys.executable, "-c", MI_SCRIPT, json.dumps(kwargs), json.dumps(calls)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_opensips_mi_package(servers, transport):
+    which, version, uptime, error, stats, named = opensips_mi(servers, transport, [
+        ["which", []],
+        ["version", None],
+        ["uptime", {}],
+        ["log_level", {"level": "x"}],
+        ["get_statistics", [["mi:"]]],
+        ["which", {"command": "event_subscribe"}],
+    ])
+    assert "fs_list" in which["result"]
+    assert version["result"]["Server"].startswith("OpenSIPS (4.1.0-dev (")
+    assert list(uptime["result"]) == ["Now", "Up since", "Up time"]
+    assert error["error"] == "Error executing command: -32602: Invalid params (Bad type for parameter 'level')"
+    assert "mi:requests" in stats["result"]
+    assert named["result"] == [["event", "socket"], ["event", "socket", "expire"]]
