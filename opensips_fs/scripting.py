@@ -167,7 +167,7 @@ class Scripting:
                 col_ip=settings.db_col_ip, col_port=settings.db_col_port,
                 col_events=settings.db_col_events, timeout=db_timeout)
         self._reload_lock = gevent.lock.Semaphore()
-        self._raise = evi.raise_freeswitch if evi is not None else None
+        self._raise = evi.raise_freeswitch if evi is not None else _no_evi
         group = MODULE
         self._reloads = stats.counter(group, "db_reloads")
         self._reload_failures = stats.counter(group, "db_reload_failures")
@@ -310,7 +310,7 @@ class Scripting:
     # -- freeswitch_esl -------------------------------------------------------
 
     def esl(self, command: str, url_text: str) -> str:
-        from .esl.connection import EslNotConnected, EslTimeout
+        from .esl.connection import EslError, EslTimeout
 
         text = normalize_command(command, self.max_command_bytes)
         parsed, socket = self._resolve(url_text)
@@ -324,8 +324,9 @@ class Scripting:
         except EslTimeout:
             self._esl_failures.value += 1
             raise MiError(504, "ESL command timeout") from None
-        except EslNotConnected:
+        except EslError as exc:  # not connected, lost while waiting, socket closed
             self._esl_failures.value += 1
+            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
             raise MiError(503, "FreeSWITCH not connected") from None
         if reply.content_type == "api/response":
             return (reply.body or b"").decode("utf-8", "surrogateescape")
@@ -412,6 +413,10 @@ class Scripting:
             MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
             MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),
         ]
+
+
+def _no_evi(name: str, sender: str, body: bytes) -> None:
+    """No event interface in this build: events have nowhere to go."""
 
 
 def _unique(names) -> list[str]:
