@@ -208,6 +208,10 @@ class MiHttpServer:
             sendall(reply)
             if not keep_open:
                 return
+            # A client that pipelines (or answers faster than we loop) would
+            # always find its next request ready and never let go of the
+            # hub: give the other connections their turn.
+            gevent.sleep(0)
 
     # -- routing --------------------------------------------------------------
 

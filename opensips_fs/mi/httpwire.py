@@ -52,8 +52,8 @@ REASONS = {
     503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_HEX = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 1024
 
 
@@ -91,7 +91,8 @@ class HttpRequest:
 
 
 def _is_token(data: bytes) -> bool:
-    return bool(data) and all(c in _TOKEN_CHARS for c in data)
+    # Deleting every token character leaves nothing: one C-level pass.
+    return bool(data) and not data.translate(None, _TOKEN_CHARS)
 
 
 class RequestParser:
@@ -259,7 +260,7 @@ class RequestParser:
                         raise HttpError(400, "chunk size line too long")
                     return None
                 line = bytes(buf[self._pos:end]).split(b";", 1)[0].strip(b" \t")
-                if not line or len(line) > 16 or not all(c in _HEX for c in line):
+                if not line or len(line) > 16 or line.translate(None, _HEX):
                     raise HttpError(400, "bad chunk size")
                 size = int(line, 16)
                 self._pos = end + 2
