@@ -13,14 +13,13 @@ Start-up order (each room gets what the earlier ones built):
 `stop()` stops what was started, in reverse order, and never raises. A room
 that fails to start (a listener that cannot bind, a FIFO path that is not
 writable…) makes `start()` stop what already runs and raise `StartupError`
-with a message naming the address.
+with a message naming the address. `shutdown()` (MI `kill`, the signal
+handlers) only asks the owner — the command line — to stop the app.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import re
 import time
 from typing import Any, Callable
@@ -30,37 +29,35 @@ from gevent.event import Event
 from . import __version__, logs
 from . import url as fsurl
 from .config import Config
+from .esl.manager import EslManager
+from .evi.registry import EviRegistry
 from .mi import StartupError
+from .mi.commands import MiRegistry
+from .mi.core import CoreContext, core_commands, statistics_commands
+from .mi.datagram import MiDatagramServer
+from .mi.fifo import MiFifoServer
+from .mi.http import MiHttpServer
+from .scripting import Scripting
 from .stats import Stats
 
-__all__ = ["App", "StartupError"]
+__all__ = ["App", "StartupError", "config_secrets"]
 
 log = logging.getLogger(__name__)
-
-
-def _room(module: str) -> Any | None:
-    """Import a room's module, or None if that room is not part of this build."""
-    try:
-        return importlib.import_module(module, __package__)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.lstrip(".") in exc.name:
-            return None
-        raise
 
 
 class App:
     """opensips-fs as one object: ``App(config).start()`` … ``stop()``."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, shutdown_requested: Event | None = None):
         self.config = config
         self.stats = Stats()
         self.started_at: float | None = None
-        self.manager = None
-        self.evi = None
-        self.scripting = None
-        self.registry = None
-        self.context = None          # mi.core.CoreContext, once the MI is built
-        self.shutdown_requested = Event()
+        self.manager: EslManager | None = None
+        self.evi: EviRegistry | None = None
+        self.scripting: Scripting | None = None
+        self.registry: MiRegistry | None = None
+        self.context: CoreContext | None = None
+        self.shutdown_requested = shutdown_requested or Event()
         self.transports: list[tuple[str, str, Any]] = []   # (what, address, server)
         self._running: list[tuple[str, Any]] = []          # (what, room), start order
         self._stopped = False
@@ -86,94 +83,58 @@ class App:
         log.info("starting opensips-fs %s (config %s)", __version__, cfg.path)
 
         if cfg.freeswitch is not None:
-            manager = self._need("freeswitch", ".esl.manager")
-            if manager is not None:
-                self.manager = manager.EslManager(cfg.freeswitch, self.stats)
-                self._start_room("ESL connection manager", self.manager)
+            self.manager = EslManager(cfg.freeswitch, self.stats)
+            self._start_room("ESL connection manager", self.manager)
 
-        evi = _room(".evi.registry")
-        if evi is not None:
-            self.evi = evi.EviRegistry(self.stats, cfg.evi_transports())
-            self._start_room("event interface", self.evi)
-        elif cfg.evi_transports():
-            log.warning("event delivery is not part of this build: %s ignored",
-                        ", ".join(cfg.evi_transports()))
+        self.evi = EviRegistry(self.stats, cfg.evi_transports())
+        self._start_room("event interface", self.evi)
 
-        scripting = None
-        if cfg.freeswitch_scripting is not None and self.manager is not None:
-            scripting = self._need("freeswitch_scripting", ".scripting")
-        if scripting is not None:
-            self.scripting = scripting.Scripting(cfg.freeswitch_scripting, self.manager,
-                                                 self.evi, self.stats, cfg.dir)
+        if cfg.freeswitch_scripting is not None:     # the config made sure freeswitch is loaded
+            self.scripting = Scripting(cfg.freeswitch_scripting, self.manager, self.evi,
+                                       self.stats, cfg.dir)
             self._start_room("freeswitch_scripting", self.scripting)
 
-        self._start_mi()
-        self._up = True
-        log.log(logs.NOTICE, "opensips-fs %s started: %s", __version__, ", ".join(
-            f"{what} on {where}" for what, where, _ in self.transports) or "no MI listener")
-
-    def _start_mi(self) -> None:
-        cfg = self.config
-        mi_commands = _room(".mi.commands")
-        if mi_commands is None:
-            if any((cfg.mi_http, cfg.mi_fifo, cfg.mi_datagram)):
-                log.warning("the MI is not part of this build: no MI listener started")
-            return
-        self.registry = mi_commands.MiRegistry(self.stats)
-        core = _room(".mi.core")
-        if core is not None:
-            self.context = core.CoreContext(
-                started_at=self.started_at, stats=self.stats, processes=self.processes,
-                get_log_level=logs.get_level, set_log_level=logs.set_level,
-                registry=self.registry, shutdown=self.shutdown)
-            self.registry.register(core.statistics_commands(self.stats))
-            self.registry.register(core.core_commands(self.context))
-        if self.evi is not None:
-            self.registry.register(self.evi.mi_commands())
+        self.registry = MiRegistry(self.stats)
+        self.context = CoreContext(
+            started_at=self.started_at, stats=self.stats, processes=self.processes,
+            get_log_level=logs.get_level, set_log_level=logs.set_level,
+            registry=self.registry, shutdown=self.shutdown)
+        self.registry.register(statistics_commands(self.stats))
+        self.registry.register(core_commands(self.context))
+        self.registry.register(self.evi.mi_commands())
         if self.scripting is not None:
             self.registry.register(self.scripting.mi_commands())
 
         if cfg.httpd is not None and cfg.mi_http is None:
             log.log(logs.NOTICE, "httpd is loaded without mi_http: no HTTP listener to start")
-        # (module, room, what, address, build the server from the room's module)
-        listeners = [
-            ("mi_http", ".mi.http", "MI HTTP", cfg.httpd.address if cfg.mi_http else "",
-             lambda room: room.MiHttpServer(cfg.httpd, cfg.mi_http, self.registry, self.stats)),
-            ("mi_fifo", ".mi.fifo", "MI FIFO",
-             cfg.mi_fifo.fifo_name if cfg.mi_fifo else "",
-             lambda room: room.MiFifoServer(cfg.mi_fifo, self.registry, self.stats)),
-            ("mi_datagram", ".mi.datagram", "MI datagram",
-             cfg.mi_datagram.socket_name if cfg.mi_datagram else "",
-             lambda room: room.MiDatagramServer(cfg.mi_datagram, self.registry, self.stats)),
-        ]
-        for module, room_name, what, address, build in listeners:
-            if getattr(cfg, module) is None:
-                continue
-            room = self._need(module, room_name)
-            if room is not None:
-                self._start_transport(what, address, lambda: build(room))
+        if cfg.mi_http is not None:
+            self._start_transport("MI HTTP", cfg.httpd.address, lambda: MiHttpServer(
+                cfg.httpd, cfg.mi_http, self.registry, self.stats))
+        if cfg.mi_fifo is not None:
+            self._start_transport("MI FIFO", cfg.mi_fifo.fifo_name, lambda: MiFifoServer(
+                cfg.mi_fifo, self.registry, self.stats))
+        if cfg.mi_datagram is not None:
+            self._start_transport("MI datagram", cfg.mi_datagram.socket_name,
+                                  lambda: MiDatagramServer(cfg.mi_datagram, self.registry,
+                                                           self.stats))
 
-    def _need(self, module: str, room: str):
-        """The room implementing a loaded module; None (with a warning) while
-        that room is not part of this build."""
-        found = _room(room)
-        if found is None:
-            log.warning('module "%s" is loaded but not part of this build yet: skipped', module)
-        return found
+        self._up = True
+        log.log(logs.NOTICE, "opensips-fs %s started: %s", __version__, ", ".join(
+            f"{what} on {where}" for what, where, _ in self.transports) or "no MI listener")
 
     def _start_room(self, what: str, room) -> None:
         try:
             room.start()
-        except StartupError:
-            raise
+        except StartupError as exc:
+            raise StartupError(f"cannot start the {what}: {exc}") from exc
         except Exception as exc:
-            if type(exc).__name__ == "StartupError":
-                raise StartupError(f"cannot start the {what}: {exc}") from exc
             log.exception("cannot start the %s", what)
             raise StartupError(f"cannot start the {what}: {_reason(exc)}") from exc
         self._running.append((what, room))
 
     def _start_transport(self, what: str, address: str, build: Callable[[], Any]) -> None:
+        """Build and start one listener; any failure becomes a StartupError
+        that names the address."""
         try:
             server = build()
             server.start()

@@ -54,8 +54,31 @@ def main(argv: list[str] | None = None) -> int:
     from gevent import monkey
     monkey.patch_all()
 
-    import logging
     import signal
+
+    import gevent
+    from gevent.event import Event
+
+    # Handlers first: a SIGTERM that arrives while the rooms are still being
+    # imported or started must still end in a clean stop and exit 0.
+    stop_requested = Event()
+    signals_seen: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signal.Signals(signum).name)
+        stop_requested.set()
+
+    handlers = [gevent.signal_handler(signum, on_signal, signum)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        return _run(argv, stop_requested, signals_seen)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+
+
+def _run(argv, stop_requested, signals_seen: list[str]) -> int:
+    import logging
 
     import gevent
 
@@ -79,39 +102,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.path}: config file ok, exiting...", file=sys.stderr)
         return EXIT_OK
 
-    app = App(config)
-    signals_seen: list[str] = []
-
-    def on_signal(signum: int) -> None:
-        signals_seen.append(signal.Signals(signum).name)
-        app.shutdown()
-
-    handlers = [gevent.signal_handler(signum, on_signal, signum)
-                for signum in (signal.SIGTERM, signal.SIGINT)]
+    app = App(config, shutdown_requested=stop_requested)
     try:
-        try:
-            app.start()
-        except StartupError as exc:
-            log.error("%s", exc)
-            return EXIT_FAILURE
-        except Exception:
-            log.exception("start-up failed")
-            app.stop()
-            return EXIT_FAILURE
-        while not app.shutdown_requested.wait(timeout=1.0):
-            pass    # a timed wait keeps the hub alive: signal watchers do not
-        log.log(logs.NOTICE, "%s, stopping",
-                f"{signals_seen[0]} received" if signals_seen else "shutdown requested")
-        stopper = gevent.spawn(app.stop)
-        stopper.join(timeout=STOP_TIMEOUT)
-        if not stopper.ready():
-            log.error("rooms did not stop within %.0f s, exiting anyway", STOP_TIMEOUT)
-            stopper.kill(block=False)
-            return EXIT_FAILURE
-        return EXIT_OK
-    finally:
-        for handler in handlers:
-            handler.cancel()
+        app.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("start-up failed")
+        app.stop()
+        return EXIT_FAILURE
+    while not stop_requested.wait(timeout=1.0):
+        pass    # a timed wait keeps the hub alive: signal watchers do not
+    log.log(logs.NOTICE, "%s, stopping",
+            f"{signals_seen[0]} received" if signals_seen else "shutdown requested")
+    stopper = gevent.spawn(app.stop)
+    stopper.join(timeout=STOP_TIMEOUT)
+    if not stopper.ready():
+        log.error("rooms did not stop within %.0f s, exiting anyway", STOP_TIMEOUT)
+        stopper.kill(block=False)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
