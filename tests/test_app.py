@@ -22,11 +22,6 @@ from opensips_fs.app import App, StartupError
 pytestmark = pytest.mark.timeout(20)
 
 REPO = Path(__file__).resolve().parent.parent
-MI = REPO / "opensips_fs" / "mi"
-needs_mi_http = pytest.mark.skipif(not (MI / "http.py").exists(), reason="no MI HTTP yet")
-needs_mi_fifo = pytest.mark.skipif(not (MI / "fifo.py").exists(), reason="no MI FIFO yet")
-needs_mi_datagram = pytest.mark.skipif(not (MI / "datagram.py").exists(),
-                                       reason="no MI datagram yet")
 
 
 def build(tmp_path, body: str) -> config.Config:
@@ -80,7 +75,6 @@ def mi(port: int, method: str, params=None):
 
 # ---------------------------------------------------------------- wiring
 
-@needs_mi_http
 def test_app_answers_mi_which_and_ps(running):
     app = running(HTTP_ONLY)
     port = http_port(app)
@@ -95,7 +89,6 @@ def test_app_answers_mi_which_and_ps(running):
     assert {p["PID"] for p in processes} == {os.getpid()}
 
 
-@needs_mi_http
 def test_mi_log_level_drives_the_logging_setup(running):
     app = running(HTTP_ONLY)
     port = http_port(app)
@@ -108,7 +101,6 @@ def test_mi_log_level_drives_the_logging_setup(running):
     assert logs.get_level() == -1
 
 
-@needs_mi_http
 def test_mi_kill_asks_the_owner_to_stop(running):
     app = running(HTTP_ONLY)
     assert not app.shutdown_requested.is_set()
@@ -116,7 +108,6 @@ def test_mi_kill_asks_the_owner_to_stop(running):
     assert app.shutdown_requested.wait(timeout=3)
 
 
-@needs_mi_http
 def test_stop_closes_the_listeners_and_is_idempotent(running):
     app = running(HTTP_ONLY)
     port = http_port(app)
@@ -160,7 +151,6 @@ def test_app_without_modules_starts_and_stops(tmp_path):
 
 # ---------------------------------------------------------------- start-up failures
 
-@needs_mi_http
 def test_http_port_in_use_is_a_startup_error_naming_it(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -174,8 +164,6 @@ def test_http_port_in_use_is_a_startup_error_naming_it(tmp_path):
     assert app._running == [] and app.transports == []
 
 
-@needs_mi_http
-@needs_mi_datagram
 def test_failure_after_a_listener_started_stops_that_listener(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
@@ -190,7 +178,6 @@ modparam("mi_datagram", "socket_name", "udp:127.0.0.1:{udp_port}")
     assert app._running == []
 
 
-@needs_mi_fifo
 def test_fifo_in_missing_folder_is_a_startup_error_naming_the_path(tmp_path):
     fifo = tmp_path / "missing" / "fifo"
     app = App(build(tmp_path, f'''
@@ -205,7 +192,6 @@ modparam("mi_fifo", "reply_dir", "{tmp_path}/")
 
 # ---------------------------------------------------------------- evi_print
 
-@needs_mi_http
 def test_evi_print_subscribes_prints_and_unsubscribes(running):
     app = running(HTTP_ONLY)
     port = http_port(app)
@@ -276,3 +262,44 @@ def test_demo_refuses_a_config_without_fs_subscribe(tmp_path):
     with pytest.raises(SystemExit) as info:
         demo.plan(str(cfg), 1.0, "udp:127.0.0.1:0", False)
     assert "fs_subscribe" in str(info.value)
+
+
+def _free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(not (REPO / "opensips_fs" / "sim" / "cli.py").exists(), reason="no simulator")
+def test_demo_shows_call_events_and_stops_on_ctrl_c(tmp_path):
+    sim_port, http_port, evi_port = _free_port(), _free_port(), _free_port(socket.SOCK_DGRAM)
+    text = (REPO / "etc" / "demo.cfg").read_text()
+    text = text.replace("127.0.0.1:18021", f"127.0.0.1:{sim_port}")
+    text = text.replace('"port", 18888', f'"port", {http_port}')
+    cfg = tmp_path / "demo.cfg"
+    cfg.write_text(text)
+    out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
+    with open(out_path, "w") as out, open(err_path, "w") as errors:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "opensips_fs.tools.demo", "--config", str(cfg),
+             "--calls-per-second", "20", "--evi", f"udp:127.0.0.1:{evi_port}"],
+            stdout=out, stderr=errors, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and demo.poll() is None:
+            if " E_FREESWITCH CHANNEL_" in out_path.read_text():
+                break
+            time.sleep(0.1)
+        demo.send_signal(signal.SIGINT)
+        demo.wait(20)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    out_lines, err = out_path.read_text().splitlines(), err_path.read_text()
+    events = [line for line in out_lines if " E_FREESWITCH " in line]
+    assert events, f"no event printed\nstdout: {out_lines}\nstderr: {err}"
+    assert f"from 127.0.0.1 Unique-ID=" in events[0]
+    assert demo.returncode == 0, err
+    assert "demo: stopped" in err and "opensips-fs stopped" in err

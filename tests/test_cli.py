@@ -20,8 +20,6 @@ pytestmark = pytest.mark.timeout(30)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CFG = REPO / "etc" / "opensips-fs.cfg"
-HAVE_MI_HTTP = (REPO / "opensips_fs" / "mi" / "http.py").exists()
-HAVE_MI_FIFO = (REPO / "opensips_fs" / "mi" / "fifo.py").exists()
 
 
 def opensips_fs(*args, timeout=15):
@@ -231,7 +229,6 @@ def test_sigterm_during_start_up_still_exits_0(tmp_path, services):
     assert service.stop(signal.SIGTERM) == 0
 
 
-@pytest.mark.skipif(not HAVE_MI_HTTP, reason="MI over HTTP not built yet")
 def test_default_config_copy_answers_mi_and_stops_cleanly(tmp_path, services):
     port = free_port()
     service = services(make_config(tmp_path, http_port=port))
@@ -247,7 +244,6 @@ def test_default_config_copy_answers_mi_and_stops_cleanly(tmp_path, services):
     assert "Traceback" not in service.log
 
 
-@pytest.mark.skipif(not HAVE_MI_HTTP, reason="MI over HTTP not built yet")
 def test_http_port_in_use_exits_1_naming_the_address(tmp_path, services):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -260,7 +256,6 @@ def test_http_port_in_use_exits_1_naming_the_address(tmp_path, services):
     assert "Traceback" not in service.log
 
 
-@pytest.mark.skipif(not HAVE_MI_FIFO, reason="MI over FIFO not built yet")
 def test_unwritable_fifo_path_exits_1_naming_the_path(tmp_path, services):
     cfg = make_config(tmp_path)
     fifo = tmp_path / "no" / "such" / "dir" / "fifo"
