@@ -149,9 +149,12 @@ def run_generator(args) -> int:
 # subscribers (this process)
 
 class Counter:
-    """Unique sequence numbers and latencies seen by one subscriber."""
+    """What one subscriber received: raw reads with their arrival times,
+    recorded as cheaply as possible during the run and analysed after it."""
 
     def __init__(self):
+        self.reads = []          # (bytes, arrival time)
+        self._counted = self._count = 0
         self.seen = set()
         self.latencies = []
         self.first = self.last = None
@@ -166,6 +169,22 @@ class Counter:
         if self.first is None:
             self.first = now
         self.last = now
+
+    def received(self) -> int:
+        """Events in the reads so far (counted incrementally during the run)."""
+        reads = self.reads
+        for i in range(self._counted, len(reads)):
+            self._count += reads[i][0].count(SEQ_MARK)
+        self._counted = len(reads)
+        return self._count
+
+    def analyse(self) -> None:
+        buffer = b""
+        for data, now in self.reads:
+            buffer += data
+            stop = scan(buffer, self, now)
+            buffer = buffer[stop:]
+        self.reads = []
 
 
 SEQ_MARK = f'{SEQ_KEY}\\":\\"'.encode()
@@ -193,25 +212,32 @@ def scan(data: bytes, counter: Counter, now: float, start: int = 0) -> int:
         pos = d
 
 
+def _big_rcvbuf(sock) -> None:
+    # SO_RCVBUFFORCE (33 on Linux, not exported by Python) lifts rmem_max for root
+    for opt in (getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None),
+                socket.SO_RCVBUF):
+        if opt is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 128 << 20)
+            return
+        except OSError:
+            continue
+
+
 def udp_subscriber(counter: Counter):
     import gevent
     from gevent import socket as gsocket
     sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-        if opt is None:
-            continue
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, 32 << 20)
-            break
-        except OSError:
-            continue
+    _big_rcvbuf(sock)
     sock.bind(("127.0.0.1", 0))
 
     def run():
         recv = sock.recv
+        append = counter.reads.append
+        now = time.time
         while True:
-            data = recv(65535)
-            scan(data, counter, time.time())
+            append((recv(65535), now()))
 
     return sock, f"udp:127.0.0.1:{sock.getsockname()[1]}", gevent.spawn(run)
 
@@ -224,18 +250,19 @@ def tcp_subscriber(counter: Counter):
     listener.listen(4)
 
     def serve(conn):
-        buffer = b""
+        recv = conn.recv
+        append = counter.reads.append
+        now = time.time
         while True:
-            data = conn.recv(1 << 20)
+            data = recv(1 << 20)
             if not data:
                 return
-            buffer += data
-            stop = scan(buffer, counter, time.time())
-            buffer = buffer[stop:]
+            append((data, now()))
 
     def run():
         while True:
             conn, _ = listener.accept()
+            _big_rcvbuf(conn)
             gevent.spawn(serve, conn)
 
     return listener, f"tcp:127.0.0.1:{listener.getsockname()[1]}", gevent.spawn(run)
@@ -352,7 +379,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
     # wait for the tail: until everything arrived or nothing moves for 1 s
     last_total, still = -1, time.monotonic()
     while True:
-        total = sum(len(c.seen) for c in counters)
+        total = sum(c.received() for c in counters)
         if total >= count * n:
             break
         if total != last_total:
@@ -369,6 +396,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
         sock.close()
     rows = []
     for c in counters:
+        c.analyse()
         received = len(c.seen)
         span = (c.last - t_start) if c.last else float("nan")
         rows.append({

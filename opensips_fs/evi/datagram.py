@@ -1,11 +1,16 @@
 """`event_datagram` delivery: `udp:host:port` and `unix:/path` (EVI.md §4.3).
 
 One JSON-RPC notification per datagram, no framing, nothing read back. The
-sender uses a real non-blocking socket and waits for writability through
-gevent only when the kernel buffer is full, so the common case is one
-`sendto` system call per payload. A payload that cannot be a datagram
-(over 65507 bytes on UDP, or EMSGSIZE) is counted as a send error and
-logged, never cut.
+sender uses a real non-blocking socket, *connected* to the subscriber (which
+halves the kernel cost of a 2 KB datagram on loopback: no route lookup per
+send), and waits for writability through gevent only when the kernel buffer
+is full, so the common case is one `send` system call per payload.
+
+A datagram that cannot be sent is lost, as in OpenSIPS, but never silently:
+a payload over 65507 bytes (EMSGSIZE) or a refused/unreachable subscriber is
+counted in `send_errors` and logged (once per distinct error), never cut.
+After an error the socket is made anew, so a unix subscriber that re-creates
+its socket file is reached again.
 """
 
 from __future__ import annotations
@@ -32,29 +37,46 @@ class DatagramDestination(Destination):
         super().__init__(key, label, queue_size, counters)
         self.address = address
         self.transport = "unix" if isinstance(address, str) else "udp"
-        family = _stdsocket.AF_UNIX if self.transport == "unix" else _stdsocket.AF_INET
-        self._sock = _socket.socket(family, _stdsocket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        self._family = _stdsocket.AF_UNIX if self.transport == "unix" else _stdsocket.AF_INET
+        self._sock = None
         self.state = "ready"
 
+    def _open(self):
+        sock = _socket.socket(self._family, _stdsocket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(self.address)
+            send = sock.send
+        except OSError:   # e.g. a unix path not there yet: address each datagram
+            address = self.address
+
+            def send(payload):
+                return sock.sendto(payload, address)
+        self._sock = sock
+        self._send = send
+
     def deliver(self) -> None:
+        if self._sock is None:
+            self._open()
         queue = self.queue
-        sock = self._sock
-        address = self.address
-        sendto = sock.sendto
+        send = self._send
+        fileno = self._sock.fileno()
         popleft = queue.popleft
         sent = 0
         try:
             while queue and sent < _YIELD_EVERY:
                 payload = queue[0]
                 try:
-                    sendto(payload, address)
+                    send(payload)
                 except BlockingIOError:
-                    wait_write(sock.fileno(), timeout=5.0)
+                    wait_write(fileno, timeout=5.0)
                     continue
                 except OSError as exc:
                     popleft()
                     self._lost(payload, exc)
+                    if exc.errno != errno.EMSGSIZE:
+                        self.close()
+                        break
                     continue
                 popleft()
                 sent += 1
@@ -67,17 +89,16 @@ class DatagramDestination(Destination):
     def _lost(self, payload: bytes, exc: OSError) -> None:
         """A datagram that cannot be sent is lost: count it, keep going."""
         if exc.errno == errno.EMSGSIZE or len(payload) > MAX_UDP_PAYLOAD:
-            exc = OSError(exc.errno, f"payload of {len(payload)} bytes too big for a datagram")
+            message = f"payload of {len(payload)} bytes too big for a datagram"
+        else:
+            message = f"datagram lost: {exc.strerror or exc}"
         self.send_errors += 1
         self.counters.errors.value += 1
-        message = str(exc)
         if message != self.last_error:
             log.warning("EVI %s: %s", self.label, message)
         self.last_error = message
 
     def close(self) -> None:
-        pass  # the socket lives as long as the destination
-
-    def stop(self) -> None:
-        super().stop()
-        self._sock.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
