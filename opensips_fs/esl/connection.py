@@ -238,19 +238,36 @@ class EslConnection:
 
     # -- commands ------------------------------------------------------------
 
-    def send(self, text: str, user: bool = True) -> _Waiter:
-        """Queue one command (text without its blank line) and send it."""
+    def send(self, text: str, user: bool = True, timeout: float | None = None) -> _Waiter:
+        """Queue one command (text without its blank line) and send it. A peer
+        that does not read for `timeout` s loses the connection (a command
+        cut in half cannot be taken back) and the caller gets EslTimeout."""
         data = encode_command(text)
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=timeout):
+            raise EslTimeout(f"could not send to {self.label} within {timeout:g} s")
+        try:
             if not self.connected:
                 raise EslNotConnected(f"{self.label} is not connected"
                                       + (f" ({self.lost_reason})" if self.lost_reason else ""))
             waiter = _Waiter(user)
             self._fifo.append(waiter)
+            timer = gevent.Timeout(timeout) if timeout else None
+            if timer is not None:
+                timer.start()
             try:
                 self._sock.sendall(data)
+            except gevent.Timeout as exc:
+                if exc is not timer:
+                    raise
+                self._lose(f"FreeSWITCH did not take a command within {timeout:g} s")
+                raise EslTimeout(f"could not send to {self.label} within {timeout:g} s") from None
             except OSError as exc:
                 self._lose(f"send failed: {_describe(exc)}")
+            finally:
+                if timer is not None:
+                    timer.close()
+        finally:
+            self._send_lock.release()
         return waiter
 
     def wait(self, waiter: _Waiter, timeout: float) -> EslReply:
@@ -264,7 +281,10 @@ class EslConnection:
         return waiter.reply
 
     def command(self, text: str, timeout: float) -> EslReply:
-        return self.wait(self.send(text), timeout)
+        """Send and wait, both within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        waiter = self.send(text, timeout=timeout)
+        return self.wait(waiter, max(0.0, deadline - time.monotonic()))
 
     @property
     def outstanding(self) -> int:
@@ -354,11 +374,14 @@ class EslConnection:
             return
         if not self._probe_sent and not busy:
             self._probe_sent = True
-            try:
-                waiter = self.send(PROBE_COMMAND, user=False)
-            except EslNotConnected:
-                return
-            waiter.abandoned = True  # its reply only proves the peer is alive
+            gevent.spawn(self._probe)  # never block the caller on a full socket
+
+    def _probe(self) -> None:
+        try:
+            waiter = self.send(PROBE_COMMAND, user=False, timeout=self.liveness_timeout)
+        except EslError:
+            return
+        waiter.abandoned = True  # its reply only proves the peer is alive
 
     # -- closing -------------------------------------------------------------
 

@@ -251,7 +251,10 @@ class EslSocket:
     def command(self, text: str, timeout: float | None = None) -> EslReply:
         """Run one ESL command (text without its blank line) and return its
         reply. A socket still making its first connection is waited for up to
-        `esl_connect_timeout`. Raises EslNotConnected or EslTimeout."""
+        `esl_connect_timeout`. Raises EslNotConnected or EslTimeout; ValueError
+        for a text that is empty or holds an empty line (a second command)."""
+        if not text.strip() or "\n\n" in text or "\n\r\n" in text:
+            raise ValueError("an ESL command must be one non-empty command without an empty line")
         manager = self._manager
         self.commands += 1
         manager._counters.commands.value += 1
@@ -461,8 +464,8 @@ class EslSocket:
             if not batch:
                 return
             try:
-                waiters = [(sub, conn.send(text, user=False)) for sub, text in batch]
-            except EslNotConnected:
+                waiters = [(sub, conn.send(text, user=False, timeout=manager.cmd_timeout)) for sub, text in batch]
+            except (EslNotConnected, EslTimeout):
                 return
             for sub, waiter in waiters:
                 try:
