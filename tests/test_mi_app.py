@@ -1,0 +1,152 @@
+"""The MI transports inside the real service (`App`, real freeswitch_scripting
+commands, no FreeSWITCH socket configured): the fs_list exchanges of the
+golden transcripts that the MI-only tests leave to the scripting room —
+HTTP framing (mi_jsonrpc_errors, mi_http_keepalive), FIFO and datagram
+(mi_other_transports) — and `fs_list` through opensips-cli and
+opensips.mi.OpenSIPSMI over all three transports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opensips_fs import config as configuration
+from opensips_fs.app import App
+from test_mi_clients import MI_SCRIPT, VENV_BIN
+from test_mi_fifo_datagram import read_reply, write_fifo
+from test_mi_support import http_exchange, latin1, load_golden, mask_date, mkfifo_reply, read_http_response
+
+pytestmark = pytest.mark.timeout(60)
+
+
+
+def fs_list_exchange(exchange) -> bool:
+    return b'"fs_list"' in latin1(exchange.get("request_body") or exchange.get("request_raw") or "")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    base = tmp_path_factory.mktemp("app")
+    replies = base / "replies"
+    replies.mkdir()
+    text = f"""
+log_level=1
+loadmodule "freeswitch.so"
+loadmodule "freeswitch_scripting.so"
+loadmodule "httpd.so"
+modparam("httpd", "ip", "127.0.0.1")
+modparam("httpd", "port", 0)
+loadmodule "mi_http.so"
+loadmodule "mi_fifo.so"
+modparam("mi_fifo", "fifo_name", "{base / 'fifo'}")
+modparam("mi_fifo", "fifo_mode", 0600)
+modparam("mi_fifo", "reply_dir", "{replies}/")
+loadmodule "mi_datagram.so"
+modparam("mi_datagram", "socket_name", "udp:127.0.0.1:0")
+"""
+    try:
+        cfg = configuration.loads(text, str(base / "mi-app.cfg"))
+    except configuration.ConfigError as err:
+        pytest.skip(f"config refuses ephemeral ports: {err}")
+    service = App(cfg).start()
+    servers = {what: server for what, _, server in service.transports}
+    service.http = servers["MI HTTP"]
+    service.fifo = servers["MI FIFO"]
+    service.datagram = servers["MI datagram"]
+    service.base = base
+    service.replies = replies
+    yield service
+    service.stop()
+
+
+# The other exchanges of this file are replayed by test_mi_golden (MI only).
+@pytest.mark.parametrize("exchange", [pytest.param(e, id=e["label"])
+                                      for e in load_golden("mi_jsonrpc_errors.json")["exchanges"]
+                                      if fs_list_exchange(e) and '"result"' in e["response_raw"]])
+def test_jsonrpc_errors_fs_list_replies(app, exchange):
+    raw = http_exchange(app.http.address, latin1(exchange["request_raw"]))
+    assert mask_date(raw) == mask_date(latin1(exchange["response_raw"]))
+
+
+def test_keepalive_pair(app):
+    (pair,) = load_golden("mi_http_keepalive.json")["exchanges"]
+    with socket.create_connection(app.http.address, timeout=5) as sock:
+        buffer = bytearray()
+        for exchange in pair["exchanges"]:
+            sock.sendall(latin1(exchange["request_raw"]))
+            assert mask_date(read_http_response(sock, buffer)) == mask_date(latin1(exchange["response_raw"]))
+
+
+@pytest.mark.parametrize("exchange", [pytest.param(e, id=e["label"])
+                                      for e in load_golden("mi_other_transports.json")["exchanges"]])
+def test_other_transports(app, exchange):
+    raw = latin1(exchange["request_raw"])
+    if exchange["transport"] == "fifo":
+        name = raw.split(b":")[1].decode()
+        path = mkfifo_reply(app.replies, name)
+        try:
+            write_fifo(app.fifo, raw)
+            reply = read_reply(path)
+        finally:
+            os.unlink(path)
+        if exchange["label"] == "fifo invalid JSON":   # [EMU] OpenSIPS never answers
+            assert reply == b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}'
+        else:
+            assert reply == latin1(exchange["response_raw"])
+    else:
+        expected = [latin1(d) for d in exchange["response_datagrams"]]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.3 if not expected else 2)
+            sock.sendto(raw, app.datagram.address)
+            try:
+                got = [sock.recv(65535)]
+            except socket.timeout:
+                got = []
+        assert got == expected
+
+
+def cli(app, transport, *words):
+    host, port = app.http.address
+    options = {
+        "http": [f"url: http://{host}:{port}/mi"],
+        "fifo": [f"fifo_file: {app.fifo.path}", f"fifo_file_fallback: {app.fifo.path}",
+                 f"fifo_reply_dir: {app.replies}"],
+        "datagram": ["datagram_ip: 127.0.0.1", f"datagram_port: {app.datagram.address[1]}"],
+    }[transport]
+    config = app.base / f"cli-{transport}.cfg"
+    config.write_text("\n".join(["[default]", "log_level: WARNING", f"communication_type: {transport}"]
+                                + options) + "\n")
+    return subprocess.run([str(VENV_BIN / "opensips-cli"), "-f", str(config), "-x", "mi", *words],
+                          capture_output=True, text=True, timeout=30, env=dict(os.environ, HOME=str(app.base)))
+
+
+@pytest.mark.parametrize("transport", ["http", "fifo", "datagram"])
+def test_cli_fs_list(app, transport):
+    result = cli(app, transport, "fs_list")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"Sockets": []}
+    # an fs_* error and array params, as users type them
+    bad = cli(app, transport, "fs_subscribe", "127.0.0.1:8029")
+    assert bad.returncode != 0
+    assert "-32602: Invalid params (Too few or too many parameters)" in bad.stderr
+
+
+@pytest.mark.parametrize("transport", ["http", "fifo", "datagram"])
+def test_opensips_mi_fs_list(app, transport):
+    host, port = app.http.address
+    kwargs = {
+        "http": {"conn": "http", "url": f"http://{host}:{port}/mi"},
+        "fifo": {"conn": "fifo", "fifo_file": app.fifo.path, "fifo_reply_dir": str(app.replies)},
+        "datagram": {"conn": "datagram", "datagram_ip": "127.0.0.1", "datagram_port": app.datagram.address[1]},
+    }[transport]
+    result = subprocess.run([sys.executable, "-c", MI_SCRIPT, json.dumps(kwargs),
+                             json.dumps([["fs_list", []], ["fs_list", {}]])],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"result": {"Sockets": []}}, {"result": {"Sockets": []}}]
