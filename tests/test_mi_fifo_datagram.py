@@ -95,7 +95,7 @@ def test_fifo_created_with_mode(fifo):
                                       if e["transport"] == "fifo"])
 def test_fifo_golden(fifo, exchange):
     if exchange["label"] in FS_HANDLER_LABELS:
-        pytest.skip("fs_list reply: replayed by the scripting room")
+        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
     raw = latin1(exchange["request_raw"])
     name = raw.split(b":")[1].decode()
     body = raw.split(b":", 2)[2]
@@ -226,7 +226,7 @@ def udp_request(server, data: bytes, timeout=1.0):
                                       if e["transport"] == "datagram"])
 def test_datagram_golden(udp, exchange):
     if exchange["label"] in FS_HANDLER_LABELS:
-        pytest.skip("fs_list reply: replayed by the scripting room")
+        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
     timeout = 0.3 if exchange["response_datagrams"] == [] else 2.0
     assert udp_request(udp, latin1(exchange["request_raw"]), timeout) == \
         [latin1(d) for d in exchange["response_datagrams"]]

@@ -1,9 +1,9 @@
 """Replay the recorded OpenSIPS MI transcripts (golden/opensips/mi_*) against
 the MI server over real HTTP and compare the reply bytes (Date masked).
 
-Exchanges whose reply comes from a freeswitch_scripting handler (fs_* success
-replies, handler-side typing errors) are replayed by the scripting room's
-tests through this server; here every reply produced by the MI layer itself
+Exchanges whose reply comes from a freeswitch_scripting handler are replayed
+through the real App (fs_list: test_mi_app) or by the scripting room's tests
+(handler-side fs_subscribe errors); here every reply produced by the MI layer itself
 is checked: JSON-RPC framing errors, name resolution, recipe matching, core
 commands, HTTP framing. Where OpenSIPS leaves the client hanging ([OS]), the
 expected bytes are our documented [EMU] replies (MI.md §6.1).
@@ -93,7 +93,7 @@ EMU_BY_LABEL = {
 def test_jsonrpc_errors(server, exchange):
     label = exchange["label"]
     if label not in EMU_BY_LABEL and _fs_handler_reply(exchange):
-        pytest.skip("fs_list reply: replayed by the scripting room")
+        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
     if label == "Content-Type text/plain":
         pytest.skip("OpenSIPS drops the connection; [EMU] covered by test_content_type_not_checked")
     raw = http_exchange(server.address, latin1(exchange["request_raw"]))

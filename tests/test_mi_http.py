@@ -354,3 +354,23 @@ def test_mi_stats_counted(server):
     assert values["mi:parse_errors"] == 1
     assert values["mi:http_rejected"] == 1
     assert values["mi:http_requests"] == 4
+
+
+def test_client_that_never_reads_is_cut_off():
+    stats = Stats()
+    registry = build_registry(stats)
+    registry.register([MiCommand("test", "huge", None, [[]], lambda p: "x" * (8 << 20))])
+    srv = start(registry, stats, conn_timeout=0.5)
+    try:
+        lazy = socket.create_connection(srv.address)
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lazy.sendall(post(b'{"jsonrpc":"2.0","method":"huge","id":1}', close=False))
+        gevent.sleep(0.1)
+        assert http_exchange(srv.address, post(VERSION)).endswith(b'"id":1}')
+        gevent.sleep(1.0)   # > conn_timeout: the stalled write is given up
+        assert srv.stats.counter("mi", "http_connections").value == 2
+        (open_now,) = [s for s in srv.stats if s.name == "http_open_connections"]
+        assert open_now.value == 0
+        lazy.close()
+    finally:
+        srv.stop()

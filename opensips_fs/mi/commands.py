@@ -365,6 +365,14 @@ class MiRegistry:
     def handle(self, body: bytes) -> bytes | None:
         """Answer one request body: the reply bytes, or None for a
         notification (nothing to send). Never raises."""
+        try:
+            return self._handle(body)
+        except Exception:  # a bug of ours must not take a transport down
+            log.exception("MI request failed")
+            self._errors.value += 1
+            return encode_error(-32000, "Server error", None, None)
+
+    def _handle(self, body: bytes) -> bytes | None:
         self._requests.value += 1
         try:
             request = parse_request(body)

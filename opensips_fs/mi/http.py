@@ -205,6 +205,7 @@ class MiHttpServer:
             deadline = None
             self._requests.value += 1
             reply, keep_open = self._respond(event)
+            sock.settimeout(timeout)   # a client that stops reading is cut off too
             sendall(reply)
             if not keep_open:
                 return
