@@ -4,9 +4,10 @@ reader drains the very same stream on the same machine (the floor).
 
     .venv/bin/python bench/bench_ingest.py [--events 200000] [--size 2000] [--sockets 1,20]
 
-The simulators run in a separate process (the FsSimulator library, the code
-behind `opensips-fs-sim`) so that generating events does not compete with
-the reader for the interpreter. For each socket count the benchmark
+The simulators run in a separate process (`opensips-fs-sim`, one
+`--listen` per server, driven through its `--control` socket) so that
+generating events does not compete with the reader for the interpreter.
+For each socket count the benchmark
 subscribes `CHANNEL_CREATE` on every connection, asks the simulators for a
 burst (each server sends its share as fast as the client reads), and times
 from the request to the last event counted:
@@ -35,7 +36,6 @@ monkey.patch_all()
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
-import gevent.fileobject  # noqa: E402
 from gevent import socket  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,49 +46,52 @@ EVENT = "CHANNEL_CREATE"
 
 
 # ---------------------------------------------------------------------------
-# Simulator host (child process)
+# The simulators: `opensips-fs-sim` in a child process, driven by its control socket
 
-def sim_host(count: int) -> None:
-    """Run `count` simulators; stdin: `burst K SIZE` -> burst on all, reply `done`."""
-    from opensips_fs.sim import FsSimulator
-
-    sims = [FsSimulator(password=PASSWORD, heartbeat=0).start() for _ in range(count)]
-    print(json.dumps([s.port for s in sims]), flush=True)
-    stdin = gevent.fileobject.FileObject(sys.stdin, "r")
-    for line in stdin:
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "burst":
-            per_sim, size = int(words[1]), int(words[2])
-            jobs = [gevent.spawn(s.burst, per_sim, EVENT, None, size) for s in sims]
-            gevent.joinall(jobs)
-            print("done", flush=True)
-        elif words[0] == "quit":
-            break
-    for sim in sims:
-        sim.stop()
+def _sim_command() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "opensips-fs-sim")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-m", "opensips_fs.sim.cli"]
 
 
 class SimHost:
+    """`opensips-fs-sim --listen 127.0.0.1:0` × count, plus `--control`."""
+
     def __init__(self, count: int):
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--sim-host", str(count)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.ports = json.loads(self.proc.stdout.readline())
+        argv = _sim_command() + ["--password", PASSWORD, "--heartbeat", "0", "--control", "127.0.0.1:0"]
+        for _ in range(count):
+            argv += ["--listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.ports = []
+        control = None
+        while control is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"opensips-fs-sim exited with {self.proc.wait()}")
+            address = line.rsplit(" on ", 1)[-1].split()[0]
+            if "control on" in line:
+                control = address
+            elif "FreeSWITCH ESL on" in line:
+                self.ports.append(int(address.rsplit(":", 1)[1]))
+        host, port = control.rsplit(":", 1)
+        self.control = socket.create_connection((host, int(port)))
+        self.replies = self.control.makefile("rb")
 
     def burst(self, per_sim: int, size: int) -> None:
-        self.proc.stdin.write(f"burst {per_sim} {size}\n")
-        self.proc.stdin.flush()
+        request = {"op": "burst", "count": per_sim, "name": EVENT, "size": size}
+        self.control.sendall(json.dumps(request).encode() + b"\n")
 
     def wait_done(self) -> None:
-        assert self.proc.stdout.readline().strip() == "done"
+        answer = json.loads(self.replies.readline())
+        assert answer.get("ok"), answer
 
     def close(self) -> None:
+        self.control.close()
+        self.proc.terminate()
         try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
             self.proc.wait(5)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.proc.kill()
 
 
@@ -217,11 +220,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2000, help="extra payload bytes per event (typical 2-5 KB)")
     parser.add_argument("--sockets", default="1,20", help="comma-separated socket counts")
     parser.add_argument("--rounds", type=int, default=3, help="runs per figure; the best is kept")
-    parser.add_argument("--sim-host", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.sim_host:
-        sim_host(args.sim_host)
-        return
     counts = [int(c) for c in args.sockets.split(",")]
     host = SimHost(max(counts))
     try:

@@ -387,6 +387,27 @@ def test_freeswitch_restart_reconnects_resubscribes_fails_pending(make_manager, 
     assert "disconnect notice" in sock.last_error or sock.last_error == ""
 
 
+def test_events_held_until_every_subscription_is_back(make_manager, box):
+    """After a reconnect nothing is delivered before FreeSWITCH has answered
+    every resubscription; then the held events come out in order."""
+    mgr = make_manager()
+    sink = mgr.event_sink
+    sock = connected_socket(mgr, box, "CUSTOM", "HEARTBEAT")
+    box.delay(400)  # every reply of the new connection comes 0.4 s late
+    box.drop()
+    client = wait_until(lambda: len(box.clients) == 2 and "CUSTOM" in box.clients[1].events and box.clients[1])
+    assert "HEARTBEAT" not in client.events  # its reply is still 0.4 s away
+    for i in range(3):
+        box.raise_event("CUSTOM", {"N": str(i)})
+    gevent.sleep(0.15)
+    status = sock.status()
+    assert sink.events == [] and status["events"] == ["CUSTOM"] and status["pending"] == ["HEARTBEAT"]
+    wait_until(lambda: len(sink.events) == 3, timeout=3)
+    assert sock.status()["events"] == ["CUSTOM", "HEARTBEAT"]
+    assert [json.loads(b)["N"] for _, _, b in sink.events] == ["0", "1", "2"]
+    box.delay(0)
+
+
 def test_disconnect_notice_triggers_immediate_reconnect(make_manager, box):
     mgr = make_manager()
     sock = connected_socket(mgr, box, "HEARTBEAT")

@@ -366,9 +366,12 @@ class EslSocket:
             self._holding = []
             try:
                 conn.open(self.username, self._password, on_authenticating=self._authenticating)
-            except EslConnectError as exc:
+            except Exception as exc:  # EslConnectError, or a bug: never lose the socket
                 if stop.is_set():
                     return
+                if not isinstance(exc, EslConnectError):
+                    log.error("ESL %s: connection attempt failed: %r", self.name, exc)
+                    exc = EslConnectError(f"connection attempt failed: {type(exc).__name__}")
                 self._holding = None
                 self.attempts += 1
                 self.last_error = str(exc)
