@@ -194,23 +194,5 @@ def test_fs_subscribe_recipe_errors(server, exchange):
     assert mask_date(raw) == mask_date(latin1(exchange["response_raw"]))
 
 
-# -- mi_other_transports over HTTP bodies: the JSON-RPC layer is shared ----------
-
-def test_other_transports_bodies_through_registry():
-    registry = build_registry()
-    for exchange in load_golden("mi_other_transports.json")["exchanges"]:
-        request = latin1(exchange["request_raw"])
-        if exchange["transport"] == "fifo":
-            request = request.split(b":", 2)[2]
-        if _method_of(request.decode()) in FS_NAMES and not (
-                b"Too few" in latin1(str(exchange.get("response_datagrams")))):
-            continue
-        reply = registry.handle(request)
-        if exchange["transport"] == "datagram":
-            expected = [latin1(d) for d in exchange["response_datagrams"]]
-            if expected == [b"400 Parse_error"]:
-                assert reply == BAD_ID_BODY.replace(b"-32600", b"-32700").replace(b"Invalid Request", b"Parse error")
-            else:
-                assert ([reply] if reply else []) == expected
-        else:
-            assert (reply or b"") == latin1(exchange["response_raw"]) or exchange["response_raw"] == ""
+# mi_other_transports is replayed over the real FIFO and datagram sockets in
+# test_mi_fifo_datagram (MI replies) and test_mi_app (fs_list replies).
