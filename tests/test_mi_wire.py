@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from opensips_fs.mi.fifoframe import FifoParser, FifoRejected, FifoRequest
 from opensips_fs.mi.httpwire import CONTINUE, NEED_DATA, HttpError, RequestParser, encode_response
+from test_mi_support import build_registry
 from opensips_fs.mi.jsonrpc import (
     INVALID_REQUEST_NULL_ID, NOTIFICATION, PARSE_ERROR_REPLY, RequestError, encode_error, encode_success,
     parse_request,
@@ -278,3 +280,30 @@ def test_fifo_parser_never_crashes(data, cuts):
             assert isinstance(item, (FifoRequest, FifoRejected))
         position += cut
     parser.flush()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
+                 st.fixed_dictionaries({"jsonrpc": st.sampled_from(["2.0", "1.0", 2]),
+                                        "method": st.sampled_from(["which", "help", "log_level", "get_statistics",
+                                                                   "list", "fs_list", "nope", 5]),
+                                        "params": json_values,
+                                        "id": json_values}).map(lambda v: json.dumps(v).encode())))
+def test_registry_answers_any_body_with_a_valid_reply(body):
+    """Whatever the bytes, handle() returns None or one compact JSON-RPC reply."""
+    reply = _REGISTRY.handle(body)
+    if reply is None:
+        return
+    decoded = json.loads(reply.decode("utf-8", "replace"))
+    assert list(decoded)[0] == "jsonrpc" and list(decoded)[-1] == "id"
+    assert ("result" in decoded) != ("error" in decoded)
+    assert not reply.endswith(b"\n")
+
+
+_REGISTRY = build_registry()
