@@ -1,42 +1,300 @@
-"""Simulated calls (placeholder engine: no routes yet)."""
+"""Simulated calls: ``originate loopback/EXT …`` runs a two-leg loopback call
+that fires the real CHANNEL_* sequence (ESL.md §6.7), ``hupall``/``uuid_kill``
+run the real hangup sequence, ``show calls|channels`` lists the live legs,
+and ``load_loop`` runs synthetic calls continuously for load tests.
+
+Event contents come from ``call_templates.py`` (generated from the recorded
+FreeSWITCH calls): the same header names, order and values, with uuids,
+extension, times, durations, session ids and the hangup cause filled in.
+
+Dialplan, as in the recordings: ``9664``/``9666``/``9196`` answer and park
+until hung up; ``9665`` answers and the B-leg hangs up after
+``call_duration`` seconds (1 s by default); any other extension gives
+``-ERR NO_ROUTE_DESTINATION``; an endpoint other than loopback gives
+``-ERR CHAN_NOT_IMPLEMENTED``.
+"""
 
 from __future__ import annotations
 
-__all__ = ["CallEngine"]
+import re
+import time
+from collections import deque
+
+import gevent
+
+from . import call_templates as T
+
+__all__ = ["CallEngine", "Call", "DIALPLAN"]
+
+DIALPLAN = {"9664": "park", "9666": "park", "9196": "park", "9665": "hangup"}
+Q850 = {"NORMAL_CLEARING": "16", "MANAGER_REQUEST": "0", "USER_BUSY": "17", "NO_ANSWER": "19",
+        "CALL_REJECTED": "21", "ORIGINATOR_CANCEL": "487", "NO_ROUTE_DESTINATION": "3"}
+_VARS_RE = re.compile(r"^\{([^}]*)\}")
+_PLACEHOLDER = re.compile(r"(?<!\{)\{[A-Z_0-9]+\}")
+
+
+def _compile(templates):
+    """Split each template's values into literals and format strings once."""
+    out = []
+    for leg, name, calling, headers in templates:
+        compiled = []
+        for key, value in headers:
+            if _PLACEHOLDER.search(value):
+                compiled.append((key, value, True))
+            else:
+                compiled.append((key, value.replace("{{", "{").replace("}}", "}"), False))
+        out.append((leg, name, calling, compiled))
+    return out
+
+
+SETUP = _compile(T.SETUP)
+POST_ANSWER = _compile(T.POST_ANSWER)
+HANGUP_PARKED = _compile(T.HANGUP_PARKED)
+HANGUP_BY_B = _compile(T.HANGUP_BY_B)
+HANGUP_PARKED_ORIGINATION = _compile(T.HANGUP_PARKED_ORIGINATION)
+
+
+def _stamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+class Call:
+    """A loopback call: legs A (outbound, ``loopback/EXT-a``) and B (inbound)."""
+
+    def __init__(self, engine, ext: str, a_uuid: str, b_uuid: str, kind: str, origination: bool):
+        box = engine.box
+        self.engine = engine
+        self.ext = ext
+        self.kind = kind
+        self.uuids = {"A": a_uuid, "B": b_uuid}
+        self.origination = origination
+        now = box.clock()
+        self.created = now
+        self.answered = None
+        self.hangup_at = None
+        self.cause = "NORMAL_CLEARING"
+        self.sessions = {"A": engine.next_session(), "B": engine.next_session()}
+        self.alive = True
+        self.hanging = False
+        self.watchers: list = []
+        self.timer = None
+
+    def context(self, leg: str) -> dict:
+        t_created = int(self.created * 1_000_000)
+        ctx = {
+            "A": self.uuids["A"], "B": self.uuids["B"], "EXT": self.ext,
+            "SESSION": str(self.sessions[leg]), "CAUSE": self.cause, "Q850": Q850.get(self.cause, "0"),
+            "T_CREATED": str(t_created), "E_CREATED": str(int(self.created)), "S_CREATED": _stamp(self.created),
+        }
+        if self.answered is not None:
+            ctx.update(T_ANSWERED=str(int(self.answered * 1_000_000)), E_ANSWERED=str(int(self.answered)),
+                       S_ANSWERED=_stamp(self.answered))
+        else:
+            ctx.update(T_ANSWERED="0", E_ANSWERED="0", S_ANSWERED="")
+        end = self.hangup_at if self.hangup_at is not None else self.engine.box.clock()
+        dur_us = int((end - self.created) * 1_000_000)
+        ctx.update(T_HANGUP=str(int(end * 1_000_000)), E_HANGUP=str(int(end)), S_HANGUP=_stamp(end),
+                   DUR_S=str(dur_us // 1_000_000), DUR_MS=str(dur_us // 1000), DUR_US=str(dur_us))
+        return ctx
+
+    def fire(self, templates, skip=()) -> None:
+        box = self.engine.box
+        contexts = {}
+        for leg, name, calling, headers in templates:
+            if (leg, name) in skip:
+                continue
+            ctx = contexts.get(leg)
+            if ctx is None:
+                ctx = contexts[leg] = self.context(leg)
+            values = []
+            for key, value, templated in headers:
+                if key == "variable_origination_uuid" and not self.origination:
+                    continue
+                values.append((key, value.format_map(ctx) if templated else value))
+            event = box.make_event(name, values, None, None, calling)
+            box.fire(event)
+            if name == "CHANNEL_HANGUP_COMPLETE":
+                self._notify_watchers(self.uuids[leg])
+
+    def _notify_watchers(self, uuid: str) -> None:
+        for client in [c for c in self.watchers if c.myevents == uuid]:
+            self.watchers.remove(client)
+            self.engine.box.end_myevents(client, uuid)
+
+    def setup(self) -> None:
+        skip = set()
+        if self.kind == "hangup":  # the B-leg runs answer/sleep/hangup, not park
+            skip = {("B", "CHANNEL_PARK")}
+        self.answered = self.created
+        self.fire(SETUP, skip)
+
+    def hangup(self, cause: str, by_b: bool = False) -> None:
+        if self.hanging or not self.alive:
+            return
+        self.hanging = True
+        if self.timer is not None:
+            self.timer.kill(block=False)
+        self.cause = cause
+        self.hangup_at = self.engine.box.clock()
+        if by_b:
+            templates = HANGUP_BY_B
+        else:
+            templates = HANGUP_PARKED_ORIGINATION if self.origination else HANGUP_PARKED
+        self.fire(templates)
+        self.alive = False
+        self.engine.remove(self)
 
 
 class CallEngine:
+    """The live calls of one simulated box."""
+
     def __init__(self, box):
         self.box = box
-        self.channels = {}
+        self.calls: list[Call] = []
+        self.channels: dict[str, Call] = {}  # leg uuid -> call
+        self.call_duration = 1.0
         self.since_startup = 0
         self.peak = 0
+        self._session = 0
+        self._created_times: deque = deque()
+        self.per_sec_peak = 0
+        self._glets: list = []
+
+    # -- bookkeeping -------------------------------------------------------------
+    def next_session(self) -> int:
+        self._session += 1
+        return self._session
+
+    def remove(self, call: Call) -> None:
+        if call in self.calls:
+            self.calls.remove(call)
+        for uuid in call.uuids.values():
+            self.channels.pop(uuid, None)
 
     def stats(self) -> dict:
+        now = time.monotonic()
+        times = self._created_times
+        while times and now - times[0] > 300:
+            times.popleft()
+        last_sec = sum(1 for t in times if now - t <= 1.0)
         return {"count": len(self.channels), "since_startup": self.since_startup, "peak": self.peak,
-                "peak_5min": self.peak, "per_sec_last": 0, "max_per_sec": 30, "per_sec_peak": 0,
-                "per_sec_5min": 0}
+                "peak_5min": self.peak, "per_sec_last": last_sec, "max_per_sec": 30,
+                "per_sec_peak": self.per_sec_peak, "per_sec_5min": self.per_sec_peak}
 
-    def show_rows(self, what):
-        return []
-
-    def originate(self, url, target, wait=True, job=None):
-        return "-ERR NO_ROUTE_DESTINATION\n"
-
-    def kill(self, uuid, cause):
-        return False
-
-    def hupall(self, cause):
-        return 0
-
-    def exists(self, uuid):
+    def exists(self, uuid: str) -> bool:
         return uuid in self.channels
 
-    def watch(self, uuid, client):
-        pass
+    def watch(self, uuid: str, client) -> None:
+        call = self.channels.get(uuid)
+        if call is not None:
+            call.watchers.append(client)
 
-    def stop(self):
-        pass
+    # -- api ------------------------------------------------------------------------
+    def originate(self, url: str, target: str, wait: bool = True, job: str | None = None) -> str:
+        variables = {}
+        m = _VARS_RE.match(url)
+        if m:
+            for item in m.group(1).split(","):
+                key, _, value = item.partition("=")
+                variables[key.strip()] = value.strip()
+            url = url[m.end():]
+        endpoint, _, dest = url.partition("/")
+        if endpoint != "loopback":
+            return "-ERR CHAN_NOT_IMPLEMENTED\n"
+        ext = dest.split("/")[0]
+        kind = DIALPLAN.get(ext)
+        if kind is None:
+            return "-ERR NO_ROUTE_DESTINATION\n"
+        a_uuid = variables.get("origination_uuid") or self.box.new_uuid()
+        if a_uuid in self.channels:
+            return "-ERR ORIGINATOR_CANCEL\n"
+        call = self.start_call(ext, kind, a_uuid, "origination_uuid" in variables)
+        gevent.sleep(0.02)  # the A-leg reports answered ~20 ms later
+        gevent.spawn(self._post_answer, call)
+        return "+OK %s\n" % a_uuid
 
-    def load_loop(self, cps):
-        pass
+    def start_call(self, ext: str, kind: str, a_uuid: str | None = None, origination: bool = False,
+                   duration: float | None = None) -> Call:
+        call = Call(self, ext, a_uuid or self.box.new_uuid(), self.box.new_uuid(), kind, origination)
+        self.calls.append(call)
+        for uuid in call.uuids.values():
+            self.channels[uuid] = call
+        self.since_startup += 2
+        self.peak = max(self.peak, len(self.channels))
+        now = time.monotonic()
+        self._created_times.append(now)
+        self._created_times.append(now)
+        self.per_sec_peak = max(self.per_sec_peak, sum(1 for t in self._created_times if now - t <= 1.0))
+        call.setup()
+        if kind == "hangup":
+            call.timer = gevent.spawn_later(self.call_duration if duration is None else duration,
+                                            call.hangup, "NORMAL_CLEARING", True)
+        return call
+
+    def _post_answer(self, call: Call) -> None:
+        if call.alive and not call.hanging:
+            call.fire(POST_ANSWER)
+
+    def kill(self, uuid: str, cause: str = "NORMAL_CLEARING") -> bool:
+        call = self.channels.get(uuid)
+        if call is None or call.hanging:
+            return False
+        self._glets.append(gevent.spawn_later(0.02, call.hangup, cause, False))
+        return True
+
+    def hupall(self, cause: str = "MANAGER_REQUEST") -> int:
+        calls = [c for c in self.calls if not c.hanging]
+        if calls:
+            self._glets.append(gevent.spawn_later(0.02, self._hangup_all, calls, cause))
+        return len(calls)
+
+    def _hangup_all(self, calls, cause) -> None:
+        for call in calls:
+            call.hangup(cause)
+
+    def show_rows(self, what: str) -> list:
+        rows = []
+        templates = T.SHOW_ROWS["channels" if what == "channels" else "calls"]
+        for call in list(self.calls):
+            for leg, template in zip(("A", "B"), templates):
+                ctx = call.context(leg)
+                row = {}
+                for key, value in template:
+                    if key == "created":
+                        value = _stamp(call.created)
+                    elif key == "created_epoch":
+                        value = str(int(call.created))
+                    elif key == "hostname":
+                        value = self.box.identity.hostname
+                    else:
+                        value = value.format_map(ctx)
+                    row[key] = value
+                rows.append(row)
+        return rows
+
+    # -- load -------------------------------------------------------------------------
+    def load_loop(self, calls_per_second: float) -> None:
+        """Start ``calls_per_second`` synthetic calls (loopback/9665: answered,
+        hung up by the B-leg after ``call_duration``) for ever."""
+        interval = 1.0 / calls_per_second
+        next_at = time.monotonic()
+        while True:
+            self.start_call("9665", "hangup")
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            else:
+                gevent.sleep(0)
+                if delay < -1.0:  # cannot keep up: do not try to catch up a backlog
+                    next_at = time.monotonic()
+
+    def stop(self) -> None:
+        for call in list(self.calls):
+            if call.timer is not None:
+                call.timer.kill(block=False)
+        for glet in self._glets:
+            glet.kill(block=False)
+        self._glets.clear()
+        self.calls.clear()
+        self.channels.clear()

@@ -117,7 +117,8 @@ class SimClient:
         if not self.events_on or not self.authed:
             return False
         if self.myevents is not None:
-            return event.get("Unique-ID") == self.myevents
+            # recorded: a myevents connection gets no CHANNEL_CALLSTATE
+            return event.name != "CHANNEL_CALLSTATE" and event.get("Unique-ID") == self.myevents
         if self.all_events:
             send = True
         elif event.name in self.event_list:

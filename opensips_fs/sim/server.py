@@ -335,6 +335,12 @@ class FsSimulator:
             "closed": [c.state() for c in self.clients if not c.alive],
         }
 
+    def end_myevents(self, client, uuid: str) -> None:
+        """The channel a ``myevents`` connection follows has ended: the
+        myevents disconnect notice, then close (ESL.md §2, §6.6)."""
+        extra = b"Controlled-Session-UUID: %s\nContent-Disposition: disconnect\n" % uuid.encode()
+        client.close_with(notice_frame(NOTICE_BYE, extra), "myevents channel ended")
+
     def find_user(self, name: str):
         for user in self.users:
             if user.name == name:
