@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 
+from orjson import dumps as _orjson_dumps
+
 from ..jsonenc import dumps
 from ..mi.commands import MISSING, MiError, _number_to_int
 
@@ -70,10 +72,27 @@ def notification(event: str, params) -> Notification:
     return Notification(event, params, tail, method_head(event) + tail)
 
 
+_FS_PREFIXES: dict[tuple[str, str], bytes] = {}
+
+
 def freeswitch_tail(name: str, sender: str, body: str) -> bytes:
-    """The E_FREESWITCH params part, built with three string encodings."""
-    return (b',"params":{"name":' + dumps(name) + b',"sender":' + dumps(sender)
-            + b',"body":' + dumps(body) + b"}}")
+    """The E_FREESWITCH params part: `,"params":{"name":…,"sender":…,"body":…}}`.
+
+    Event names and senders repeat, so their encoded prefix is cached (a
+    bounded cache); only the body is encoded per event.
+    """
+    prefix = _FS_PREFIXES.get((name, sender))
+    if prefix is None:
+        prefix = (b',"params":{"name":' + dumps(name) + b',"sender":' + dumps(sender)
+                  + b',"body":')
+        if len(_FS_PREFIXES) >= 4096:
+            _FS_PREFIXES.clear()
+        _FS_PREFIXES[(name, sender)] = prefix
+    try:
+        encoded = _orjson_dumps(body)
+    except TypeError:       # undecodable bytes (surrogates): the exact slow path
+        encoded = dumps(body)
+    return prefix + encoded + b"}}"
 
 
 class _Pairs(list):

@@ -49,7 +49,7 @@ _NEVER = float("inf")
 class Subscriber:
     """One row of the subscriber table."""
 
-    __slots__ = ("target", "expire", "since", "dest", "head", "xml_host")
+    __slots__ = ("target", "expire", "since", "dest", "head", "xml_host", "plain")
 
     def __init__(self, target: Target, expire: int, since: int, dest: Destination):
         self.target = target
@@ -60,6 +60,7 @@ class Subscriber:
         self.head = P.method_head(target.method) if (
             target.method and target.transport in ("tcp", "jsonrpc")) else None
         self.xml_host = target.host if target.transport == "xmlrpc" else None
+        self.plain = self.head is None and self.xml_host is None   # the shared payload
 
     @property
     def deadline(self) -> int:
@@ -130,9 +131,8 @@ class EviRegistry:
         if not subscribers:
             return
         try:
-            now = self.clock()
-            if now >= event.next_deadline + 1:
-                self._expire(event, int(now))
+            if self.clock() >= event.next_deadline + 1:
+                self._expire(event, int(self.clock()))
                 subscribers = event.subscribers
                 if not subscribers:
                     return
@@ -140,7 +140,7 @@ class EviRegistry:
             tail = P.freeswitch_tail(name, sender, text)
             payload = P.FREESWITCH_HEAD + tail
             for sub in subscribers:
-                if sub.head is None and sub.xml_host is None:
+                if sub.plain:
                     sub.dest.put(payload)
                 else:
                     self._put_special(sub, event.name,
@@ -159,7 +159,7 @@ class EviRegistry:
             return
         note = P.notification(name, params)
         for sub in event.subscribers:
-            if sub.head is None and sub.xml_host is None:
+            if sub.plain:
                 sub.dest.put(note.payload)
             else:
                 self._put_special(sub, name, params, note.tail, note.payload)
