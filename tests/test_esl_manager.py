@@ -490,7 +490,7 @@ def test_esl_used_socket_outlives_refs_then_idles_out(make_manager, box):
     gevent.sleep(1.2)
     assert sock.connected
     wait_until(lambda: mgr.sockets() == [], timeout=4)
-    assert not box.clients[0].alive
+    wait_until(lambda: not box.clients[0].alive)
     with pytest.raises(EslNotConnected):
         sock.command("api echo z")
 

@@ -392,3 +392,48 @@ def test_command_encoders_refuse_line_breaks(bad):
         protocol.event_command(bad)
     with pytest.raises(ValueError):
         protocol.auth_command(bad)
+
+
+# ---------------------------------------------------------------------------
+# Property: any frames, any chunking
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_header_names = st.sampled_from(["Content-Type", "Reply-Text", "Job-UUID", "X-Thing", "User-Data"])
+_header_values = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), max_size=30) \
+    .map(lambda v: v.lstrip(" \t"))
+_frames = st.lists(st.tuples(
+    st.lists(st.tuples(_header_names, _header_values), max_size=4),
+    st.one_of(st.none(), st.binary(max_size=3000)),
+    st.booleans(),  # event-style header order
+), min_size=1, max_size=12)
+
+
+def _encode(headers, body, event_style):
+    lines = [f"{k}: {v}" for k, v in headers]
+    if body is not None:
+        length = f"Content-Length: {len(body)}"
+        lines = [length, "Content-Type: text/event-json"] + lines if event_style else lines + [length]
+    if not lines:
+        lines = ["Content-Type: command/reply"]
+    return ("\n".join(lines) + "\n\n").encode() + (body or b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(_frames, st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=40))
+def test_any_frames_any_chunking(frames, sizes):
+    stream = b"".join(_encode(*f) for f in frames)
+    pieces, pos, i = [], 0, 0
+    while pos < len(stream):
+        size = sizes[i % len(sizes)]
+        pieces.append(stream[pos:pos + size])
+        pos += size
+        i += 1
+    parser = FrameParser()
+    got = _feed_all(parser, pieces)
+    assert len(got) == len(frames)
+    for frame, (headers, body, _) in zip(got, frames):
+        assert frame.body == body
+        for name, value in headers:
+            assert (name, value) in frame.headers
+    assert not parser.in_frame
