@@ -13,8 +13,11 @@ them into requests, routes each one and writes the reply (MI.md §6.1):
   request: 400 and close; optional HTTP Basic auth (401) and TLS.
 
 Keep-alive with TCP_NODELAY; an idle connection is closed after
-`conn_timeout` seconds, and a request must arrive whole within
-`conn_timeout` of its first byte (slow senders are cut off).
+`conn_timeout` seconds, a request must arrive whole within `conn_timeout` of
+its first byte (slow senders get 408 and are cut off), and a reply write that
+stalls for `conn_timeout` (a client that stopped reading) ends the
+connection. After each reply the connection's greenlet yields, so that one
+fast keep-alive client cannot starve the others.
 """
 
 from __future__ import annotations
