@@ -343,7 +343,8 @@ def test_subscribed_events_reach_evi_subscribers_with_the_host_string(stack):
 
 # ------------------------------------------------------------- opensips-cli
 
-def cli(s: Stack, tmp_path: Path, *args) -> subprocess.CompletedProcess:
+def cli(s: Stack, tmp_path: Path, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`opensips-cli -x mi ARGS`, or the interactive shell reading `stdin`."""
     cfg = configparser.ConfigParser()
     cfg["default"] = {"communication_type": "http",
                       "url": f"http://127.0.0.1:{s.http_port}/mi", "log_level": "WARNING",
@@ -354,8 +355,8 @@ def cli(s: Stack, tmp_path: Path, *args) -> subprocess.CompletedProcess:
     path = tmp_path / "opensips-cli.cfg"
     with open(path, "w") as f:
         cfg.write(f)
-    return subprocess.run([str(CLI), "-f", str(path), "-x", "mi", *args],
-                          capture_output=True, text=True, timeout=30)
+    command = [str(CLI), "-f", str(path)] + (["-x", "mi", *args] if stdin is None else [])
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.timeout(90)
@@ -364,34 +365,35 @@ def test_opensips_cli(stack, tmp_path):
         pytest.fail(f"{CLI} missing: the test extra installs opensips-cli")
     s = stack(db_rows=[])
     u = url(s, 8021)
+    # one-shot `-x` runs: array grouping of positional events, a string result, an error
     run = cli(s, tmp_path, "fs_subscribe", u, "CHANNEL_STATE", "DTMF")
-    assert (run.returncode, json.loads(run.stdout)) == (0, "OK"), run.stderr
-    run = cli(s, tmp_path, "freeswitch_scripting:subscribe", f"freeswitch_url={u}",
-              "events=TALK NOTALK")
-    assert (run.returncode, json.loads(run.stdout)) == (0, "OK"), run.stderr
-    run = cli(s, tmp_path, "fs_list")
-    assert json.loads(run.stdout) == {"Sockets": [{
-        "if": f"127.0.0.1:{s.port_map[8021]}",
-        "Events": ["NOTALK", "TALK", "DTMF", "CHANNEL_STATE"]}]}
-    s.wait_commands(8021, 1, ["auth ClueCon", "event json CHANNEL_STATE", "event json DTMF",
-                              "event json TALK", "event json NOTALK"])
-    run = cli(s, tmp_path, "fs_unsubscribe", u, "DTMF")
     assert (run.returncode, json.loads(run.stdout)) == (0, "OK"), run.stderr
     run = cli(s, tmp_path, "freeswitch_esl", "api echo from cli", u)
     assert (run.returncode, json.loads(run.stdout)) == (0, "from cli"), run.stderr
-    run = cli(s, tmp_path, "freeswitch_esl", "command=api echo named", f"freeswitch_url={u}")
-    assert (run.returncode, json.loads(run.stdout)) == (0, "named"), run.stderr
-    run = cli(s, tmp_path, "fs_status", u)
-    assert json.loads(run.stdout)["Sockets"][0]["refs"] == 1
     run = cli(s, tmp_path, "fs_subscribe", "127.0.0.1:1", "DTMF")
-    assert run.returncode != 0 and "500: Internal Error" in run.stderr
-    run = cli(s, tmp_path, "freeswitch_esl", "", u)
-    assert run.returncode != 0 and "400: Empty ESL command" in run.stderr
-    run = cli(s, tmp_path, "fs_reload")
-    assert (run.returncode, json.loads(run.stdout)) == (0, "OK"), run.stderr
-    run = cli(s, tmp_path, "fs_list")
-    assert json.loads(run.stdout) == {"Sockets": []}
+    assert run.returncode == 255 and "500: Internal Error" in run.stderr
+    # the rest in one interactive session (each command's output after a prompt)
+    lines = [f"freeswitch_scripting:subscribe freeswitch_url={u} 'events=TALK NOTALK'",
+             "fs_list",
+             f"fs_unsubscribe {u} DTMF",
+             f"freeswitch_esl 'command=api echo named' freeswitch_url={u}",
+             f"fs_status {u}",
+             f"freeswitch_esl '' {u}",
+             "fs_reload",
+             "fs_list"]
+    run = cli(s, tmp_path, stdin="".join(f"mi {line}\n" for line in lines))
+    out = [o.strip() for o in run.stdout.split("(opensips-cli): ")[1:len(lines) + 1]]
+    assert json.loads(out[0]) == "OK"
+    assert json.loads(out[1]) == {"Sockets": [{
+        "if": f"127.0.0.1:{s.port_map[8021]}",
+        "Events": ["NOTALK", "TALK", "DTMF", "CHANNEL_STATE"]}]}
+    assert json.loads(out[2]) == "OK"
+    assert json.loads(out[3]) == "named"
+    assert json.loads(out[4])["Sockets"][0]["refs"] == 1
+    assert out[5] == "" and "400: Empty ESL command" in run.stderr
+    assert json.loads(out[6]) == "OK"
+    assert json.loads(out[7]) == {"Sockets": []}
     s.wait_commands(8021, 1, ["auth ClueCon", "event json CHANNEL_STATE", "event json DTMF",
-                              "event json TALK", "event json NOTALK", "nixevent DTMF",
-                              "api echo from cli", "api echo named", "nixevent CHANNEL_STATE",
+                              "api echo from cli", "event json TALK", "event json NOTALK",
+                              "nixevent DTMF", "api echo named", "nixevent CHANNEL_STATE",
                               "nixevent TALK", "nixevent NOTALK"])
