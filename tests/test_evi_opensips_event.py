@@ -13,10 +13,13 @@ import gevent
 import pytest
 from gevent import subprocess
 
+from opensips_fs import config
+from opensips_fs.app import App
 from opensips_fs.config import HttpdSettings, MiHttpSettings
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.mi.commands import MiRegistry
 from opensips_fs.mi.http import MiHttpServer
+from opensips_fs.sim import FsSimulator
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(30)
@@ -109,3 +112,46 @@ def test_opensips_event_expire_option(service):
             cli.kill()
     assert cli.returncode == 0, err
     assert sub.expire == 0
+
+
+def test_opensips_event_prints_what_the_simulator_emits(tmp_path):
+    """The whole path: opensips-fs-sim -> opensips-fs -> opensips-event."""
+    sim = FsSimulator(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0).start()
+    cfg = config.loads(f'''
+log_level=1
+loadmodule "freeswitch.so"
+loadmodule "freeswitch_scripting.so"
+modparam("freeswitch_scripting", "fs_subscribe", ":ClueCon@127.0.0.1:{sim.port}?DTMF,CHANNEL_ANSWER")
+loadmodule "httpd.so"
+modparam("httpd", "port", 0)
+loadmodule "mi_http.so"
+loadmodule "event_datagram.so"
+''', str(tmp_path / "app.cfg"))
+    app = App(cfg).start()
+    cli = None
+    try:
+        port = next(int(address.rsplit(":", 1)[1])
+                    for what, address, _ in app.transports if what == "MI HTTP")
+        deadline = time.monotonic() + 10
+        while not [c for c in sim.clients if len(c.event_list) == 2]:
+            assert time.monotonic() < deadline
+            gevent.sleep(0.02)
+        cli = start_cli(port)
+        wait_subscribed(app.evi)
+        sim.raise_event("DTMF", {"DTMF-Digit": "5", "Unique-ID": "u-1"})
+        sim.raise_event("CHANNEL_ANSWER", {"Unique-ID": "u-1", "Answer-State": "answered"})
+        sim.raise_event("CHANNEL_HANGUP", {"Unique-ID": "u-1"})     # not subscribed
+        gevent.sleep(1.0)
+        cli.send_signal(signal.SIGTERM)
+        out, err = cli.communicate(timeout=10)
+    finally:
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+        app.stop()
+        sim.stop()
+    printed = read_objects(out.decode())
+    assert [(p["method"], p["params"]["name"], p["params"]["sender"]) for p in printed] == [
+        ("E_FREESWITCH", "DTMF", "127.0.0.1"), ("E_FREESWITCH", "CHANNEL_ANSWER", "127.0.0.1")]
+    bodies = [json.loads(p["params"]["body"]) for p in printed]
+    assert bodies[0]["DTMF-Digit"] == "5" and bodies[1]["Answer-State"] == "answered"
+    assert cli.returncode == 0, err
