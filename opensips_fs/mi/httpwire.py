@@ -55,6 +55,9 @@ REASONS = {
 _TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HEX = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 1024
+HEAD_CACHE_ENTRIES = 256
+HEAD_CACHE_MAX_BYTES = 1024
+_head_cache: dict = {}  # (head bytes, max_body) -> parsed head
 
 
 class HttpError(Exception):
@@ -185,63 +188,20 @@ class RequestParser:
         return True
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
-            raise HttpError(400, "bad request line")
-        method, target, proto = parts
-        if proto == b"HTTP/1.1":
-            version = "1.1"
-        elif proto == b"HTTP/1.0":
-            version = "1.0"
-        elif proto.startswith(b"HTTP/"):
-            raise HttpError(505, "unsupported HTTP version")
-        else:
-            raise HttpError(400, "bad request line")
-        headers = []
-        lengths = []
-        codings = []
-        connection = []
-        expect = None
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not _is_token(name):
-                raise HttpError(400, "bad header line")
-            key = name.decode("ascii").lower()
-            text = value.strip(b" \t").decode("latin-1")
-            headers.append((key, text))
-            if key == "content-length":
-                lengths.append(text)
-            elif key == "transfer-encoding":
-                codings += [c.strip().lower() for c in text.split(",") if c.strip()]
-            elif key == "connection":
-                connection += [c.strip().lower() for c in text.split(",")]
-            elif key == "expect":
-                expect = text.lower()
-        if codings and lengths:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
-        self._chunked = False
-        self._length = 0
-        if codings:
-            if codings != ["chunked"]:
-                raise HttpError(501, "unsupported transfer coding")
-            self._chunked = True
+        # Keep-alive clients repeat the same header block: parsing is a pure
+        # function of its bytes, so small heads are parsed once.
+        key = (head, self.max_body)
+        parsed = _head_cache.get(key)
+        if parsed is None:
+            parsed = _parse_head_bytes(head, self.max_body)
+            if len(head) <= HEAD_CACHE_MAX_BYTES:
+                if len(_head_cache) >= HEAD_CACHE_ENTRIES:
+                    _head_cache.clear()
+                _head_cache[key] = parsed
+        self._head, self._chunked, self._length, self._continue_pending = parsed
+        if self._chunked:
             self._chunks = bytearray()
             self._chunk_state = "size"
-        elif lengths:
-            if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
-                raise HttpError(400, "bad Content-Length")
-            if len(lengths[0]) > 12 or int(lengths[0]) > self.max_body:
-                raise HttpError(413, "body too large")
-            self._length = int(lengths[0])
-        if version == "1.1":
-            keep_alive = "close" not in connection
-        else:
-            keep_alive = "keep-alive" in connection and "close" not in connection
-        self._continue_pending = (
-            expect == "100-continue" and version == "1.1" and (self._chunked or self._length > 0)
-        )
-        self._head = (method.decode("ascii"), target.decode("latin-1"), version, headers, keep_alive)
 
     # -- bodies ---------------------------------------------------------------
 
@@ -299,6 +259,64 @@ class RequestParser:
                     self._chunks = bytearray()
                     self._chunk_state = "size"
                     return body
+
+
+def _parse_head_bytes(head: bytes, max_body: int):
+    """(head tuple, chunked, content length, 100-continue wanted) or HttpError."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
+        raise HttpError(400, "bad request line")
+    method, target, proto = parts
+    if proto == b"HTTP/1.1":
+        version = "1.1"
+    elif proto == b"HTTP/1.0":
+        version = "1.0"
+    elif proto.startswith(b"HTTP/"):
+        raise HttpError(505, "unsupported HTTP version")
+    else:
+        raise HttpError(400, "bad request line")
+    headers = []
+    lengths = []
+    codings = []
+    connection = []
+    expect = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not _is_token(name):
+            raise HttpError(400, "bad header line")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        headers.append((key, text))
+        if key == "content-length":
+            lengths.append(text)
+        elif key == "transfer-encoding":
+            codings += [c.strip().lower() for c in text.split(",") if c.strip()]
+        elif key == "connection":
+            connection += [c.strip().lower() for c in text.split(",")]
+        elif key == "expect":
+            expect = text.lower()
+    if codings and lengths:
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    chunked = False
+    length = 0
+    if codings:
+        if codings != ["chunked"]:
+            raise HttpError(501, "unsupported transfer coding")
+        chunked = True
+    elif lengths:
+        if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
+            raise HttpError(400, "bad Content-Length")
+        if len(lengths[0]) > 12 or int(lengths[0]) > max_body:
+            raise HttpError(413, "body too large")
+        length = int(lengths[0])
+    if version == "1.1":
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection and "close" not in connection
+    continue_wanted = expect == "100-continue" and version == "1.1" and (chunked or length > 0)
+    head_tuple = (method.decode("ascii"), target.decode("latin-1"), version, tuple(headers), keep_alive)
+    return head_tuple, chunked, length, continue_wanted
 
 
 _date_cache = [0, ""]
