@@ -97,7 +97,8 @@ class CommandParser:
         self.max_block = max_block
         self.max_body = max_body
         self._buf = bytearray()
-        self._scan = 0  # where to look for the next LF
+        self._scan = 0  # start of the line being read
+        self._searched = 0  # no LF before this offset (so bytes are scanned once)
         self._lines: list[bytes] = []  # lines of the command being read
         self._block_len = 0
         self._pending: Command | None = None  # waiting for its body
@@ -120,8 +121,9 @@ class CommandParser:
                 out.append(self._pending)
                 self._pending = None
                 continue
-            nl = buf.find(b"\n", self._scan)
+            nl = buf.find(b"\n", max(self._scan, self._searched))
             if nl < 0:
+                self._searched = len(buf)
                 if len(buf) - self._scan + self._block_len > self.max_block:
                     self.dead = True
                     out.append(ParseError("too-long"))
@@ -156,6 +158,7 @@ class CommandParser:
         # drop consumed bytes now and then so the buffer does not grow
         if self._scan > 65536 or self._scan == len(buf):
             del buf[:self._scan]
+            self._searched = max(0, self._searched - self._scan)
             self._scan = 0
         return out
 

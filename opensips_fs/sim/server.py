@@ -156,7 +156,8 @@ class FsSimulator:
 
     def _unbind(self) -> None:
         if self._accept_glet is not None:
-            self._accept_glet.kill(block=False)
+            if self._accept_glet is not gevent.getcurrent():
+                self._accept_glet.kill(block=True)
             self._accept_glet = None
         if self._listener is not None:
             try:
@@ -361,6 +362,9 @@ class FsSimulator:
                 raise TimeoutError("%d authenticated client(s), wanted %d" % (len(ready), n))
             gevent.sleep(0.005)
 
+    def log(self, message: str) -> None:
+        log.warning("%s: %s", self.address, message)
+
     # -- identity, clock, ids ---------------------------------------------------
     def new_uuid(self) -> str:
         return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
@@ -556,7 +560,7 @@ class FsSimulator:
         if size:
             extra.append(("Burst-Payload", "x" * int(size)))
         done = 0
-        window = max(window, chunk)
+        window = max(min(window, self.queue_size), chunk)
         while done < count:
             n = min(chunk, count - done)
             event = self.make_event(canonical, [("Burst-Index", "0")] + extra, None, subclass,
