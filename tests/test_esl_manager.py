@@ -559,3 +559,20 @@ def test_200_sockets_at_once(make_manager):
     finally:
         for sim in sims:
             sim.stop()
+
+
+def test_failing_event_sink_is_counted_and_harmless(make_manager, box, stats):
+    mgr = make_manager()
+    seen = []
+
+    def sink(sock, name, body):
+        seen.append(body)
+        if len(seen) % 2:
+            raise RuntimeError("consumer bug")
+
+    mgr.event_sink = sink
+    sock = connected_socket(mgr, box, "CUSTOM")
+    for i in range(4):
+        box.raise_event("CUSTOM", {"N": str(i)})
+    wait_until(lambda: len(seen) == 4)
+    assert stat(stats, "sink_errors") == 2 and sock.connected and stat(stats, "reconnects") == 0

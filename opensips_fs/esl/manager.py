@@ -23,6 +23,9 @@ FSS.md §1, §2.2, §2.3, §7.3, §9).
   greenlet (it must not block) and to every consumer added with
   `add_consumer()` through a bounded queue. Everything else is dropped and
   counted. HEARTBEAT refreshes the socket's load figures.
+* One manager greenlet ticks: it reaps sockets once a second and asks every
+  connection to check its liveness (idle probe, silence bound) often enough
+  for the configured bounds.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class _Sub:
 class _Counters:
     __slots__ = ("events_received", "events_relayed", "events_dropped", "events_queue_dropped",
                  "reconnects", "connect_failures", "commands", "command_timeouts", "subscribe_rejected",
-                 "late_replies")
+                 "late_replies", "sink_errors")
 
     def __init__(self, stats: Stats):
         for name in self.__slots__:
@@ -564,7 +567,7 @@ class EslSocket:
             try:
                 sink(self, name, body)
             except Exception:
-                log.exception("ESL %s: event sink failed on %s", self.name, name)
+                manager._sink_failed(self, name)
         for consumer in manager._consumers:
             consumer.offer(self, name, body)
 
@@ -661,7 +664,8 @@ class EslManager:
         self._counters = _Counters(stats)
         self._reaper: gevent.Greenlet | None = None
         self._stopped = False
-        self._bad_logged = 0.0
+        self._bad_logged = -1e9
+        self._sink_logged = -1e9
         stats.gauge(STATS_GROUP, "sockets", lambda: len(self._sockets))
         stats.gauge(STATS_GROUP, "connected_sockets",
                     lambda: sum(1 for s in self._sockets.values() if s.connected))
@@ -770,6 +774,15 @@ class EslManager:
                 self._close_socket(sock, f"no ESL command for {self.no_esl_timeout:g} s")
             elif not sock.connected and sock.attempts >= ESL_ONLY_MAX_ATTEMPTS:
                 self._close_socket(sock, f"{sock.attempts} failed connection attempts")
+
+    def _sink_failed(self, sock: EslSocket, name: str) -> None:
+        """A bug in the event sink: count it, log it at most every 10 s."""
+        self._counters.sink_errors.value += 1
+        now = time.monotonic()
+        if now - self._sink_logged >= 10.0:
+            self._sink_logged = now
+            log.exception("ESL %s: the event sink failed on %s (%d failures so far)",
+                          sock.name, name, self._counters.sink_errors.value)
 
     def _log_bad_event(self, sock: EslSocket, body: bytes) -> None:
         now = time.monotonic()
