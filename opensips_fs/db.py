@@ -91,8 +91,8 @@ def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSu
 
     if not row.password:
         raise BadRow(f"value in column {col('password')} cannot be {_empty_or_null(row.password)}")
-    ip = row.ip.strip() if isinstance(row.ip, str) else row.ip
-    if not ip:
+    ip = row.ip  # the host string, verbatim (FSS.md §2.2)
+    if ip is None or not str(ip).strip():
         raise BadRow(f"value in column {col('ip')} cannot be {_empty_or_null(row.ip)}")
     if row.events_csv is None or row.events_csv == "":
         raise BadRow(f"value in column {col('events')} cannot be {_empty_or_null(row.events_csv)}")

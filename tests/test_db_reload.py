@@ -6,6 +6,9 @@ reload waits on the DB the MI and the ESL sockets keep working."""
 
 from __future__ import annotations
 
+import json
+import socket
+
 import gevent
 import pytest
 
@@ -64,7 +67,14 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
                           (None, "ClueCon", "127.0.0.1", p21, None)], CUSTOM_COLUMNS)
 
     # loaded at start, bad row 3 skipped with a warning naming it
-    stack = stacks(db_params=db_params(db), before_start=fill)
+    stack = stacks(db_params=db_params(db), before_start=fill,
+                   extra='loadmodule "event_datagram.so"')
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(5)
+    stack._holders.append(sink)  # closed with the stack
+    assert stack.mi("event_subscribe", ["E_FREESWITCH",
+                                        f"udp:127.0.0.1:{sink.getsockname()[1]}"])["result"] == "OK"
     start_set = [{"if": "127.0.0.1:8021", "Events": ["DTMF"]},
                  {"if": "127.0.0.1:8022", "Events": ["CHANNEL_CREATE", "CHANNEL_DESTROY"]}]
     assert fs_list(stack) == start_set
@@ -96,7 +106,10 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
         _lock(db, TABLE)
         reload = gevent.spawn(stack.mi, "fs_reload")
         waiter = _find_waiter(db)
-    # meanwhile the MI and the ESL sockets answer
+    # meanwhile events are relayed and the MI and the ESL sockets answer
+    stack.sims[8021].push_event('{"Event-Name":"DTMF","DTMF-Digit":"7"}')
+    assert json.loads(sink.recvfrom(65536)[0])["params"]["body"] == \
+        '{"Event-Name":"DTMF","DTMF-Digit":"7"}'
     assert fs_list(stack) == start_set
     assert stack.mi("freeswitch_esl", ["api echo alive", stack.rewrite(
         "127.0.0.1:8021")])["result"] == "alive"
@@ -131,7 +144,6 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
 def test_unreachable_server_at_start_and_reload(engine_db, stacks, caplog):
     """A DB that is down at start: start-up continues with the modparams; a
     reload answers 500 and keeps them."""
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
