@@ -326,3 +326,61 @@ def test_unsubscribed_destination_flushes_then_goes_away():
     finally:
         evi.stop()
         tcp.close()
+
+
+def test_stop_counts_what_was_never_delivered():
+    evi = registry()
+    evi.subscribe("E_FREESWITCH", f"tcp:127.0.0.1:{free_port()}", 3600)
+    for i in range(7):
+        evi.raise_freeswitch("CHANNEL_STATE", "h", body(i))
+    evi.stop()
+    assert stat(evi, "notifications_dropped") == 7
+    assert evi.destinations()[0].status()["dropped"] == 7
+
+
+def make_cert(tmp_path):
+    import subprocess
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+@pytest.mark.timeout(15)
+@pytest.mark.skipif(not os.path.exists("/usr/bin/openssl"), reason="needs the openssl tool")
+def test_https_verifies_certificates_unless_told_not_to(tmp_path):
+    from gevent.pywsgi import WSGIServer
+    cert, key = make_cert(tmp_path)
+    received = []
+
+    def app(environ, start_response):
+        received.append(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    server = WSGIServer(("127.0.0.1", 0), app, certfile=cert, keyfile=key,
+                        log=None, error_log=None)
+    server.start()
+    url = f"https://127.0.0.1:{server.server_port}/hook"
+    strict = registry()
+    lax = EviRegistry(Stats(), {"event_http": type("S", (), {"queue_size": 10,
+                                                              "verify_cert": False})()})
+    lax.start()
+    try:
+        strict.subscribe("E_FREESWITCH", url, 3600)
+        lax.subscribe("E_FREESWITCH", url, 3600)
+        strict.raise_freeswitch("DTMF", "h", b"{}")
+        lax.raise_freeswitch("DTMF", "h", b"{}")
+        deadline = time.monotonic() + 5
+        while (not received or not strict.destinations()[0].send_errors) \
+                and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        assert len(received) == 1                       # only the lax one got through
+        dest = strict.destinations()[0]
+        assert dest.send_errors >= 1 and "CERTIFICATE_VERIFY_FAILED" in dest.last_error
+        assert dest.queued == 1                         # kept for a retry
+    finally:
+        strict.stop()
+        lax.stop()
+        server.stop()

@@ -112,9 +112,18 @@ class EviRegistry:
             dest.start()
 
     def stop(self) -> None:
+        """Stop every sender; what is still queued is counted as dropped."""
         self._started = False
         for dest in list(self._destinations.values()):
             dest.stop()
+            lost = dest.queued
+            if lost:
+                dest.queue.clear()
+                dest.inflight = []
+                dest.dropped += lost
+                self.counters.dropped.value += lost
+                log.warning("EVI %s: stopped with %d undelivered notifications",
+                            dest.label, lost)
 
     # -- raising --------------------------------------------------------------
     def has_subscribers(self, name: str) -> bool:
