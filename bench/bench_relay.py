@@ -342,6 +342,11 @@ class Rig:
         for s in subscribers:
             mi(self.mi_port, "event_subscribe", ["E_FREESWITCH", s, 0])
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) opensips-fs has used so far."""
+        fields = Path(f"/proc/{self.fs.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stats(self):
         return mi(self.mi_port, "get_statistics", [["all"]])
 
@@ -375,6 +380,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
     sockets = [m[1] for m in made]
     count = int(rate * duration) if rate else full_count
     t_start = time.time()
+    cpu_start = rig.cpu_seconds()
     reply = rig.run(count, rate, sockets)
     # wait for the tail: until everything arrived or nothing moves for 1 s
     last_total, still = -1, time.monotonic()
@@ -387,6 +393,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
         elif time.monotonic() - still > 1.0:
             break
         gevent.sleep(0.05)
+    cpu = rig.cpu_seconds() - cpu_start
     rig.unsubscribe(sockets)
     # expire 0 still delivers during the current second: keep the sockets
     # (and their ports) until the next one, so no case sees another's events
@@ -405,6 +412,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
             "p50": percentile(c.latencies, 0.50) * 1000,
             "p99": percentile(c.latencies, 0.99) * 1000,
         })
+    reply["cpu_us"] = cpu / count * 1e6
     return count, reply, rows
 
 
@@ -435,12 +443,14 @@ def main(argv=None) -> int:
     print(f"relay benchmark: {os.cpu_count()} CPUs, events 0.9-2.5 KB, "
           f"{args.duration:g} s per fixed rate, {args.full_count} events at full speed")
     print(f"{'sockets':>7} {'subscribers':>11} {'offered':>8} {'events':>7} "
-          f"{'ev/s/sub':>9} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7}  vs OpenSIPS 4.1")
+          f"{'ev/s/sub':>9} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} {'cpu us/ev':>9}"
+          "  vs OpenSIPS 4.1")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for sockets in [int(s) for s in args.sockets.split(",")]:
             rig = Rig(sockets, Path(tmp))
             try:
+                run_case(rig, "udp", 0, 0, 20000)        # warm-up, not reported
                 for kind in kinds:
                     for rate in rates:
                         count, reply, rows = run_case(rig, kind, rate, args.duration,
@@ -462,7 +472,8 @@ def main(argv=None) -> int:
                         label = {"udp": "1 UDP", "tcp": "1 TCP", "4udp": "4 UDP"}[kind]
                         offered = f"{rate:,.0f}" if rate else "full"
                         print(f"{sockets:>7} {label:>11} {offered:>8} {count:>7} "
-                              f"{worst['rate']:>9,.0f} {lost:>6} {p50:>7.2f} {p99:>7.2f}  {note}",
+                              f"{worst['rate']:>9,.0f} {lost:>6} {p50:>7.2f} {p99:>7.2f} "
+                              f"{reply['cpu_us']:>9.1f}  {note}",
                               flush=True)
                         results.append({"sockets": sockets, "kind": kind, "rate": rate,
                                         "count": count, "rows": rows})

@@ -136,7 +136,9 @@ class Destination:
                 try:
                     self.deliver()
                     backoff = 0.0
-                except OSError as exc:
+                except Exception as exc:   # OSError, or a bug: never kill the sender
+                    if not isinstance(exc, OSError):
+                        log.exception("EVI %s: delivery failed", self.label)
                     self._failed(exc)
                     if (self._retiring_since is not None
                             and time.monotonic() - self._retiring_since > LINGER):
@@ -155,7 +157,7 @@ class Destination:
                 if self.on_retired is not None and self._retiring_since is not None:
                     self.on_retired(self)
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: Exception) -> None:
         self.send_errors += 1
         self.counters.errors.value += 1
         message = str(exc) or exc.__class__.__name__
