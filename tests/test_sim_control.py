@@ -1,0 +1,157 @@
+"""The simulator's control socket and its command line (a real process)."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from opensips_fs.sim import FsSimulator
+from opensips_fs.sim.control import ControlServer
+from test_sim_support import EslTestClient
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Control:
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def __call__(self, request) -> dict:
+        line = request if isinstance(request, bytes) else json.dumps(request).encode()
+        self.sock.sendall(line + b"\n")
+        return json.loads(self.file.readline())
+
+
+@pytest.fixture
+def boxes():
+    a = FsSimulator(port=0, heartbeat=0, hostname="fakefs",
+                    core_uuid="2a1b4c3d-0000-4000-8000-00000000c0de").start()
+    b = FsSimulator(port=0, heartbeat=0).start()
+    ctl = ControlServer([a, b]).start()
+    yield a, b, Control(ctl.port)
+    ctl.stop()
+    a.stop()
+    b.stop()
+
+
+def test_state_event_push_raw_drop(boxes):
+    a, b, ctl = boxes
+    c = EslTestClient(a.port).login()
+    c.cmd("event json CHANNEL_STATE DTMF")
+    state = ctl({"op": "state", "listen": a.address})
+    assert state["ok"] and state["conns"][0]["events"] == ["CHANNEL_STATE", "DTMF"]
+    assert state["conns"][0]["commands"] == ["auth ClueCon", "event json CHANNEL_STATE DTMF"]
+    assert state["conns"][0]["format"] == "json" and state["conns"][0]["authed"] is True
+    assert state["boxes"][0]["core_uuid"] == "2a1b4c3d-0000-4000-8000-00000000c0de"
+    # an event with the full header block
+    assert ctl({"op": "event", "headers": {"Event-Name": "DTMF", "DTMF-Digit": "5"}}) == {"ok": True, "sent": 1}
+    ev = json.loads(c.frame().body)
+    assert ev["Event-Name"] == "DTMF" and ev["FreeSWITCH-Hostname"] == "fakefs" and ev["DTMF-Digit"] == "5"
+    # the stand-ins' exact pushes (golden/opensips fake_esl_control)
+    pushed = {"Event-Name": "CHANNEL_STATE", "Core-UUID": "c0de", "Channel-State": "CS_ROUTING",
+              "Unique-ID": "5a5a-01", "Caller-Caller-ID-Number": "1001"}
+    assert ctl({"op": "push", "body": pushed}) == {"ok": True, "sent": 1}
+    assert c.frame().raw == (b'Content-Length: 133\nContent-Type: text/event-json\n\n{"Event-Name":"CHANNEL_STATE",'
+                             b'"Core-UUID":"c0de","Channel-State":"CS_ROUTING","Unique-ID":"5a5a-01",'
+                             b'"Caller-Caller-ID-Number":"1001"}')
+    assert ctl({"op": "push", "body": {"Event-Name": "CHANNEL_HANGUP"}}) == {"ok": True, "sent": 0}
+    assert ctl({"op": "push", "body": {"Event-Name": "CHANNEL_HANGUP"}, "force": True})["sent"] == 1
+    c.frame()
+    raw = "Content-Length: 9\nContent-Type: text/event-json\n\nnot json!"
+    assert ctl({"op": "raw", "data": raw}) == {"ok": True, "sent": 1}
+    assert c.frame().raw == raw.encode()
+    assert ctl({"op": "drop"}) == {"ok": True, "kicked": 1}
+    assert c.wait_eof()
+
+
+def test_burst_over_control(boxes):
+    a, b, ctl = boxes
+    c = EslTestClient(b.port).login()
+    c.cmd("event plain CUSTOM sim::burst")
+    answer = ctl({"op": "burst", "count": 3000, "listen": b.address})
+    assert answer == {"ok": True, "sent": 3000}
+    seqs = []
+    while len(seqs) < 3000:
+        f = c.frame()
+        seqs.append(int(re.search(rb"\nEvent-Sequence: (\d+)\n", f.body).group(1)))
+    assert seqs == list(range(seqs[0], seqs[0] + 3000))
+    conn = ctl({"op": "state", "listen": b.address})["conns"][0]
+    assert (conn["first_seq"], conn["last_seq"], conn["sent_events"]) == (seqs[0], seqs[-1], 3000)
+
+
+def test_faults_over_control(boxes):
+    a, b, ctl = boxes
+    assert ctl({"op": "delay", "ms": 10}) == {"ok": True}
+    assert a.delay_ms == 10 and b.delay_ms == 10
+    assert ctl({"op": "password", "password": "Other", "listen": a.address}) == {"ok": True}
+    assert a.password == "Other" and b.password == "ClueCon"
+    assert ctl({"op": "refuse", "on": True, "listen": a.address}) == {"ok": True}
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", a.port), timeout=2)
+    assert ctl({"op": "refuse", "on": False, "listen": a.address}) == {"ok": True}
+    EslTestClient(a.port).login("Other")
+    assert ctl({"op": "stall", "seconds": 0.01}) == {"ok": True}
+
+
+def test_bad_requests_change_nothing(boxes):
+    a, b, ctl = boxes
+    assert ctl(b"not json")["ok"] is False
+    assert ctl({"op": "nope"}) == {"ok": False, "error": "unknown op 'nope'"}
+    assert ctl({"op": "delay", "ms": "x"})["ok"] is False
+    assert ctl({"op": "state", "listen": "127.0.0.1:1"})["ok"] is False
+    assert ctl({"op": "event", "headers": {}})["ok"] is False
+    assert a.delay_ms == 0 and a.password == "ClueCon"
+
+
+def _sim_exe():
+    exe = os.path.join(os.path.dirname(sys.executable), "opensips-fs-sim")
+    return [exe] if os.path.exists(exe) else [sys.executable, "-m", "opensips_fs.sim.cli"]
+
+
+def test_cli_help_documents_every_option():
+    out = subprocess.run(_sim_exe() + ["--help"], capture_output=True, text=True, timeout=20).stdout
+    for option in ("--listen", "--password", "--user", "--user-events", "--user-api", "--heartbeat",
+                   "--control", "--calls-per-second", "--hostname", "--core-uuid", "--seed",
+                   "--queue-size", "--max-lost"):
+        assert option in out
+
+
+def test_cli_two_boxes_control_and_sigterm():
+    proc = subprocess.Popen(_sim_exe() + [
+        "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
+        "--heartbeat", "0", "--hostname", "fakefs", "--user", "admin@fakefs:pw", "--user-api", "status"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        ports, control = [], None
+        while len(ports) < 2 or control is None:
+            line = proc.stdout.readline()
+            assert line, "simulator exited"
+            m = re.search(r"ESL on 127\.0\.0\.1:(\d+) \(Core-UUID ([0-9a-f-]+)\)", line)
+            if m:
+                ports.append((int(m.group(1)), m.group(2)))
+            m = re.search(r"control on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                control = int(m.group(1))
+        assert ports[0][1] != ports[1][1]  # each box its own Core-UUID
+        c1 = EslTestClient(ports[0][0]).login()
+        c2 = EslTestClient(ports[1][0])
+        c2.frame()
+        r = c2.cmd("userauth admin@fakefs:pw")
+        assert r.header("Reply-Text") == "+OK accepted" and r.header("Allowed-API") == "status"
+        state = Control(control)({"op": "state"})
+        assert [len(b["conns"]) for b in state["boxes"]] == [1, 1]
+        proc.send_signal(signal.SIGTERM)
+        notice = b"Content-Type: text/disconnect-notice\nContent-Length: 31\n\nThe system is being shut down.\n"
+        for c in (c1, c2):
+            assert c.wait_eof(5) and [f.raw for f in c.frames] == [notice]
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
