@@ -76,12 +76,21 @@ class ProtocolError(Exception):
 class Frame:
     """One server -> client frame: headers in wire order, body or None."""
 
-    __slots__ = ("headers", "content_type", "body")
+    __slots__ = ("_headers", "content_type", "body", "_length")
 
-    def __init__(self, headers: list[tuple[str, str]], content_type: str | None, body: bytes | None):
-        self.headers = headers
+    def __init__(self, headers: list[tuple[str, str]] | None, content_type: str | None, body: bytes | None,
+                 length: bytes | None = None):
+        self._headers = headers
         self.content_type = content_type
         self.body = body
+        self._length = length  # the raw Content-Length of an event frame whose headers are built on demand
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [("Content-Length", self._length.decode()), _EVENT_JSON_CT_PAIR]
+        return headers
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (case-insensitive)."""
@@ -253,8 +262,7 @@ class FrameParser:
                     start = eol + 32
                     stop = start + length
                     if stop <= size:
-                        append(Frame([("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR], CT_EVENT_JSON,
-                                     buf[start:stop]))
+                        append(Frame(None, CT_EVENT_JSON, buf[start:stop], raw))
                         pos = stop
                         continue
                     self._head = ([("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR], CT_EVENT_JSON)
