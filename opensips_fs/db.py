@@ -259,7 +259,10 @@ class FsDatabase:
                 with gevent.Timeout(self.timeout, DbError(
                         f"no answer from {self.url.masked()} within {self.timeout:g} s")):
                     return func()
-            return gevent.get_hub().threadpool.apply(func)
+            ok, value = gevent.get_hub().threadpool.apply(_capture, (func,))
+            if not ok:
+                raise value
+            return value
         except DbError:
             raise
         except (peewee.PeeweeException, OSError, ValueError) as exc:
@@ -376,6 +379,15 @@ class FsDatabase:
             return True
         finally:
             _close_quietly(db)
+
+
+def _capture(func):
+    """Run `func` in a pool thread and hand its exception back as a value
+    (the pool would print it to stderr as an unhandled error)."""
+    try:
+        return True, func()
+    except Exception as exc:  # re-raised in the calling greenlet
+        return False, exc
 
 
 def _quote_sqlite(name: str) -> str:

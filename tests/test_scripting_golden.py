@@ -25,10 +25,16 @@ Deliberate differences, each applied explicitly below with its reason:
 
 from __future__ import annotations
 
+import configparser
+import fcntl
 import json
+import os
 import re
+import shlex
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import gevent
@@ -65,6 +71,142 @@ def golden_commands(scenario: dict) -> dict[tuple[int, int], list[str]]:
             for key, data in streams.items()}
 
 
+# -------------------------------------------------------------- opensips-cli
+
+CLI = Path(sys.executable).parent / "opensips-cli"
+ARRAY_PARAM = {"fs_subscribe", "fs_unsubscribe", "freeswitch_scripting:subscribe",
+               "freeswitch_scripting:unsubscribe"}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CLI_ERROR = re.compile(r"Error executing command: (-?[0-9]+): (.*?)(?: \((.*)\))?$")
+
+
+def cli_words(body) -> list[str] | None:
+    """The opensips-cli words that send this request, or None when the CLI
+    cannot express it (it only sends strings, groups the words after the URL
+    of fs_subscribe/fs_unsubscribe into one array, and makes `events=…` an
+    array; notifications and non-string values are out of its reach)."""
+    if not isinstance(body, dict) or "id" not in body or not isinstance(body.get("method"), str):
+        return None
+    method, params = body["method"], body.get("params")
+    if params in (None, {}):
+        return [method]
+    if isinstance(params, dict):
+        words = [method]
+        for key, value in params.items():
+            if key == "events" and method in ARRAY_PARAM:
+                if not (isinstance(value, list) and value and all(
+                        isinstance(v, str) and v and not re.search(r"\s", v) for v in value)):
+                    return None
+                words.append(f"{key}={' '.join(value)}")
+            elif isinstance(value, str) and value and not re.search(r"\s", value):
+                words.append(f"{key}={value}")
+            else:
+                return None
+        return words
+    if not isinstance(params, list) or not params:
+        return None
+    if method in ARRAY_PARAM:
+        if len(params) == 2 and isinstance(params[0], str) and params[0] \
+                and isinstance(params[1], list) and params[1] \
+                and all(isinstance(v, str) and v for v in params[1]):
+            return [method, params[0], *params[1]]
+        return None
+    if all(isinstance(v, str) for v in params):
+        return [method, *params]
+    return None
+
+
+def cli_config(http_port: int, directory: Path) -> Path:
+    cfg = configparser.ConfigParser()
+    cfg["default"] = {"communication_type": "http", "url": f"http://127.0.0.1:{http_port}/mi",
+                      "log_level": "WARNING", "prompt_name": "opensips-cli",
+                      "prompt_intro": "", "prompt_emptyline_repeat_cmd": "False",
+                      "history_file": str(directory / "cli_history"),
+                      "history_file_size": "100", "output_type": "pretty-print"}
+    path = directory / "opensips-cli.cfg"
+    with open(path, "w") as f:
+        cfg.write(f)
+    return path
+
+
+def parse_cli_output(returncode_ok: bool, out: str, err: str) -> dict:
+    """What the CLI showed, as a JSON-RPC reply: result printed on stdout, or
+    `Error executing command: CODE: MESSAGE (DATA)` on stderr."""
+    for line in ANSI.sub("", err).splitlines():
+        match = CLI_ERROR.search(line)
+        if match:
+            error = {"code": int(match[1]), "message": match[2]}
+            if match[3] is not None:
+                error["data"] = match[3]
+            return {"jsonrpc": "2.0", "error": error, "id": 1}
+    assert returncode_ok and out.strip(), (out, err)
+    return {"jsonrpc": "2.0", "result": json.loads(out), "id": 1}
+
+
+class CliSession:
+    """One interactive opensips-cli process (its start-up takes most of a
+    second), fed `mi WORDS` lines; each output ends at the next prompt.
+    Words holding a newline cannot be typed on one line: those commands run
+    as one-shot `opensips-cli -x mi …` processes."""
+
+    PROMPT = b"(opensips-cli): "
+
+    def __init__(self, http_port: int, directory: Path):
+        self.config = cli_config(http_port, directory)
+        self.calls = 0
+        self.proc = subprocess.Popen([sys.executable, "-u", str(CLI), "-f", str(self.config)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            fd = pipe.fileno()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        self._read_until_prompt()
+
+    def _read(self, pipe) -> bytes:
+        try:
+            return os.read(pipe.fileno(), 65536) or b""
+        except BlockingIOError:
+            return b""
+
+    def _read_until_prompt(self) -> bytes:
+        data = b""
+        with gevent.Timeout(20, AssertionError(f"opensips-cli gave no prompt: {data!r}")):
+            while not data.endswith(self.PROMPT):
+                chunk = self._read(self.proc.stdout)
+                if chunk:
+                    data += chunk
+                else:
+                    assert self.proc.poll() is None, "opensips-cli exited"
+                    gevent.sleep(0.005)
+        return data[:-len(self.PROMPT)]
+
+    def call(self, words: list[str]) -> dict:
+        self.calls += 1
+        if any("\n" in w or "\r" in w for w in words):
+            run = subprocess.run([str(CLI), "-f", str(self.config), "-x", "mi", *words],
+                                 capture_output=True, text=True, timeout=30)
+            return parse_cli_output(run.returncode == 0, run.stdout, run.stderr)
+        self._read(self.proc.stderr)  # nothing left over
+        self.proc.stdin.write(("mi " + " ".join(shlex.quote(w) for w in words) + "\n").encode())
+        self.proc.stdin.flush()
+        out = self._read_until_prompt().decode("utf-8", "replace")
+        err = b""
+        while chunk := self._read(self.proc.stderr):
+            err += chunk
+        return parse_cli_output(True, out, err.decode("utf-8", "replace"))
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 # ------------------------------------------------------------------ the stack
 
 class Stack:
@@ -72,7 +214,8 @@ class Stack:
 
     def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
                  db_rows: list | None = None, esl_cmd_timeout: int = 5000,
-                 db_params: str | None = None, extra: str = "", before_start=None):
+                 db_params: str | None = None, extra: str = "", before_start=None,
+                 transport: str = "http"):
         self.tmp_path = tmp_path
         self.sims = {}
         for golden_port in sims:
@@ -106,6 +249,8 @@ modparam("mi_http", "root", "mi")
         self.app = App(config.loads(text, str(tmp_path / "opensips-fs.cfg"))).start()
         self.http_port = next(server for what, _, server in self.app.transports
                               if what == "MI HTTP").address[1]
+        self.transport = transport
+        self.cli = CliSession(self.http_port, tmp_path) if transport == "cli" else None
 
     # -- ports
     def rewrite(self, text: str) -> str:
@@ -154,11 +299,42 @@ modparam("mi_http", "root", "mi")
         _, _, reply_body = rest.partition(b"\r\n\r\n")
         return int(status_line.split()[1]), self.unrewrite(reply_body.decode("latin-1"))
 
+    def via_cli(self, body) -> dict | None:
+        """The reply through opensips-cli, or None (HTTP transport, or a
+        request the CLI cannot express)."""
+        if self.cli is None:
+            return None
+        words = cli_words(body)
+        if words is None:
+            return None
+        return json.loads(self.unrewrite(json.dumps(self.cli.call(
+            [self.rewrite(w) for w in words]))))
+
+    def exchange(self, ex: dict, expected_body: str) -> None:
+        """One recorded request: the recorded reply must come back (over
+        HTTP the exact status and body; through the CLI the same result or
+        error, as the CLI shows them)."""
+        try:
+            body = json.loads(ex["request_body"])
+        except ValueError:
+            body = None
+        reply = self.via_cli(body)
+        if reply is None:
+            status, text = self.send_raw(ex["request_raw"])
+            assert (status, text) == (ex["status"], expected_body), ex["label"]
+            return
+        expected = json.loads(expected_body)
+        expected["id"] = 1
+        assert reply == expected, ex["label"]
+
     def mi(self, method: str, params=None, id_=1):
         """One MI call; ports in the reply are shown as the golden ones."""
         body = {"jsonrpc": "2.0", "method": method, "id": id_}
         if params is not None:
             body["params"] = params
+        reply = self.via_cli(body) if id_ == 1 else None
+        if reply is not None:
+            return reply
         text = json.dumps(body)
         raw = (f"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}")
@@ -189,6 +365,8 @@ modparam("mi_http", "root", "mi")
                 gevent.sleep(0.02)
 
     def stop(self):
+        if self.cli is not None:
+            self.cli.close()
         self.app.stop()
         for box in self.sims.values():
             box.stop()
@@ -196,18 +374,23 @@ modparam("mi_http", "root", "mi")
             holder.close()
 
 
-@pytest.fixture
-def stacks(tmp_path):
+@pytest.fixture(params=["http", "cli"])
+def stacks(request, tmp_path):
+    """Stacks driven over HTTP with the recorded bytes, or through the real
+    opensips-cli wherever it can express the request."""
     made = []
 
     def make(**kwargs):
-        stack = Stack(tmp_path, **kwargs)
+        stack = Stack(tmp_path, transport=request.param, **kwargs)
         made.append(stack)
         return stack
 
     yield make
     for stack in made:
         stack.stop()
+    if request.param == "cli":
+        calls = sum(stack.cli.calls for stack in made)
+        assert calls > 0, "nothing went through opensips-cli"
 
 
 def no_half_made_entries(body: str) -> str:
@@ -220,11 +403,10 @@ def replay(stack: Stack, scenario: dict, adjust=None, before=None) -> None:
     for n, ex in enumerate(http_exchanges(scenario)):
         if before is not None:
             before(n, ex)
-        status, body = stack.send_raw(ex["request_raw"])
         expected = ex["response_body"]
         if adjust is not None:
             expected = adjust(ex, expected)
-        assert (status, body) == (ex["status"], expected), ex["label"]
+        stack.exchange(ex, expected)
 
 
 def check_wire(stack: Stack, scenario: dict, extra=None, skip=()):
@@ -299,7 +481,7 @@ def test_db_phase(stacks):
     # reload came before TALK was ever sent; we send at once, so we wait for it
     # and expect it to be nixed by the reload.
     ex0 = http_exchanges(rows)[0]
-    assert stack.send_raw(ex0["request_raw"]) == (200, ex0["response_body"])
+    stack.exchange(ex0, ex0["response_body"])
     stack.wait_commands(8021, 1, ["auth ClueCon", "event json TALK"])
     rest = dict(rows, exchanges=http_exchanges(rows)[1:])
     replay(stack, rest, before=before_rows)
@@ -412,8 +594,7 @@ def test_auth_phase(stacks):
 
     def send(label):
         ex = exchanges[label]
-        status, body = stack.send_raw(ex["request_raw"])
-        assert (status, body) == (ex["status"], ex["response_body"]), label
+        stack.exchange(ex, ex["response_body"])
 
     def commands_of_all_connections():
         return [list(c.commands) for c in box.clients]
@@ -494,13 +675,12 @@ def test_esl_phase(stacks):
     results = []
     for ex, call in esl_calls(scenario):
         if call is None:
-            status, body = stack.send_raw(ex["request_raw"])
-            assert (status, body) == (ex["status"], ex["response_body"]), ex["label"]
+            stack.exchange(ex, ex["response_body"])
             if "BACKGROUND_JOB" in ex["request_body"]:
                 stack.wait_commands(8021, 1, ["auth ClueCon", "event json BACKGROUND_JOB"])
             continue
         cmd, url = call
-        reply = stack.mi("freeswitch_esl", {"command": cmd, "freeswitch_url": stack.rewrite(url)})
+        reply = stack.mi("freeswitch_esl", [cmd, stack.rewrite(url)])
         results.append((cmd, url, ex["result_params"], reply))
 
     by_label = {(cmd, url): (opensips, ours) for cmd, url, opensips, ours in results}
@@ -567,11 +747,11 @@ def test_esl_timeout_phase(stacks):
     assert calls == [("api status", ":ClueCon@127.0.0.1:8021"),
                      ("api version", ":ClueCon@127.0.0.1:8021")]
     stack.sims[8021].delay(600)
-    assert stack.mi("freeswitch_esl", {"command": "api status", "freeswitch_url": url}) == {
+    assert stack.mi("freeswitch_esl", ["api status", url]) == {
         "jsonrpc": "2.0", "error": {"code": 504, "message": "ESL command timeout"}, "id": 1}
     stack.sims[8021].delay(0)
     gevent.sleep(0.5)  # the late reply arrives and is dropped
-    version = stack.mi("freeswitch_esl", {"command": "api version", "freeswitch_url": url})
+    version = stack.mi("freeswitch_esl", ["api version", url])
     assert version["result"] == stack.sims[8021].run_api("version", "")
     stack.wait_commands(8021, 1, ["auth ClueCon", "event json BACKGROUND_JOB"]
                         + golden_commands(scenario)[(8021, 1)])
