@@ -163,3 +163,27 @@ def test_burst_backpressure_without_loss():
             got += 1
         assert done.get(timeout=5) == 5000
         assert box.clients[0].lost_total == 0 and box.clients[0].sent_events == 5000
+
+
+def test_userauth_without_domain_and_no_password():
+    """The OpenSIPS recordings' stand-in on 8023: only 'userauth admin:ClueCon'."""
+    with FsSimulator(port=0, heartbeat=0, password=None, users=[SimUser("admin", "ClueCon")],
+                     userauth_requires_domain=False) as box:
+        c = EslTestClient(box.port)
+        c.frame()
+        assert c.cmd("userauth admin:ClueCon").raw == (
+            b"Content-Type: command/reply\nReply-Text: +OK accepted\nAllowed-Events: all\nAllowed-API: all\n\n")
+        bad = EslTestClient(box.port)
+        bad.frame()
+        bad.send(b"auth ClueCon\n\n")
+        assert bad.wait_eof() and bad.frames[0].header("Reply-Text") == "-ERR invalid"
+
+
+def test_burst_with_body_in_plain():
+    with FsSimulator(port=0, heartbeat=0) as box:
+        c = EslTestClient(box.port).login()
+        c.cmd("event plain CUSTOM sim::burst")
+        assert box.burst(3, body_size=300_000) == 3
+        for _ in range(3):
+            f = c.frame()
+            assert len(f.body) > 300_000 and f.body.endswith(b"Content-Length: 300000\n\n" + b"b" * 300_000)

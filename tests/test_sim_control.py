@@ -155,3 +155,30 @@ def test_cli_two_boxes_control_and_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_rate_api_log_and_per_connection_stall(boxes):
+    a, b, ctl = boxes
+    c = EslTestClient(b.port).login()
+    c.cmd("event json CUSTOM sim::load")
+    c.cmd("log 7")
+    assert ctl({"op": "rate", "per_second": 2000, "listen": b.address}) == {"ok": True}
+    frames = c.collect(0.5)
+    assert ctl({"op": "rate", "per_second": 0, "listen": b.address}) == {"ok": True}
+    seqs = [int(json.loads(f.body)["Event-Sequence"]) for f in frames]
+    assert len(seqs) >= 300 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    c.collect(0.05)
+    out = ctl({"op": "api", "command": "originate loopback/9664 &park", "listen": b.address})
+    assert out["ok"] and out["outputs"][0].startswith("+OK ")
+    assert ctl({"op": "api", "command": "hupall", "listen": b.address})["outputs"] == [
+        "+OK hangup all channels with cause MANAGER_REQUEST\n"]
+    assert ctl({"op": "log", "level": "INFO", "text": "hello", "listen": b.address}) == {"ok": True, "sent": 1}
+    assert c.frame().body.endswith(b"[INFO] mod_commands.c:7247 hello\n")
+    # stall only this connection: its replies wait, another connection is served
+    d = EslTestClient(b.port).login()
+    assert ctl({"op": "stall", "seconds": 0.5, "conn": 1, "listen": b.address}) == {"ok": True}
+    c.send(b"api version\n\n")
+    assert d.cmd("api version").content_type == "api/response"
+    assert c.collect(0.2) == []
+    assert c.frame(3).content_type == "api/response"
+    assert ctl({"op": "stall", "seconds": 1, "conn": 9, "listen": b.address})["ok"] is False

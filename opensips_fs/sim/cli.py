@@ -17,7 +17,7 @@ class _UserAction(argparse.Action):
         users = getattr(namespace, "users", None) or []
         if option_string == "--user":
             name, sep, password = values.rpartition(":")
-            if not sep or "@" not in name:
+            if not sep or not name:
                 parser.error("--user wants USER@DOMAIN:PASS, got %r" % values)
             users.append({"name": name, "password": password})
         else:
@@ -45,14 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
                '{"op":"burst","count":100000}, {"op":"event","headers":{"Event-Name":"DTMF"}}, '
                '{"op":"push","body":{...}}, {"op":"raw","data":"..."}, {"op":"drop"}, '
                '{"op":"stall","seconds":S}, {"op":"restart"}, {"op":"refuse","on":true}, '
-               '{"op":"delay","ms":M}, {"op":"password","password":P}, {"op":"state"}, '
-               '{"op":"shutdown"}; add "listen":"HOST:PORT" to aim at one box. '
+               '{"op":"stall","seconds":S,"conn":N}, {"op":"delay","ms":M}, '
+               '{"op":"password","password":P}, {"op":"state"}, {"op":"rate","per_second":M}, '
+               '{"op":"api","command":"originate loopback/9664 &park"}, '
+               '{"op":"log","level":"NOTICE","text":"..."}, {"op":"shutdown"}; '
+               'add "listen":"HOST:PORT" to aim at one box. '
                "SIGTERM/SIGINT send every client the shutdown notice and exit.")
     p.add_argument("--listen", action="append", type=_hostport, metavar="HOST:PORT",
                    help="address of one simulated FreeSWITCH box (repeatable: each has its own "
                         "Core-UUID and event sequence; port 0 = ephemeral, printed at start-up). "
                         "Default 127.0.0.1:8021")
     p.add_argument("--password", default="ClueCon", help="auth password (default ClueCon)")
+    p.add_argument("--no-password", action="store_true",
+                   help="refuse every 'auth' (only userauth users can log in)")
+    p.add_argument("--userauth-without-domain", action="store_true",
+                   help="also accept 'userauth USER:PASS' without @domain (the OpenSIPS recordings' stand-ins did)")
     p.add_argument("--user", action=_UserAction, metavar="USER@DOMAIN:PASS", dest="users",
                    help="a directory user for userauth (repeatable)")
     p.add_argument("--user-events", action=_UserAction, metavar='"NAME NAME…"', dest="users",
@@ -75,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N synthetic two-leg calls per second (each the real CHANNEL_* sequence)")
     p.add_argument("--call-duration", type=float, default=1.0, metavar="SECONDS",
                    help="how long each synthetic call stays up (default 1)")
+    p.add_argument("--events-per-second", type=float, default=0.0, metavar="M",
+                   help="fire M events per second to the subscribers (no back-pressure: a slow reader "
+                        "loses events and gets killed, as with FreeSWITCH)")
+    p.add_argument("--event-name", default="CUSTOM", help="event of --events-per-second (default CUSTOM)")
+    p.add_argument("--event-subclass", default="sim::load",
+                   help="subclass of those CUSTOM events (default sim::load)")
+    p.add_argument("--event-size", type=int, default=0, metavar="BYTES",
+                   help="extra header payload per generated event (e.g. 2000 for ~2.6 KB events)")
+    p.add_argument("--event-body-size", type=int, default=0, metavar="BYTES",
+                   help="body (_body) size of generated events (e.g. 300000 for 300 KB events)")
     p.add_argument("--max-sessions", type=int, default=1000, help="Max-Sessions (default 1000)")
     p.add_argument("--queue-size", type=int, default=100000,
                    help="per-connection event queue (default 100000, like FreeSWITCH)")
@@ -109,7 +126,8 @@ def main(argv=None) -> int:
     try:
         for index, (host, port) in enumerate(listens):
             box = FsSimulator(
-                host=host, port=port, password=args.password, heartbeat=args.heartbeat,
+                host=host, port=port, password=None if args.no_password else args.password,
+                heartbeat=args.heartbeat, userauth_requires_domain=not args.userauth_without_domain,
                 users=users, hostname=args.hostname, core_uuid=args.core_uuid,
                 seed=None if args.seed is None else args.seed + index,
                 queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
@@ -118,6 +136,9 @@ def main(argv=None) -> int:
                 on_shutdown=lambda b: done.set() if all(x.stopped.is_set() for x in boxes) else None)
             box.calls.call_duration = args.call_duration
             boxes.append(box.start())
+            if args.events_per_second > 0:
+                box.event_rate(args.events_per_second, args.event_name, args.event_subclass,
+                               args.event_size or None, args.event_body_size or None)
             print("opensips-fs-sim: FreeSWITCH ESL on %s (Core-UUID %s)" % (box.address, box.identity.core_uuid),
                   flush=True)
         control = None

@@ -10,6 +10,7 @@ queue size (100 000 by default) and can be lost.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import deque
 
@@ -83,6 +84,8 @@ class SimClient:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self._held: list | None = None  # events arriving while a sync api runs
+        self.unstalled = GEvent()  # cleared while this connection is stalled
+        self.unstalled.set()
         self._wake = GEvent()
         self._room = GEvent()
         self._room.set()
@@ -130,8 +133,6 @@ class SimClient:
         return send
 
     def _filter(self, event) -> bool:
-        import re
-
         send = False
         for name, value in self.filters:
             hval = event.get(name)
@@ -292,7 +293,7 @@ class SimClient:
                     self._wake.clear()
                     self._wake.wait()
                     continue
-                box.wait_unstalled()
+                box.wait_unstalled(self)
                 batch = []
                 size = 0
                 events = 0

@@ -5,13 +5,18 @@ line out, so a benchmark or a test in another process can drive the boxes
 Operations (``op``), each optionally aimed at one box with
 ``"listen": "HOST:PORT"`` (default: every box; counts are summed):
 
-* ``{"op":"burst","count":K[,"name":…,"subclass":…,"size":N]}`` -> ``{"ok":true,"sent":K}`` once queued
+* ``{"op":"burst","count":K[,"name":…,"subclass":…,"size":N,"body_size":N]}``
+  -> ``{"ok":true,"sent":K}`` once queued (as fast as each subscriber reads)
 * ``{"op":"event","name":…,"headers":{…}|[[k,v]…],"body":…}`` -> ``{"ok":true,"sent":n}``
   (``"headers"`` alone with an ``Event-Name`` works too)
 * ``{"op":"push","body":…|{…},"content_type":…,"force":false}`` -> ``{"ok":true,"sent":n}``
 * ``{"op":"raw","data":"…"}`` (latin-1 text of the exact bytes) -> ``{"ok":true,"sent":n}``
+* ``{"op":"rate","per_second":M[,"name":…,"subclass":…,"size":N,"body_size":N]}``
+  -> ``{"ok":true}`` (M events/s from now on, 0 stops; no back-pressure)
+* ``{"op":"api","command":"originate loopback/9664 &park"}`` -> ``{"ok":true,"outputs":[…]}``
+* ``{"op":"log","level":"NOTICE","text":…}`` -> ``{"ok":true,"sent":n}`` (log/data frames)
 * ``{"op":"drop"[,"notice":true]}`` -> ``{"ok":true,"kicked":n}``
-* ``{"op":"stall","seconds":S}``, ``{"op":"restart"[,"down":S]}``,
+* ``{"op":"stall","seconds":S[,"conn":N]}``, ``{"op":"restart"[,"down":S]}``,
   ``{"op":"refuse","on":true|false}``, ``{"op":"delay","ms":M}``,
   ``{"op":"password","password":P}``, ``{"op":"heartbeat"}``,
   ``{"op":"shutdown"}`` -> ``{"ok":true}``
@@ -65,7 +70,9 @@ def apply(boxes, req) -> dict:
         if count < 0:
             raise ControlError("count must be >= 0")
         size = req.get("size")
-        kwargs = {"name": str(req.get("name", "CUSTOM")), "size": int(size) if size else None}
+        body_size = req.get("body_size")
+        kwargs = {"name": str(req.get("name", "CUSTOM")), "size": int(size) if size else None,
+                  "body_size": int(body_size) if body_size else None}
         if "subclass" in req:
             kwargs["subclass"] = req["subclass"]
         jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
@@ -102,11 +109,33 @@ def apply(boxes, req) -> dict:
         return {"ok": True, "sent": sum(b.push_raw(raw) for b in chosen)}
     if op == "drop":
         return {"ok": True, "kicked": sum(b.drop(bool(req.get("notice", False))) for b in chosen)}
+    if op == "rate":
+        per_second = _num(req, "per_second")
+        size, body_size = req.get("size"), req.get("body_size")
+        for b in chosen:
+            b.event_rate(per_second, str(req.get("name", "CUSTOM")), req.get("subclass", "sim::load"),
+                         int(size) if size else None, int(body_size) if body_size else None)
+        return {"ok": True}
     if op == "stall":
         seconds = _num(req, "seconds")
+        conn = req.get("conn")
+        if conn is not None:
+            conn = int(_num(req, "conn"))
+            for b in chosen:
+                if not 1 <= conn <= len(b.clients):
+                    raise ControlError("no connection %d on %s" % (conn, b.address))
         for b in chosen:
-            b.stall(seconds)
+            b.stall(seconds, conn)
         return {"ok": True}
+    if op == "api":
+        command = req.get("command")
+        if not isinstance(command, str) or not command:
+            raise ControlError("api needs a command")
+        name, _, arg = command.partition(" ")
+        return {"ok": True, "outputs": [b.run_api(name, arg) for b in chosen]}
+    if op == "log":
+        level, text = str(req.get("level", "NOTICE")), str(req.get("text", ""))
+        return {"ok": True, "sent": sum(b.log_line(level, text) for b in chosen)}
     if op == "restart":
         down = _num(req, "down", 0.0)
         for b in chosen:

@@ -22,7 +22,9 @@ import gevent
 import orjson
 from gevent.event import Event as GEvent
 
+from ..jsonenc import dumps
 from . import api
+from .api import format_uptime
 from .calls import CallEngine
 from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
 from .commands import ParseError
@@ -95,12 +97,15 @@ class FsSimulator:
                  ipv4: str = "127.0.0.1", ipv6: str = "::1", max_sessions: int = 1000,
                  auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
                  calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
-                 on_shutdown=None):
+                 on_shutdown=None, userauth_requires_domain: bool = True):
         self.host = host
         self.port = port
         self.password = password
         self.heartbeat = heartbeat
         self.users = list(users or [])
+        # FreeSWITCH wants userauth user@domain:pass; the OpenSIPS recordings'
+        # stand-ins also took user:pass (False here)
+        self.userauth_requires_domain = userauth_requires_domain
         self.queue_size = queue_size
         self.max_lost = max_lost
         self.auth_timeout = auth_timeout
@@ -131,6 +136,8 @@ class FsSimulator:
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self._idle = 100.0
         self._shutting_down = False
+        self._rate_glet = None
+        self.rate_sent = 0
 
     # -- life cycle ----------------------------------------------------------
     @property
@@ -213,14 +220,18 @@ class FsSimulator:
                 client.abort("dropped")
         return len(clients)
 
-    def stall(self, seconds: float) -> None:
-        """Stop reading and writing on every connection for ``seconds``."""
-        self._unstalled.clear()
-        gevent.spawn_later(seconds, self._unstalled.set)
+    def stall(self, seconds: float, conn: int | None = None) -> None:
+        """Stop reading and writing for ``seconds``: on every connection, or
+        only on connection number ``conn`` (1-based accept order)."""
+        flag = self._unstalled if conn is None else self.clients[conn - 1].unstalled
+        flag.clear()
+        gevent.spawn_later(seconds, flag.set)
 
-    def wait_unstalled(self) -> None:
+    def wait_unstalled(self, client=None) -> None:
         if not self._unstalled.is_set():
             self._unstalled.wait()
+        if client is not None and not client.unstalled.is_set():
+            client.unstalled.wait()
 
     def restart(self, down: float = 0.0, notice: bool = True) -> None:
         """Restart the listener: clients get the shutdown notice (or are cut),
@@ -271,6 +282,7 @@ class FsSimulator:
             except OSError:
                 pass
             client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), len(self.clients) + 1)
+            log.info("%s: connection %d from %s", self.address, client.number, client.peer)
             self.clients.append(client)
             self._live.append(client)
             client.send_frame(GREETING)
@@ -278,6 +290,8 @@ class FsSimulator:
             client._reader = gevent.spawn(self._read_loop, client)
 
     def _client_closed(self, client) -> None:
+        log.info("%s: connection %d from %s closed (%s)", self.address, client.number, client.peer,
+                 client.closed_reason or "closed")
         if client in self._live:
             self._live.remove(client)
         if client._reader is not None and client._reader is not gevent.getcurrent():
@@ -288,7 +302,7 @@ class FsSimulator:
         deadline = time.monotonic() + self.auth_timeout if self.auth_timeout else None
         try:
             while client.alive and not client._closing:
-                self.wait_unstalled()
+                self.wait_unstalled(client)
                 if deadline is not None and not client.authed:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -308,7 +322,7 @@ class FsSimulator:
                         client.close_with(BYE, "parse error (%s)" % item.kind)
                         return
                     client.commands.append(item.text)
-                    self.wait_unstalled()
+                    self.wait_unstalled(client)
                     if self.delay_ms:
                         gevent.sleep(self.delay_ms / 1000.0)
                     handle(client, item)
@@ -441,8 +455,6 @@ class FsSimulator:
         or ALL), to every client with events on if it names none, or to every
         authenticated client with ``force``."""
         if isinstance(body, dict):
-            from ..jsonenc import dumps
-
             body = dumps(body)
         if isinstance(body, str):
             body = body.encode("utf-8", "surrogateescape")
@@ -475,8 +487,6 @@ class FsSimulator:
     def fire_heartbeat(self) -> int:
         stats = self.session_stats()
         up = self.uptime_us()
-        from .api import format_uptime
-
         sent = self.raise_event("HEARTBEAT", [
             ("Event-Info", "System Ready"),
             ("Up-Time", format_uptime(up)),
@@ -548,7 +558,8 @@ class FsSimulator:
 
     # -- load ------------------------------------------------------------------
     def burst(self, count: int, name: str = "CUSTOM", subclass: str | None = "sim::burst",
-              size: int | None = None, chunk: int = 500, window: int = 20000) -> int:
+              size: int | None = None, chunk: int = 500, window: int = 20000,
+              body_size: int | None = None) -> int:
         """Send ``count`` events, each with a unique Event-Sequence, as fast as
         each subscribed client reads (back-pressure, no loss). Returns the
         number of events generated; blocks the calling greenlet until all are
@@ -559,11 +570,12 @@ class FsSimulator:
         extra = [("Burst-Count", str(count))]
         if size:
             extra.append(("Burst-Payload", "x" * int(size)))
+        body = ("b" * int(body_size)) if body_size else None
         done = 0
         window = max(min(window, self.queue_size), chunk)
         while done < count:
             n = min(chunk, count - done)
-            event = self.make_event(canonical, [("Burst-Index", "0")] + extra, None, subclass,
+            event = self.make_event(canonical, [("Burst-Index", "0")] + extra, body, subclass,
                                     CALLING_RAISE)
             targets = [c for c in self._live if c.wants(event)]
             first = event.seq
@@ -574,13 +586,63 @@ class FsSimulator:
                 for client in targets:
                     fmt = client.format
                     if fmt not in templates:
-                        templates[fmt] = _burst_blob(fmt, headers, None, first, n, done)
+                        templates[fmt] = _burst_blob(fmt, headers, body, first, n, done)
                 for client in targets:
                     if client.wait_below(window - n):
                         client.enqueue_event(templates[client.format], n, first, first + n - 1)
             done += n
             gevent.sleep(0)
         return done
+
+
+    def event_rate(self, per_second: float, name: str = "CUSTOM", subclass: str | None = "sim::load",
+                   size: int | None = None, body_size: int | None = None) -> None:
+        """Fire ``per_second`` events per second for ever (0 stops it), in
+        10 ms batches, each with a unique Event-Sequence; unlike ``burst``
+        there is no back-pressure: a slow reader loses events as it would
+        with FreeSWITCH."""
+        if self._rate_glet is not None:
+            self._rate_glet.kill(block=False)
+            self._rate_glet = None
+        if per_second and per_second > 0:
+            self._rate_glet = gevent.spawn(self._rate_loop, float(per_second), name, subclass, size, body_size)
+            self._greenlets.append(self._rate_glet)
+
+    def _rate_loop(self, per_second, name, subclass, size, body_size) -> None:
+        canonical = is_event_name(name) or name
+        if canonical != "CUSTOM":
+            subclass = None
+        extra = [("Load-Rate", "%g" % per_second)]
+        if size:
+            extra.append(("Load-Payload", "x" * int(size)))
+        body = ("b" * int(body_size)) if body_size else None
+        tick = 0.01
+        owed = 0.0
+        index = 0
+        next_at = time.monotonic()
+        while True:
+            owed += per_second * tick
+            n = int(owed)
+            if n:
+                owed -= n
+                event = self.make_event(canonical, [("Burst-Index", "0")] + extra, body, subclass, CALLING_RAISE)
+                first = event.seq
+                self.seq = first + n - 1
+                headers = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
+                blobs = {}
+                for client in self._live:
+                    if client.wants(event):
+                        fmt = client.format
+                        if fmt not in blobs:
+                            blobs[fmt] = _burst_blob(fmt, headers, body, first, n, index)
+                        client.enqueue_event(blobs[fmt], n, first, first + n - 1)
+                index += n
+                self.rate_sent += n
+            next_at += tick
+            delay = next_at - time.monotonic()
+            if delay < -1.0:
+                next_at = time.monotonic()
+            gevent.sleep(max(0.0, delay))
 
 
 def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import api
 from .client import NOTICE_BYE, notice_frame
-from .events import is_event_name
+from .events import EVENT_NAMES, is_event_name
 
 __all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS"]
 
@@ -53,7 +53,7 @@ def handle(client, cmd) -> None:
         return
     if not client.authed:
         if low.startswith("auth "):
-            if line[5:] == box.password:
+            if box.password is not None and line[5:] == box.password:
                 client.authed = True
                 _reply(client, "+OK accepted")
             else:
@@ -110,10 +110,15 @@ def _userauth(client, rest: str) -> None:
     box = client.box
     user, at, domain_pass = rest.partition("@")
     domain, _, password = domain_pass.partition(":")
-    if not user or not at or not domain:
+    if not at and not box.userauth_requires_domain:
+        user, _, password = rest.partition(":")
+        name = user
+    elif not user or not at or not domain:
         _fail_auth(client)
         return
-    entry = box.find_user(user + "@" + domain)
+    else:
+        name = user + "@" + domain
+    entry = box.find_user(name)
     if entry is None or entry.password != password:
         _fail_auth(client)
         return
@@ -257,8 +262,6 @@ def _nixevent(client, line: str) -> None:
                 client.event_list.clear()
             else:
                 if client.all_events:
-                    from .events import EVENT_NAMES
-
                     client.all_events = False
                     client.event_list = dict.fromkeys(n for n in EVENT_NAMES if n != "ALL")
                 client.event_list.pop(name, None)
