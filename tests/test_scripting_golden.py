@@ -755,3 +755,43 @@ def test_esl_timeout_phase(stacks):
     assert version["result"] == stack.sims[8021].run_api("version", "")
     stack.wait_commands(8021, 1, ["auth ClueCon", "event json BACKGROUND_JOB"]
                         + golden_commands(scenario)[(8021, 1)])
+
+
+@pytest.mark.timeout(30)
+def test_reconnect_phase(stacks):
+    """reconnect_disconnect_notice, then reconnect_bad_password: after a loss
+    the socket logs in again and resubscribes everything, in subscription
+    order; while the password is refused it keeps retrying (1 s apart); the
+    fs_list set never changes."""
+    stack = stacks(sims=(8021,))
+    box = stack.sims[8021]
+    assert stack.mi("fs_subscribe", {"freeswitch_url": stack.rewrite(":ClueCon@127.0.0.1:8021"),
+                                     "events": ["CHANNEL_STATE", "DTMF", "HEARTBEAT"]})[
+        "result"] == "OK"
+    subscribed = ["auth ClueCon", "event json CHANNEL_STATE", "event json DTMF",
+                  "event json HEARTBEAT"]
+    stack.wait_commands(8021, 1, subscribed)
+
+    notice = load("reconnect_disconnect_notice")
+    assert golden_commands(notice)[(8021, 2)] == subscribed
+    box.drop(notice=True)
+    stack.wait_commands(8021, 2, subscribed)
+
+    bad = load("reconnect_bad_password")
+    golden = golden_commands(bad)
+    assert [golden[(8021, n)] for n in range(3, 8)] == [["auth ClueCon"]] * 5
+    assert golden[(8021, 8)] == subscribed
+    box.set_password("Other")
+    box.drop(notice=False)
+    with gevent.Timeout(10):
+        while len(box.clients) < 4:  # two refused logins at least
+            gevent.sleep(0.02)
+    box.set_password("ClueCon")
+    with gevent.Timeout(10):
+        while not box.clients[-1].authed:
+            gevent.sleep(0.02)
+    last = len(box.clients)
+    stack.wait_commands(8021, last, subscribed)
+    assert all(stack.commands(8021, n) == ["auth ClueCon"] for n in range(3, last))
+    ex = http_exchanges(bad)[0]
+    stack.exchange(ex, ex["response_body"])
