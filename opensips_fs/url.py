@@ -5,7 +5,12 @@
 The scheme and database are ignored, the host string is kept verbatim (it is
 the socket's identity), an absent or zero port means 8021. Unlike OpenSIPS,
 ports above 65535 are refused instead of wrapping around. Every malformed
-form raises `UrlError` with a message saying what is wrong.
+form raises `UrlError` with a message saying what is wrong (passwords masked).
+
+Pure and sans-IO. Plan: OpenSIPS' rules in its order (FSS.md §2.1): scheme,
+userinfo at the first `@`, `?` params, `/` database, host:port at the first
+`:`. Goal: a handful of `str.find`/`partition` calls, linear in the URL
+length whatever the input, so a hostile MI caller cannot slow it down.
 """
 
 from __future__ import annotations
