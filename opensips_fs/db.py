@@ -100,6 +100,8 @@ def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSu
                    if field)
     if not events:
         raise BadRow(f"value in column {col('events')} has no event name: {row.events_csv!r}")
+    if any("\n" in name or "\r" in name for name in events):
+        raise BadRow(f"value in column {col('events')} has an event name on several lines")
     try:
         port = int(row.port) if row.port is not None else 0
     except (TypeError, ValueError):

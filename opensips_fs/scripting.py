@@ -211,12 +211,17 @@ class Scripting:
         parsed = fsurl.parse(url)
         if not parsed.password:
             raise ValueError(f"fs_subscribe URL {parsed.key} has no password")
+        if _multiline(parsed.events):
+            raise ValueError("fs_subscribe URL has an event name on several lines")
         socket = self._socket(parsed, create=True)
         self._subscribe(socket, parsed, parsed.events)
 
     def subscribe(self, url_text: str, params_events) -> str:
         parsed, socket = self._resolve(url_text)
         events = params_events()  # typed read: may raise, nothing changed yet
+        if _multiline(events):
+            # it would end the `event json` command and start another one
+            raise MiError(400, "Bad event name")
         if socket is None:
             socket = self._socket(parsed, create=True)
         self._subscribe(socket, parsed, events)
@@ -413,6 +418,10 @@ class Scripting:
             MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
             MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),
         ]
+
+
+def _multiline(names) -> bool:
+    return any("\n" in name or "\r" in name for name in names)
 
 
 def _no_evi(name: str, sender: str, body: bytes) -> None:

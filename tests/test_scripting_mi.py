@@ -89,6 +89,15 @@ def test_a_rejected_subscribe_on_a_known_socket_changes_nothing(stack):
 
 
 @pytest.mark.timeout(20)
+def test_an_event_name_on_several_lines_is_refused(stack):
+    s = stack()
+    assert error(s.mi("fs_subscribe", {"freeswitch_url": url(s, 8021),
+                                       "events": ["DTMF", "TALK\n\napi status"]})) == {
+        "code": 400, "message": "Bad event name"}
+    assert sockets(s) == [] and s.app.manager.find("127.0.0.1", s.port_map[8021]) is None
+
+
+@pytest.mark.timeout(20)
 def test_unsubscribe_never_creates_a_socket(stack):
     s = stack()
     assert result(s.mi("fs_unsubscribe", {"freeswitch_url": url(s, 8021),

@@ -114,6 +114,7 @@ def test_row_ip_is_the_host_string_verbatim():
     ({"events_csv": None}, "column events cannot be null"),
     ({"events_csv": ""}, "column events cannot be empty"),
     ({"events_csv": " , ,"}, "has no event name"),
+    ({"events_csv": "DTMF,A\nnixevent ALL"}, "on several lines"),
     ({"port": "abc"}, "not a port number"),
     ({"port": 70000}, "out of range"),
 ])
