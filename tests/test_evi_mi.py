@@ -262,3 +262,10 @@ def test_evi_status_shape(env):
         assert evi.stats.counter("evi", "notifications_sent").value == 2
     finally:
         tcp.close()
+
+
+def test_raising_an_unpublished_event_is_ignored(env, caplog):
+    evi, mi, udp = env
+    evi.raise_event("E_NOT_PUBLISHED", [("a", "b")])
+    assert "not a published event" in caplog.text
+    assert call(mi, "events_list")["Events"][-1] == {"name": "E_CORE_LOG", "id": 9}

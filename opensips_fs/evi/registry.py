@@ -97,7 +97,6 @@ class EviRegistry:
             self.events[name] = Event(len(self.events), name)
         self._freeswitch = self.events["E_FREESWITCH"]
         self._destinations: dict[tuple, Destination] = {}
-        self._sender_tails: dict[str, bytes] = {}
         self._started = False
         self.clock = time.time   # whole seconds of it decide expiry (tests set it)
         stats.gauge("evi", "subscribers",
@@ -159,10 +158,13 @@ class EviRegistry:
             log.exception("E_FREESWITCH raise failed (event %r from %r)", name, sender)
 
     def raise_event(self, name: str, params=None) -> None:
-        """Raise any published event with params [(name, str|int)]; never blocks."""
+        """Raise any published event with params [(name, str|int)]; never blocks.
+
+        An event that is not published (EVI.md §1) is logged and ignored."""
         event = self.events.get(name)
         if event is None:
-            raise KeyError(f"event {name} is not published")
+            log.warning("EVI: cannot raise %s: not a published event", name)
+            return
         self._expire(event, int(self.clock()))
         if not event.subscribers:
             return
