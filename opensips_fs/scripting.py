@@ -284,7 +284,6 @@ class Scripting:
                     socket = self.manager.find(sub.host, sub.port)
                     if socket is None:
                         socket = self.manager.get(sub.host, sub.port, sub.username, sub.password)
-                    socket.update_credentials(sub.username, sub.password, from_db=True)
                     entry = Entry(socket, _unique(sub.events))
                     new.entries.insert(0, entry)
                     self._acquire(entry)
@@ -293,6 +292,10 @@ class Scripting:
                 self._release(new.entries)
                 self._reload_failures.value += 1
                 raise internal_error() from None
+            # nothing yields from here on: credentials (used from the next
+            # connection attempt), swap and release happen as one step
+            for sub, entry in zip(subs, reversed(new.entries)):
+                entry.socket.update_credentials(sub.username, sub.password, from_db=True)
             old, self.set = self.set, new
             self._release(old.entries)
             log.info("loaded %d socket subscription(s) from table %s", len(new.entries),
