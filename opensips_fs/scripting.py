@@ -39,6 +39,7 @@ log = logging.getLogger("opensips_fs.scripting")
 
 MODULE = "freeswitch_scripting"
 MAX_COMMAND_BYTES = 64 * 1024
+DB_TIMEOUT_MS = 10_000
 
 INTERNAL_ERROR = (500, "Internal Error")
 NO_DB = (-32000, "Server error", "Command handler returned null")
@@ -151,12 +152,17 @@ class Scripting:
     """The freeswitch_scripting module: MI commands, modparams, DB reloads."""
 
     def __init__(self, settings, manager, evi, stats, cfg_dir=None,
-                 max_command_bytes: int = MAX_COMMAND_BYTES, db_timeout: float = 10.0):
+                 max_command_bytes: int | None = None, db_timeout: float | None = None):
         self.settings = settings
         self.manager = manager
         self.evi = evi
         self.stats = stats
         self.cfg_dir = cfg_dir
+        # optional settings (modparams `esl_cmd_max_size`, bytes, and `db_timeout`, ms)
+        if max_command_bytes is None:
+            max_command_bytes = getattr(settings, "esl_cmd_max_size", None) or MAX_COMMAND_BYTES
+        if db_timeout is None:
+            db_timeout = (getattr(settings, "db_timeout", None) or DB_TIMEOUT_MS) / 1000.0
         self.max_command_bytes = max_command_bytes
         self.set = SubscriptionSet()
         self.db = None
