@@ -180,7 +180,7 @@ class Scripting:
         self._rows_skipped = stats.counter(group, "db_rows_skipped")
         self._esl_commands = stats.counter(group, "esl_commands")
         self._esl_failures = stats.counter(group, "esl_command_failures")
-        stats.gauge(group, "subscribed_sockets", lambda: len(self.set.entries))
+        stats.gauge(group, "fs_list_entries", lambda: len(self.set.entries))
 
     # -- lifecycle --------------------------------------------------------
 
