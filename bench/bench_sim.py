@@ -28,11 +28,11 @@ SEQ_RE = {
 }
 
 
-def start_sim():
+def start_sim(extra=()):
     exe = os.path.join(os.path.dirname(sys.executable), "opensips-fs-sim")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "opensips_fs.sim.cli"]
     proc = subprocess.Popen(cmd + ["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
-                                   "--heartbeat", "0"],
+                                   "--heartbeat", "0", *extra],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     esl = control = None
     while esl is None or control is None:
@@ -51,7 +51,7 @@ def start_sim():
 class Reader:
     """A bare ESL client: auth, subscribe, then count frames as they come."""
 
-    def __init__(self, addr, fmt: str):
+    def __init__(self, addr, fmt: str, subscribe: bytes = b"CUSTOM sim::burst"):
         self.sock = socket.create_connection(addr)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.fmt = fmt
@@ -59,7 +59,7 @@ class Reader:
         self._expect(b"auth/request")
         self.sock.sendall(b"auth ClueCon\n\n")
         self._expect(b"+OK accepted")
-        self.sock.sendall(b"event %s CUSTOM sim::burst\n\n" % fmt.encode())
+        self.sock.sendall(b"event %s %s\n\n" % (fmt.encode(), subscribe))
         self._expect(b"+OK event listener enabled")
         self.count = 0
         self.bytes = 0
@@ -74,12 +74,17 @@ class Reader:
         if marker not in block:
             raise SystemExit("unexpected reply %r" % block)
 
-    def run(self, want: int) -> None:
+    def run(self, want: int, until: float | None = None) -> None:
         sock, seq_re = self.sock, SEQ_RE[self.fmt]
+        if until is not None:
+            sock.settimeout(0.2)
         buf = self.buf
         pos = 0
-        while self.count < want:
-            data = sock.recv(1 << 20)
+        while self.count < want and (until is None or time.perf_counter() < until):
+            try:
+                data = sock.recv(1 << 20)
+            except socket.timeout:
+                continue
             if not data:
                 break
             if self.t_first is None:
@@ -118,7 +123,12 @@ def main() -> None:
     ap.add_argument("--format", choices=("json", "plain", "xml"), default="json")
     ap.add_argument("--size", type=int, default=0, help="extra payload bytes per event")
     ap.add_argument("--readers", type=int, default=1)
+    ap.add_argument("--calls-per-second", type=int, default=0,
+                    help="instead of a burst: run synthetic calls for --seconds and count CHANNEL_* events")
+    ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
+    if args.calls_per_second:
+        return bench_calls(args)
     proc, esl, ctl = start_sim()
     try:
         readers = [Reader(esl, args.format) for _ in range(args.readers)]
@@ -146,6 +156,25 @@ def main() -> None:
         print("  overall: %.0f events/s delivered (%.2fx the 38,000 events/s opensips-fs must relay)"
               % (total / (t1 - t0), total / (t1 - t0) / 38000))
         print("  control answer: %s" % answer)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def bench_calls(args) -> None:
+    proc, esl, _ = start_sim(["--calls-per-second", str(args.calls_per_second), "--call-duration", "1"])
+    try:
+        reader = Reader(esl, args.format, b"ALL")
+        t0 = time.perf_counter()
+        reader.run(10 ** 12, until=t0 + args.seconds)
+        secs = time.perf_counter() - t0
+        print("opensips-fs-sim calls: %d calls/s asked for %.1f s, format %s" % (
+            args.calls_per_second, args.seconds, args.format))
+        print("  %d CHANNEL_* events = %.0f events/s (%.1f events per call), %.1f MB/s, avg frame %.0f B,"
+              " sequences contiguous: %s" % (reader.count, reader.count / secs,
+                                             reader.count / max(1, args.calls_per_second * secs),
+                                             reader.bytes / secs / 1e6, reader.bytes / max(reader.count, 1),
+                                             reader.seqs_ok))
     finally:
         proc.terminate()
         proc.wait(5)

@@ -125,7 +125,7 @@ def test_cli_help_documents_every_option():
 def test_cli_two_boxes_control_and_sigterm():
     proc = subprocess.Popen(_sim_exe() + [
         "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
-        "--heartbeat", "0", "--hostname", "fakefs", "--user", "admin@fakefs:pw", "--user-api", "status"],
+        "--heartbeat", "0", "--hostname", "fakefs", "--core-uuid", "2a1b4c3d-0000-4000-8000-00000000c0de", "--user", "admin@fakefs:pw", "--user-api", "status"],
         stdout=subprocess.PIPE, text=True)
     try:
         ports, control = [], None
@@ -138,7 +138,8 @@ def test_cli_two_boxes_control_and_sigterm():
             m = re.search(r"control on 127\.0\.0\.1:(\d+)", line)
             if m:
                 control = int(m.group(1))
-        assert ports[0][1] != ports[1][1]  # each box its own Core-UUID
+        assert ports[0][1] == "2a1b4c3d-0000-4000-8000-00000000c0de"
+        assert ports[1][1] != ports[0][1]  # each box its own Core-UUID
         c1 = EslTestClient(ports[0][0]).login()
         c2 = EslTestClient(ports[1][0])
         c2.frame()
@@ -146,6 +147,7 @@ def test_cli_two_boxes_control_and_sigterm():
         assert r.header("Reply-Text") == "+OK accepted" and r.header("Allowed-API") == "status"
         state = Control(control)({"op": "state"})
         assert [len(b["conns"]) for b in state["boxes"]] == [1, 1]
+        assert [b["hostname"] for b in state["boxes"]] == ["fakefs", "fakefs-2"]
         proc.send_signal(signal.SIGTERM)
         notice = b"Content-Type: text/disconnect-notice\nContent-Length: 31\n\nThe system is being shut down.\n"
         for c in (c1, c2):

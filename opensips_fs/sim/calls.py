@@ -34,16 +34,24 @@ _PLACEHOLDER = re.compile(r"(?<!\{)\{[A-Z_0-9]+\}")
 
 
 def _compile(templates):
-    """Split each template's values into literals and format strings once."""
+    """Prepare each template once: the literal headers as ready pairs, plus
+    (position, name, format) for the few values filled in per call; one
+    variant with and one without ``variable_origination_uuid``."""
     out = []
     for leg, name, calling, headers in templates:
-        compiled = []
-        for key, value in headers:
-            if _PLACEHOLDER.search(value):
-                compiled.append((key, value, True))
-            else:
-                compiled.append((key, value.replace("{{", "{").replace("}}", "}"), False))
-        out.append((leg, name, calling, compiled))
+        variants = []
+        for origination in (False, True):
+            base, slots = [], []
+            for key, value in headers:
+                if key == "variable_origination_uuid" and not origination:
+                    continue
+                if _PLACEHOLDER.search(value):
+                    slots.append((len(base), key, value))
+                    base.append((key, ""))
+                else:
+                    base.append((key, value.replace("{{", "{").replace("}}", "}")))
+            variants.append((base, slots))
+        out.append((leg, name, calling, variants))
     return out
 
 
@@ -100,17 +108,17 @@ class Call:
     def fire(self, templates, skip=()) -> None:
         box = self.engine.box
         contexts = {}
-        for leg, name, calling, headers in templates:
+        variant = 1 if self.origination else 0
+        for leg, name, calling, variants in templates:
             if (leg, name) in skip:
                 continue
             ctx = contexts.get(leg)
             if ctx is None:
                 ctx = contexts[leg] = self.context(leg)
-            values = []
-            for key, value, templated in headers:
-                if key == "variable_origination_uuid" and not self.origination:
-                    continue
-                values.append((key, value.format_map(ctx) if templated else value))
+            base, slots = variants[variant]
+            values = base.copy()
+            for index, key, fmt in slots:
+                values[index] = (key, fmt.format_map(ctx))
             event = box.make_event(name, values, None, None, calling)
             box.fire(event)
             if name == "CHANNEL_HANGUP_COMPLETE":

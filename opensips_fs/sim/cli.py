@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="esl-allowed-log=false for the preceding --user")
     p.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS",
                    help="HEARTBEAT (+RE_SCHEDULE) interval, 0 = none (default 20, like FreeSWITCH)")
-    p.add_argument("--hostname", default="vm", help="FreeSWITCH-Hostname of the events (default vm)")
-    p.add_argument("--core-uuid", default=None,
-                   help="fixed Core-UUID (default: random per box and run)")
+    p.add_argument("--hostname", action="append", metavar="NAME",
+                   help="FreeSWITCH-Hostname of the events (repeatable: the n-th goes to the n-th --listen; "
+                        "boxes without one get the last name plus -N; default vm)")
+    p.add_argument("--core-uuid", action="append", metavar="UUID",
+                   help="fixed Core-UUID (repeatable like --hostname; default: random per box and run)")
     p.add_argument("--ipv4", default="127.0.0.1", help="FreeSWITCH-IPv4 header (default 127.0.0.1)")
     p.add_argument("--ipv6", default="::1", help="FreeSWITCH-IPv6 header (default ::1)")
     p.add_argument("--seed", type=int, default=None, help="seed for every generated uuid (deterministic runs)")
@@ -123,12 +125,16 @@ def main(argv=None) -> int:
     listens = args.listen or [("127.0.0.1", 8021)]
     boxes = []
     done = GEvent()
+    hostnames = args.hostname or ["vm"]
+    core_uuids = args.core_uuid or []
     try:
         for index, (host, port) in enumerate(listens):
             box = FsSimulator(
                 host=host, port=port, password=None if args.no_password else args.password,
                 heartbeat=args.heartbeat, userauth_requires_domain=not args.userauth_without_domain,
-                users=users, hostname=args.hostname, core_uuid=args.core_uuid,
+                users=users,
+                hostname=hostnames[index] if index < len(hostnames) else "%s-%d" % (hostnames[-1], index + 1),
+                core_uuid=core_uuids[index] if index < len(core_uuids) else None,
                 seed=None if args.seed is None else args.seed + index,
                 queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
                 ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,

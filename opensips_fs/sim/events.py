@@ -24,6 +24,8 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+import orjson
+
 from ..jsonenc import dumps_str
 
 __all__ = [
@@ -113,11 +115,25 @@ def _enc(text: str) -> bytes:
 
 
 def json_body(headers, body: str | None) -> bytes:
-    parts = [dumps_str(k) + b":" + dumps_str(v) for k, v in headers]
+    """Compact JSON object of the headers (duplicates kept, in order), then
+    ``Content-Length`` and ``_body`` when there is a body."""
+    pairs = list(headers)
     if body is not None:
-        parts.append(b'"Content-Length":"%d"' % len(_enc(body)))
-        parts.append(b'"_body":' + dumps_str(body))
-    return b"{" + b",".join(parts) + b"}"
+        pairs.append(("Content-Length", str(len(_enc(body)))))
+        pairs.append(("_body", body))
+    try:
+        # one orjson call per run of distinct keys (usually the whole event)
+        chunks, run = [], {}
+        for key, value in pairs:
+            if key in run:
+                chunks.append(orjson.dumps(run)[1:-1])
+                run = {}
+            run[key] = value
+        chunks.append(orjson.dumps(run)[1:-1])
+        return b"{" + b",".join(chunks) + b"}"
+    except TypeError:
+        # lone surrogates (bytes that were not UTF-8): the exact slow path
+        return b"{" + b",".join(dumps_str(k) + b":" + dumps_str(v) for k, v in pairs) + b"}"
 
 
 def plain_body(headers, body: str | None) -> bytes:
