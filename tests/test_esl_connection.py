@@ -194,3 +194,20 @@ def test_liveness_probe_then_drop(box):
     gevent.sleep(0.5)
     conn.check_liveness()
     assert not conn.connected and "no data from FreeSWITCH" in rec.lost[0]
+
+
+def test_tcp_keepalive_is_on(box):
+    import socket as stdsocket
+
+    conn = make_conn(box.port, Recorder(), liveness_timeout=30)
+    conn.open(None, "ClueCon")
+    sock = conn._sock
+    assert sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_KEEPALIVE) == 1
+    if hasattr(stdsocket, "TCP_KEEPIDLE"):
+        idle = sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_KEEPIDLE)
+        interval = sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_KEEPINTVL)
+        count = sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_KEEPCNT)
+        assert idle + interval * count <= 30  # a vanished peer is noticed within 30 s
+    if hasattr(stdsocket, "TCP_USER_TIMEOUT"):
+        assert sock.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_USER_TIMEOUT) == 30000
+    conn.close()

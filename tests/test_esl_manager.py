@@ -576,3 +576,17 @@ def test_failing_event_sink_is_counted_and_harmless(make_manager, box, stats):
         box.raise_event("CUSTOM", {"N": str(i)})
     wait_until(lambda: len(seen) == 4)
     assert stat(stats, "sink_errors") == 2 and sock.connected and stat(stats, "reconnects") == 0
+
+
+def test_unanswered_subscription_means_a_dead_connection(make_manager, box, stats):
+    """OpenSIPS blocks forever on a subscription reply; we bound it by
+    esl_cmd_timeout and reconnect [EMU]."""
+    mgr = make_manager(Settings(esl_cmd_timeout=300))
+    sock = connected_socket(mgr, box)
+    box.delay(1000)
+    sock.subscribe("HEARTBEAT")
+    wait_until(lambda: "no reply to a subscription command" in sock.last_error, timeout=3)
+    box.delay(0)
+    wait_until(lambda: settled(sock) and sock.status()["events"] == ["HEARTBEAT"], timeout=5)
+    assert stat(stats, "reconnects") == 1
+    assert box.live_clients()[0].commands == ["auth ClueCon", "event json HEARTBEAT"]
