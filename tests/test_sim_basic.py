@@ -106,3 +106,15 @@ def test_userauth_limits():
         assert c.cmd("event json CHANNEL_ANSWER").header("Reply-Text") == "-ERR permission denied"
         assert c.cmd("event json HEARTBEAT").header("Reply-Text") == "+OK event listener enabled json"
         assert c.cmd("log 7").header("Reply-Text") == "-ERR permission denied"
+
+
+def test_wait_command_and_wait_for(box):
+    c = EslTestClient(box.port).login()
+    c.send(b"event json DTMF\n\n")
+    client = box.wait_command("event json DTMF")
+    assert client is box.clients[0] and client.events == {"DTMF"}
+    assert box.wait_for(lambda: client.format == "json") is True
+    with pytest.raises(TimeoutError):
+        box.wait_command("nixevent DTMF", timeout=0.05)
+    with pytest.raises(TimeoutError):
+        box.wait_clients(2, timeout=0.05)

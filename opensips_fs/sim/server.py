@@ -45,7 +45,8 @@ CALLING_SENDEVENT = ("mod_event_socket.c", "parse_command", 2283)
 CALLING_RAISE = ("switch_event.c", "switch_event_fire_detailed", 2050)
 
 _LEVEL_NAMES = ("CONSOLE", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG")
-_BURST_MARK = "SIMSEQMARKQZX"
+_BURST_MARK = "SIMSEQMARKQZX"  # placeholders only letters: unchanged by every format
+_INDEX_MARK = "SIMIDXMARKQZX"
 
 log = logging.getLogger("opensips_fs.sim")
 
@@ -379,6 +380,28 @@ class FsSimulator:
     def log(self, message: str) -> None:
         log.warning("%s: %s", self.address, message)
 
+    def wait_for(self, predicate, timeout: float = 5.0, what: str = "condition"):
+        """Poll ``predicate()`` (every 5 ms, cooperatively) until it returns
+        something true, which is returned; TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise TimeoutError("timed out waiting for %s" % what)
+            gevent.sleep(0.005)
+
+    def wait_command(self, text: str, timeout: float = 5.0) -> SimClient:
+        """Wait until some client has sent exactly the command ``text``
+        (e.g. ``"event json DTMF"``); returns that client."""
+        def find():
+            for client in self.clients:
+                if text in client.commands:
+                    return client
+            return None
+        return self.wait_for(find, timeout, "command %r" % text)
+
     # -- identity, clock, ids ---------------------------------------------------
     def new_uuid(self) -> str:
         return str(uuidlib.UUID(int=self._rng.getrandbits(128), version=4))
@@ -646,22 +669,21 @@ class FsSimulator:
 
 
 def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:
-    """``n`` frames of one event shape, Event-Sequence first..first+n-1 and
-    Burst-Index index0.., built with one %-format per frame."""
-    headers = [(k, "SIMIDXMARKQZX" if k == "Burst-Index" else v) for k, v in headers]
+    """``n`` frames of one event shape with Event-Sequence first..first+n-1
+    and Burst-Index index0..: the event is serialised once with markers in
+    those two values, then each frame costs two %-formats."""
+    headers = [(k, _INDEX_MARK if k == "Burst-Index" else v) for k, v in headers]
     payload = Event("x", headers, body).frame(fmt)
     head, _, rest = payload.partition(b"\n\n")
-    rest = rest.replace(b"%", b"%%").replace(_BURST_MARK.encode(), b"%d").replace(b"SIMIDXMARKQZX", b"%d")
-    base_len = len(payload) - len(head) - 2 - len(_BURST_MARK) - len("SIMIDXMARKQZX")
+    rest = rest.replace(b"%", b"%%").replace(_BURST_MARK.encode(), b"%d").replace(_INDEX_MARK.encode(), b"%d")
     ctype = head.split(b"\n")[1]
     out = []
-    i = index0
+    index = index0
     for seq in range(first, first + n):
-        body_bytes = rest % (seq, i)
-        out.append(b"Content-Length: %d\n%s\n\n" % (len(body_bytes), ctype))
-        out.append(body_bytes)
-        i += 1
-    del base_len
+        frame_body = rest % (seq, index)
+        out.append(b"Content-Length: %d\n%s\n\n" % (len(frame_body), ctype))
+        out.append(frame_body)
+        index += 1
     return b"".join(out)
 
 
