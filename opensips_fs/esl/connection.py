@@ -21,9 +21,10 @@ commands, hand every other frame to its owner, notice when the peer is gone.
   byte the connection sends a harmless unknown command (answered
   `-ERR command not found`) and a peer still silent after `liveness_timeout`
   is declared dead (`check_liveness()`, called periodically by the owner, so
-  that no timer is armed per read). While a caller's command is outstanding FreeSWITCH may be
-  legitimately silent (a synchronous `api` blocks the connection), so the
-  bound is then `busy_timeout`.
+  that no timer is armed per read). While a caller's command is unanswered
+  FreeSWITCH may be legitimately silent (a synchronous `api` blocks the
+  connection), so the bound is then `busy_timeout`; a peer that really
+  vanished is still caught by the kernel within `liveness_timeout`.
 """
 
 from __future__ import annotations
@@ -367,7 +368,9 @@ class EslConnection:
         silent = (now or time.monotonic()) - self._last_rx
         if silent < self.idle_probe:
             return
-        busy = any(w.user and not w.abandoned for w in self._fifo)
+        # a caller's command still unanswered (even one whose caller gave up):
+        # FreeSWITCH may be running a long synchronous api on this connection
+        busy = any(w.user for w in self._fifo)
         limit = self.busy_timeout if busy else self.liveness_timeout
         if silent >= limit:
             self.close(f"no data from FreeSWITCH for {silent:.1f} s")
