@@ -471,7 +471,9 @@ class EslSocket:
                 return
             try:
                 waiters = [(sub, conn.send(text, user=False, timeout=manager.cmd_timeout)) for sub, text in batch]
-            except (EslNotConnected, EslTimeout):
+            except (EslNotConnected, EslTimeout) as exc:
+                # whatever was half done is redone on the next connection
+                conn.close(f"could not send a subscription command: {exc}")
                 return
             for sub, waiter in waiters:
                 try:
