@@ -302,13 +302,13 @@ class SimClient:
                     batch.append(data)
                     size += len(data)
                     events += count
+                if events:  # out of the queue, on their way to the socket
+                    self.queued_events -= events
+                    self._room.set()
                 chunk = batch[0] if len(batch) == 1 else b"".join(batch)
                 sock.sendall(chunk)
                 self._tx.add(chunk)
-                if events:
-                    self.queued_events -= events
-                    self.sent_events += events
-                    self._room.set()
+                self.sent_events += events
         except (OSError, gevent.GreenletExit):
             pass
         finally:
