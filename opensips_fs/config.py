@@ -90,6 +90,8 @@ class ScriptingSettings:
     db_col_port: str = "port"
     db_col_events: str = "events_csv"
     fs_subscribe: list[SubscribeParam] = field(default_factory=list)
+    esl_cmd_max_size: int = 65536           # bytes; longest freeswitch_esl command (ours)
+    db_timeout: int = 10000                 # ms; bound on one DB query (ours)
 
     def __repr__(self) -> str:  # db_url may hold a password
         return (f"ScriptingSettings(db_url={_mask_url(self.db_url)!r}, "
@@ -386,6 +388,8 @@ MODULES: dict[str, _Module] = {
         "db_col_port": _name,
         "db_col_events": _name,
         "fs_subscribe": _fs_url,
+        "esl_cmd_max_size": _ranged(16),
+        "db_timeout": _ranged(1),
     }, repeatable=frozenset({"fs_subscribe"}), requires="freeswitch"),
     "httpd": _Module(HttpdSettings, {
         "ip": _ip,

@@ -51,6 +51,7 @@ def test_loaded_modules_get_opensips_defaults(tmp_path):
     assert (s.db_url, s.db_table, s.db_col_username, s.db_col_password, s.db_col_ip,
             s.db_col_port, s.db_col_events, s.fs_subscribe) == (
         None, "freeswitch", "username", "password", "ip", "port", "events_csv", [])
+    assert (s.esl_cmd_max_size, s.db_timeout) == (65536, 10000)
     h = cfg.httpd
     assert (h.ip, h.port, h.auth_realm, h.auth_username, h.auth_password, h.tls_cert_file,
             h.tls_key_file, h.conn_timeout) == (
