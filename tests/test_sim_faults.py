@@ -144,3 +144,12 @@ def test_lost_counter_resets_on_success():
         c.collect(0.2)
         b.raise_event("CUSTOM", {"Event-Subclass": "x::y"})
         assert client.lost == 0
+
+
+def test_acl_rude_rejection():
+    with FsSimulator(port=0, heartbeat=0, acl=["10.0.0.0/8"]) as b:
+        c = EslTestClient(b.port)
+        assert c.wait_eof() and [f.raw for f in c.frames] == [
+            b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"]
+    with FsSimulator(port=0, heartbeat=0, acl=["127.0.0.0/8"]) as b:
+        EslTestClient(b.port).login()

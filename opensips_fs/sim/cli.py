@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-connection event queue (default 100000, like FreeSWITCH)")
     p.add_argument("--max-lost", type=int, default=500,
                    help="consecutive lost events tolerated before the slow-consumer kill (default 500)")
+    p.add_argument("--acl", action="append", metavar="CIDR",
+                   help="accept clients only from these networks (repeatable); others get "
+                        "text/rude-rejection, like FreeSWITCH's apply-inbound-acl")
     p.add_argument("--auth-timeout", type=float, default=25.0,
                    help="seconds a new connection has to authenticate (default 25)")
     p.add_argument("--record-limit", type=int, default=1024 * 1024, metavar="BYTES",
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
                 seed=None if args.seed is None else args.seed + index,
                 queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
                 ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,
-                record_limit=args.record_limit, calls_per_second=args.calls_per_second,
+                record_limit=args.record_limit, calls_per_second=args.calls_per_second, acl=args.acl,
                 on_shutdown=lambda b: done.set() if all(x.stopped.is_set() for x in boxes) else None)
             box.calls.call_duration = args.call_duration
             boxes.append(box.start())

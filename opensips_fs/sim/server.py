@@ -10,6 +10,7 @@ delivery (``events.Event``) and serialised once per format.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -36,6 +37,7 @@ __all__ = ["FsSimulator", "SimUser"]
 GREETING = b"Content-Type: auth/request\n\n"
 BYE = notice_frame(NOTICE_BYE)
 SHUTDOWN = notice_frame(NOTICE_SHUTDOWN)
+REJECTION = b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"
 
 CALLING_HEARTBEAT = ("switch_core.c", "send_heartbeat", 95)
 CALLING_RESCHEDULE = ("switch_scheduler.c", "switch_scheduler_execute", 73)
@@ -98,7 +100,7 @@ class FsSimulator:
                  ipv4: str = "127.0.0.1", ipv6: str = "::1", max_sessions: int = 1000,
                  auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
                  calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
-                 on_shutdown=None, userauth_requires_domain: bool = True):
+                 on_shutdown=None, userauth_requires_domain: bool = True, acl=None):
         self.host = host
         self.port = port
         self.password = password
@@ -107,6 +109,8 @@ class FsSimulator:
         # FreeSWITCH wants userauth user@domain:pass; the OpenSIPS recordings'
         # stand-ins also took user:pass (False here)
         self.userauth_requires_domain = userauth_requires_domain
+        # apply-inbound-acl: peers outside these networks get the rude rejection
+        self.acl = [ipaddress.ip_network(n, strict=False) for n in acl] if acl else None
         self.queue_size = queue_size
         self.max_lost = max_lost
         self.auth_timeout = auth_timeout
@@ -286,6 +290,10 @@ class FsSimulator:
             log.info("%s: connection %d from %s", self.address, client.number, client.peer)
             self.clients.append(client)
             self._live.append(client)
+            if self.acl is not None and not any(ipaddress.ip_address(addr[0]) in n for n in self.acl):
+                client.close_with(REJECTION, "access denied")
+                client._writer = gevent.spawn(client.run_writer)
+                continue
             client.send_frame(GREETING)
             client._writer = gevent.spawn(client.run_writer)
             client._reader = gevent.spawn(self._read_loop, client)
