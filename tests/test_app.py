@@ -271,12 +271,6 @@ def _free_port(kind=socket.SOCK_STREAM) -> int:
 
 
 @pytest.mark.timeout(40)
-def _simulated_calls_missing() -> bool:
-    calls = REPO / "opensips_fs" / "sim" / "calls.py"
-    return not calls.exists() or "placeholder engine" in calls.read_text()
-
-
-@pytest.mark.skipif(_simulated_calls_missing(), reason="the simulator makes no calls yet")
 def test_demo_shows_call_events_and_stops_on_ctrl_c(tmp_path):
     sim_port, http_port, evi_port = _free_port(), _free_port(), _free_port(socket.SOCK_DGRAM)
     text = (REPO / "etc" / "demo.cfg").read_text()
