@@ -66,3 +66,10 @@ def test_common_block_order_and_dates():
     assert values["FreeSWITCH-Switchname"] == "fakefs" and values["Event-Sequence"] == "998"
     assert dict(date_headers(1795693969.498272))["Event-Date-GMT"] == "Thu, 26 Nov 2026 11:52:49 GMT"
     assert dict(date_headers(1795693969.498272))["Event-Date-Timestamp"] == "1795693969498272"
+
+
+def test_xml_frame_with_body():
+    ev = Event("CUSTOM", [("Event-Name", "CUSTOM")], body="a<b & c")
+    body = ev.frame("xml").partition(b"\n\n")[2]
+    assert body == (b"<event>\n  <headers>\n    <Event-Name>CUSTOM</Event-Name>\n  </headers>\n"
+                    b"  <Content-Length>7</Content-Length>\n  <body>a&lt;b &amp; c</body>\n</event>\n")

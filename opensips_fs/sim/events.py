@@ -11,7 +11,8 @@ subscriber of one event shares the same bytes):
   (``url_encode``), a blank line, then ``Content-Length: <n>`` + body when
   there is one (nested inside the frame);
 * XML: ``<event>`` / ``<headers>`` with two-space indentation, values
-  URL-encoded.
+  URL-encoded; a body as ``<Content-Length>`` and ``<body>`` after
+  ``<headers>`` (switch_event_xmlize).
 
 ``Identity`` holds what a FreeSWITCH box stamps on every event (Core-UUID,
 host names, addresses, version) and builds the common header block.
@@ -152,15 +153,16 @@ def _xml_text(text: bytes) -> bytes:
 
 
 def xml_body(headers, body: str | None) -> bytes:
+    """switch_event_xmlize: the headers, then (when there is a body) a
+    ``Content-Length`` element and ``<body>`` beside ``<headers>``."""
     out = [b"<event>\n  <headers>\n"]
     for k, v in headers:
         name = _enc(k)
         out.append(b"    <" + name + b">" + url_encode(v).encode("ascii") + b"</" + name + b">\n")
+    out.append(b"  </headers>\n")
     raw = _enc(body) if body else b""
     if raw:
-        out.append(b"    <Content-Length>%d</Content-Length>\n" % len(raw))
-    out.append(b"  </headers>\n")
-    if raw:
+        out.append(b"  <Content-Length>%d</Content-Length>\n" % len(raw))
         out.append(b"  <body>" + _xml_text(raw) + b"</body>\n")
     out.append(b"</event>\n")
     return b"".join(out)
