@@ -532,16 +532,16 @@ class EslSocket:
     # -- incoming events (reader greenlet) -------------------------------------------
 
     def _on_frame(self, frame) -> None:
+        """Every frame that is not a reply (reader greenlet, hot path)."""
         self.events_received += 1
         self._c_received.value += 1
         body = frame.body
         if frame.content_type != CT_EVENT_JSON or body is None:
             self._drop()
             return
-        holding = self._holding
-        if holding is not None:
-            if len(holding) < HOLD_LIMIT:
-                holding.append(body)
+        if self._holding is not None:
+            if len(self._holding) < HOLD_LIMIT:
+                self._holding.append(body)
             else:
                 self._drop()
             return
@@ -549,29 +549,30 @@ class EslSocket:
 
     def _deliver(self, body: bytes) -> None:
         name = event_name(body)
-        if name is None:
-            self._drop()
-            self._manager._log_bad_event(self, body)
-            return
-        if name == "HEARTBEAT":
-            self._on_heartbeat(body)
         route = self._route.get(name)
         if route is None:
+            if name is None:
+                self._drop()
+                self._manager._log_bad_event(self, body)
+                return
             route = self._route[name] = name.lower() in self._wanted
+        if name == "HEARTBEAT":
+            self._on_heartbeat(body)
         if not route:
             self._drop()
             return
         self.events_relayed += 1
         self._c_relayed.value += 1
-        manager = self._manager
-        sink = manager.event_sink
+        sink = self._manager.event_sink
         if sink is not None:
             try:
                 sink(self, name, body)
             except Exception:
-                manager._sink_failed(self, name)
-        for consumer in manager._consumers:
-            consumer.offer(self, name, body)
+                self._manager._sink_failed(self, name)
+        consumers = self._manager._consumers
+        if consumers:
+            for consumer in consumers:
+                consumer.offer(self, name, body)
 
     def _drop(self, n: int = 1) -> None:
         self.events_dropped += n
