@@ -30,7 +30,7 @@ from .calls import CallEngine
 from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
 from .commands import ParseError
 from .events import Event, Identity, is_event_name
-from .session import LOG_LEVELS, handle, reply_frame
+from .session import handle, log_level, reply_frame
 
 __all__ = ["FsSimulator", "SimUser"]
 
@@ -567,12 +567,10 @@ class FsSimulator:
     def log_line(self, level: str, text: str, file: str = "mod_commands.c",
                  func: str = "log_function", line: int = 7247) -> int:
         """A FreeSWITCH log line to every client that asked for that level."""
-        lvl = LOG_LEVELS.get(level.lower())
+        lvl = log_level(level)
         if lvl is None:
-            try:
-                lvl = min(max(int(level), 0), 7)
-            except ValueError:
-                lvl = 7
+            lvl = 7
+        lvl = min(lvl, 7)
         now = self.clock()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + ".%06d" % int((now % 1) * 1e6)
         body = ("%s %.2f%% [%s] %s:%d %s\n" % (stamp, self.idle_cpu(), _LEVEL_NAMES[lvl], file, line, text)).encode(

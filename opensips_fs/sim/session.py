@@ -9,13 +9,15 @@ through ``client.box``.
 
 from __future__ import annotations
 
+import re
+
 from . import api
 from .client import NOTICE_BYE, notice_frame
 from .events import EVENT_NAMES, is_event_name
 
-__all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS"]
+__all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS", "log_level"]
 
-LOG_LEVELS = {"console": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
+LOG_LEVELS = {"console": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
               "notice": 5, "info": 6, "debug": 7}
 
 
@@ -173,19 +175,24 @@ def _log(client, rest: str) -> None:
     if user is not None and not user.log:
         _reply(client, "-ERR permission denied")
         return
-    level_s = rest.strip()
-    if not level_s:
-        level = 7
-    elif level_s.lower() in LOG_LEVELS:
-        level = LOG_LEVELS[level_s.lower()]
-    else:
-        try:
-            level = min(max(int(level_s), 0), 7)
-        except ValueError:
-            _reply(client, "-ERR invalid log level")
-            return
+    level_s = rest[1:]  # FreeSWITCH skips one character after "log"
+    level = log_level(level_s) if level_s else 7
+    if level is None:
+        _reply(client, "-ERR invalid log level")
+        return
     client.log_level = level
     _reply(client, "+OK log level %s [%d]" % (level_s, level))
+
+
+def log_level(text: str) -> int | None:
+    """switch_log_str2level: a number (clamped to 0..63) or a level name."""
+    if re.fullmatch(r"[-+]?[0-9.]+", text):
+        try:
+            value = int(float(text))
+        except ValueError:
+            return None
+        return min(max(value, 0), 63)
+    return LOG_LEVELS.get(text.lower())
 
 
 def _event_allowed(client, name: str) -> bool:
