@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 import gevent
 import peewee
@@ -178,7 +177,7 @@ def parse_db_url(url: str, base_dir: str | None = None) -> DbUrl:
     user = password = None
     if at >= 0:
         user, _, password = userinfo.partition(":")
-        user, password = unquote(user) or None, unquote(password) or None
+        user, password = user or None, password or None  # verbatim, as OpenSIPS
     return DbUrl(engine, database, host=host, port=port, user=user, password=password)
 
 
