@@ -187,3 +187,20 @@ def test_burst_with_body_in_plain():
         for _ in range(3):
             f = c.frame()
             assert len(f.body) > 300_000 and f.body.endswith(b"Content-Length: 300000\n\n" + b"b" * 300_000)
+
+
+def test_stand_in_version_and_fixed_idle_cpu():
+    """The OpenSIPS recordings' stand-ins: 1.10.12 texts, Idle-CPU 98.7."""
+    with FsSimulator(port=0, heartbeat=0, version="1.10.12-release", idle_cpu=98.7, hostname="fakefs") as box:
+        c = EslTestClient(box.port).login()
+        assert c.cmd("api version").body == b"FreeSWITCH Version 1.10.12-release~64bit (-release 64bit)\n"
+        status = c.cmd("api status").body.decode()
+        assert status.split("\n")[1:] == [
+            "FreeSWITCH (Version 1.10.12 -release 64bit) is ready", "0 session(s) since startup",
+            "0 session(s) - peak 0, last 5min 0 ", "0 session(s) per Sec out of max 30, peak 0, last 5min 0 ",
+            "1000 session(s) max", "min idle cpu 0.00/98.70", "Current Stack Size/Max 240K/8192K", ""]
+        c.cmd("event json HEARTBEAT")
+        box.fire_heartbeat()
+        hb = json.loads(c.frame().body)
+        assert (hb["FreeSWITCH-Version"], hb["Event-Calling-Line-Number"], hb["Idle-CPU"]) == (
+            "1.10.12-release~64bit", "76", "98.700000")

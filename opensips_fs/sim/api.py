@@ -42,12 +42,12 @@ def format_uptime(micros: int) -> str:
 def _status(box, arg):
     s = box.session_stats()
     return (
-        "UP %s\nFreeSWITCH (Version %s  64bit) is ready\n%d session(s) since startup\n"
+        "UP %s\nFreeSWITCH (Version %s) is ready\n%d session(s) since startup\n"
         "%d session(s) - peak %d, last 5min %d \n"
         "%d session(s) per Sec out of max %d, peak %d, last 5min %d \n"
         "%d session(s) max\nmin idle cpu 0.00/%.2f\nCurrent Stack Size/Max 240K/8192K\n"
     ) % (
-        format_uptime(box.uptime_us()), box.identity.version.split("~")[0],
+        format_uptime(box.uptime_us()), box.identity.fs.human,
         s["since_startup"], s["count"], s["peak"], s["peak_5min"],
         s["per_sec_last"], s["max_per_sec"], s["per_sec_peak"], s["per_sec_5min"],
         s["max_sessions"], box.idle_cpu(),
@@ -62,10 +62,9 @@ def _uptime(box, arg):
 
 
 def _version(box, arg):
-    v = box.identity.version
     if arg.strip() == "short":
-        return v.split("-")[0] + "\n"
-    return "FreeSWITCH Version %s ( 64bit)\n" % v
+        return box.identity.version.split("-")[0] + "\n"
+    return box.identity.fs.line + "\n"
 
 
 def _global_vars(box):

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed Core-UUID (repeatable like --hostname; default: random per box and run)")
     p.add_argument("--ipv4", default="127.0.0.1", help="FreeSWITCH-IPv4 header (default 127.0.0.1)")
     p.add_argument("--ipv6", default="::1", help="FreeSWITCH-IPv6 header (default ::1)")
+    p.add_argument("--fs-version", default="1.11.3-dev", choices=("1.11.3-dev", "1.10.12-release"),
+                   help="how the box names itself in api version/status and HEARTBEAT (default 1.11.3-dev, "
+                        "the recorded FreeSWITCH; 1.10.12-release = the OpenSIPS recordings' stand-ins)")
+    p.add_argument("--idle-cpu", type=float, default=None, metavar="PERCENT",
+                   help="fixed Idle-CPU figure (default: measured from this process)")
     p.add_argument("--seed", type=int, default=None, help="seed for every generated uuid (deterministic runs)")
     p.add_argument("--control", type=_hostport, metavar="HOST:PORT",
                    help="open the JSON-lines control socket there")
@@ -142,6 +147,7 @@ def main(argv=None) -> int:
                 queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
                 ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,
                 record_limit=args.record_limit, calls_per_second=args.calls_per_second, acl=args.acl,
+                version=args.fs_version, idle_cpu=args.idle_cpu,
                 on_shutdown=lambda b: done.set() if all(x.stopped.is_set() for x in boxes) else None)
             box.calls.call_duration = args.call_duration
             boxes.append(box.start())

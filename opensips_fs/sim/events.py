@@ -31,7 +31,7 @@ from ..jsonenc import dumps_str
 
 __all__ = [
     "Event", "Identity", "url_encode", "json_body", "plain_body", "xml_body",
-    "frame", "date_headers", "EVENT_NAMES", "is_event_name", "FS_VERSION",
+    "frame", "date_headers", "EVENT_NAMES", "is_event_name", "FS_VERSION", "FsVersion", "VERSIONS",
 ]
 
 FS_VERSION = "1.11.3-dev~64bit"
@@ -205,6 +205,27 @@ class Event:
         return data
 
 
+@dataclass(frozen=True)
+class FsVersion:
+    """How one FreeSWITCH build names itself."""
+
+    full: str  # FreeSWITCH-Version header
+    line: str  # ``api version`` output, without the newline
+    human: str  # ``api status``: "FreeSWITCH (Version <human>) is ready"
+    heartbeat_line: int  # Event-Calling-Line-Number of HEARTBEAT
+
+
+VERSIONS = {
+    # the recorded FreeSWITCH (golden/freeswitch)
+    "1.11.3-dev": FsVersion("1.11.3-dev~64bit", "FreeSWITCH Version 1.11.3-dev~64bit ( 64bit)",
+                            "1.11.3-dev  64bit", 95),
+    # what the OpenSIPS recordings' stand-ins announced (golden/opensips)
+    "1.10.12-release": FsVersion("1.10.12-release~64bit",
+                                 "FreeSWITCH Version 1.10.12-release~64bit (-release 64bit)",
+                                 "1.10.12 -release 64bit", 76),
+}
+
+
 @dataclass
 class Identity:
     """What one simulated FreeSWITCH box stamps on its events."""
@@ -214,7 +235,11 @@ class Identity:
     ipv4: str = "127.0.0.1"
     ipv6: str = "::1"
     switchname: str | None = None
-    version: str = FS_VERSION
+    fs: FsVersion = VERSIONS["1.11.3-dev"]
+
+    @property
+    def version(self) -> str:
+        return self.fs.full
 
     def __post_init__(self):
         if not self.core_uuid:

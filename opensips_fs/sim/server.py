@@ -29,7 +29,7 @@ from .api import format_uptime
 from .calls import CallEngine
 from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
 from .commands import ParseError
-from .events import Event, Identity, is_event_name
+from .events import VERSIONS, Event, Identity, is_event_name
 from .session import handle, log_level, reply_frame
 
 __all__ = ["FsSimulator", "SimUser"]
@@ -100,7 +100,8 @@ class FsSimulator:
                  ipv4: str = "127.0.0.1", ipv6: str = "::1", max_sessions: int = 1000,
                  auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
                  calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
-                 on_shutdown=None, userauth_requires_domain: bool = True, acl=None):
+                 on_shutdown=None, userauth_requires_domain: bool = True, acl=None,
+                 version="1.11.3-dev", idle_cpu: float | None = None):
         self.host = host
         self.port = port
         self.password = password
@@ -121,8 +122,10 @@ class FsSimulator:
         self.clock = clock or time.time
         self._rng = random.Random(seed) if seed is not None else random.Random()
         self._fixed_core_uuid = core_uuid
+        fs = VERSIONS[version] if isinstance(version, str) else version
         self.identity = Identity(hostname=hostname, core_uuid=core_uuid or self.new_uuid(),
-                                 ipv4=ipv4, ipv6=ipv6)
+                                 ipv4=ipv4, ipv6=ipv6, fs=fs)
+        self.fixed_idle_cpu = idle_cpu
         self.max_sessions = max_sessions
         self.seq = 0
         self.started_at = self.clock()
@@ -422,6 +425,8 @@ class FsSimulator:
         return int((self.clock() - self.started_at) * 1_000_000)
 
     def idle_cpu(self) -> float:
+        if self.fixed_idle_cpu is not None:
+            return self.fixed_idle_cpu
         now = time.monotonic()
         cpu = sum(os.times()[:2])
         last_t, last_cpu = self._cpu_mark
@@ -533,7 +538,7 @@ class FsSimulator:
             ("Session-Peak-Max", str(stats["peak"])),
             ("Session-Peak-FiveMin", str(stats["peak_5min"])),
             ("Idle-CPU", "%f" % self.idle_cpu()),
-        ], calling=CALLING_HEARTBEAT)
+        ], calling=(CALLING_HEARTBEAT[0], CALLING_HEARTBEAT[1], self.identity.fs.heartbeat_line))
         self.raise_event("RE_SCHEDULE", [
             ("Task-ID", "1"),
             ("Task-Desc", "heartbeat"),
