@@ -108,7 +108,7 @@ def test_slow_consumer_is_killed_at_a_frame_boundary():
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", b.port))
         slow = EslTestClient.__new__(EslTestClient)
-        slow.sock, slow.buf, slow.frames, slow.eof = sock, b"", [], False
+        slow.sock, slow.buf, slow.frames, slow.skipped, slow.eof = sock, b"", [], [], False
         slow.login()
         slow.cmd("event plain CUSTOM esl::flood")
         b.wait_clients(1)

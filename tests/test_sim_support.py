@@ -65,6 +65,7 @@ class EslTestClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.frames = []
+        self.skipped = []  # events that arrived while waiting for a reply
         self.eof = False
 
     def send(self, data: bytes) -> None:
@@ -123,13 +124,10 @@ class EslTestClient:
                 return f
             self.skipped.append(f)
 
-    skipped: list = []
-
     def login(self, password: str = "ClueCon") -> "EslTestClient":
         assert self.frame().content_type == "auth/request"
         reply = self.cmd("auth " + password)
         assert reply.header("Reply-Text") == "+OK accepted"
-        self.skipped = []
         return self
 
     def close(self) -> None:
