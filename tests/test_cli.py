@@ -2,8 +2,6 @@
 start, clean stop on SIGTERM/SIGINT, start-up failures naming the address."""
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
