@@ -28,8 +28,8 @@ import sys
 import time
 
 __all__ = [
-    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "get_level", "register_secret",
-    "scrub", "set_level", "setup",
+    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "OpenSipsFormatter", "get_level", "module_of",
+    "register_secret", "scrub", "set_level", "setup",
 ]
 
 NOTICE = 25
