@@ -153,3 +153,16 @@ def test_acl_rude_rejection():
             b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"]
     with FsSimulator(port=0, heartbeat=0, acl=["127.0.0.0/8"]) as b:
         EslTestClient(b.port).login()
+
+
+def test_keep_closed_bounds_the_history():
+    with FsSimulator(port=0, heartbeat=0, keep_closed=2) as b:
+        for _ in range(5):
+            c = EslTestClient(b.port).login()
+            c.send(b"exit\n\n")
+            assert c.wait_eof()
+        b.wait_for(lambda: not any(x.alive for x in b.clients))
+        assert [x.number for x in b.clients][-2:] == [4, 5] and len(b.clients) <= 3
+        live = EslTestClient(b.port).login()
+        assert b.wait_clients(1)[0].number == 6
+        live.close()

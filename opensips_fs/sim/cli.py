@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a new connection has to authenticate (default 25)")
     p.add_argument("--record-limit", type=int, default=1024 * 1024, metavar="BYTES",
                    help="bytes kept per connection and direction for the state op (default 1 MiB)")
+    p.add_argument("--keep-closed", type=int, default=100, metavar="N",
+                   help="closed connections kept for the state op (default 100)")
     p.add_argument("-v", "--verbose", action="store_true", help="log connections and faults to stderr")
     return p
 
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
                 queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
                 ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,
                 record_limit=args.record_limit, calls_per_second=args.calls_per_second, acl=args.acl,
-                version=args.fs_version, idle_cpu=args.idle_cpu,
+                version=args.fs_version, idle_cpu=args.idle_cpu, keep_closed=args.keep_closed,
                 on_shutdown=lambda b: done.set() if all(x.stopped.is_set() for x in boxes) else None)
             box.calls.call_duration = args.call_duration
             boxes.append(box.start())

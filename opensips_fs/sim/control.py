@@ -122,7 +122,7 @@ def apply(boxes, req) -> dict:
         if conn is not None:
             conn = int(_num(req, "conn"))
             for b in chosen:
-                if not 1 <= conn <= len(b.clients):
+                if not any(c.number == conn for c in b.clients):
                     raise ControlError("no connection %d on %s" % (conn, b.address))
         for b in chosen:
             b.stall(seconds, conn)

@@ -101,7 +101,7 @@ class FsSimulator:
                  auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
                  calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
                  on_shutdown=None, userauth_requires_domain: bool = True, acl=None,
-                 version="1.11.3-dev", idle_cpu: float | None = None):
+                 version="1.11.3-dev", idle_cpu: float | None = None, keep_closed: int | None = None):
         self.host = host
         self.port = port
         self.password = password
@@ -130,6 +130,8 @@ class FsSimulator:
         self.seq = 0
         self.started_at = self.clock()
         self.clients: list[SimClient] = []
+        self.keep_closed = keep_closed  # None: every closed client stays in ``clients``
+        self._accepted = 0
         self._live: list[SimClient] = []
         self.calls = CallEngine(self)
         self.delay_ms = 0
@@ -228,10 +230,17 @@ class FsSimulator:
                 client.abort("dropped")
         return len(clients)
 
+    def client(self, number: int) -> SimClient:
+        """The client with this connection number (1-based accept order)."""
+        for client in self.clients:
+            if client.number == number:
+                return client
+        raise KeyError("no connection %d" % number)
+
     def stall(self, seconds: float, conn: int | None = None) -> None:
         """Stop reading and writing for ``seconds``: on every connection, or
         only on connection number ``conn`` (1-based accept order)."""
-        flag = self._unstalled if conn is None else self.clients[conn - 1].unstalled
+        flag = self._unstalled if conn is None else self.client(conn).unstalled
         flag.clear()
         gevent.spawn_later(seconds, flag.set)
 
@@ -289,7 +298,8 @@ class FsSimulator:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), len(self.clients) + 1)
+            self._accepted += 1
+            client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), self._accepted)
             log.info("%s: connection %d from %s", self.address, client.number, client.peer)
             self.clients.append(client)
             self._live.append(client)
@@ -302,6 +312,10 @@ class FsSimulator:
             client._reader = gevent.spawn(self._read_loop, client)
 
     def _client_closed(self, client) -> None:
+        if self.keep_closed is not None:
+            closed = [c for c in self.clients if not c.alive and c is not client]
+            for old in closed[:max(0, len(closed) - self.keep_closed)]:
+                self.clients.remove(old)
         log.info("%s: connection %d from %s closed (%s)", self.address, client.number, client.peer,
                  client.closed_reason or "closed")
         if client in self._live:
