@@ -255,6 +255,13 @@ def _optional_str(value, _dir=None) -> str | None:
     return _str(value) or None
 
 
+def _secret(value, _dir=None) -> str | None:
+    """A password: like a string, but never echoed in an error."""
+    if not isinstance(value, str):
+        raise _BadValue("expects a quoted string, got an integer")
+    return value or None
+
+
 def _path(value, base_dir) -> str | None:
     text = _str(value)
     if not text:
@@ -396,7 +403,7 @@ MODULES: dict[str, _Module] = {
         "port": _ranged(0, 65535),
         "auth_realm": _str,
         "auth_username": _optional_str,
-        "auth_password": _optional_str,
+        "auth_password": _secret,
         "tls_cert_file": _path,
         "tls_key_file": _path,
         "conn_timeout": _ranged(1),

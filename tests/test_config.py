@@ -328,6 +328,13 @@ def test_bad_url_error_never_shows_the_password(tmp_path):
     assert "Sekr1t" not in str(error)
 
 
+def test_bad_auth_password_is_not_echoed(tmp_path):
+    error = load_error(tmp_path, 'loadmodule "httpd.so"\n'
+                                 'modparam("httpd", "auth_password", 73519)\n')
+    assert error.line == 2 and "expects a quoted string" in str(error)
+    assert "73519" not in str(error)
+
+
 def test_unreadable_file_names_the_file(tmp_path):
     missing = tmp_path / "nope.cfg"
     with pytest.raises(ConfigError) as info:
