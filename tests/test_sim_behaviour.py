@@ -204,3 +204,11 @@ def test_stand_in_version_and_fixed_idle_cpu():
         hb = json.loads(c.frame().body)
         assert (hb["FreeSWITCH-Version"], hb["Event-Calling-Line-Number"], hb["Idle-CPU"]) == (
             "1.10.12-release~64bit", "76", "98.700000")
+
+
+def test_nixevent_turns_the_event_flag_on():
+    with FsSimulator(port=0, heartbeat=0) as box:
+        c = EslTestClient(box.port).login()
+        assert c.cmd("nixevent ALL").header("Reply-Text") == "+OK events nixed"
+        assert c.cmd("noevents").header("Reply-Text") == "+OK no longer listening for events"
+        assert c.cmd("noevents").header("Reply-Text") == "-ERR not listening for events"

@@ -275,6 +275,7 @@ def _nixevent(client, line: str) -> None:
     if not key_count:
         _reply(client, "-ERR no keywords supplied")
         return
+    client.events_on = True  # as FreeSWITCH does: a later noevents answers +OK
     _reply(client, "+OK events nixed")
 
 
