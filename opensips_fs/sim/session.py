@@ -137,7 +137,7 @@ def _userauth(client, rest: str) -> None:
 
 def _api_allowed(client, name: str) -> bool:
     user = client.user
-    return user is None or user.api is None or name in user.api
+    return user is None or user.api is None or name in user.api or "all" in user.api
 
 
 def _split_api(text: str):
