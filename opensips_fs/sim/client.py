@@ -11,10 +11,10 @@ queue size (100 000 by default) and can be lost.
 from __future__ import annotations
 
 import re
-import socket
 from collections import deque
 
 import gevent
+from gevent import socket  # cooperative even without monkey-patching
 from gevent.event import Event as GEvent
 
 from .commands import CommandParser

@@ -28,9 +28,9 @@ A bad line gets ``{"ok":false,"error":"…"}`` and changes nothing.
 
 from __future__ import annotations
 
-import socket
 
 import gevent
+from gevent import socket  # cooperative even without monkey-patching
 import orjson
 
 __all__ = ["ControlServer", "apply"]

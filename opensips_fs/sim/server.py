@@ -14,12 +14,12 @@ import ipaddress
 import logging
 import os
 import random
-import socket
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
 import gevent
+from gevent import socket  # cooperative even without monkey-patching
 import orjson
 from gevent.event import Event as GEvent
 
