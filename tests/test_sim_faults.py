@@ -166,3 +166,18 @@ def test_keep_closed_bounds_the_history():
         live = EslTestClient(b.port).login()
         assert b.wait_clients(1)[0].number == 6
         live.close()
+
+
+def test_slow_log_consumer_is_killed():
+    with FsSimulator(port=0, heartbeat=0, queue_size=50, max_lost=10) as b:
+        c = EslTestClient(b.port).login()
+        c.cmd("log 7")
+        client = b.wait_clients(1)[0]
+        b.stall(5, conn=1)  # the connection neither reads nor writes
+        for i in range(50 + 11):
+            b.log_line("NOTICE", "line %d " % i + "x" * 100)
+        assert client.closed_reason == "lost log lines" and client.log_lost_total == 11
+        b.stall(0, conn=1)
+        assert c.wait_eof(5)
+        assert c.frames[-1].raw == (b"Content-Type: text/disconnect-notice\nContent-Length: 42\n\n"
+                                    b"killed listener because of lost log lines\n")

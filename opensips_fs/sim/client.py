@@ -19,11 +19,12 @@ from gevent.event import Event as GEvent
 
 from .commands import CommandParser
 
-__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "notice_frame"]
+__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "NOTICE_LOST_LOG", "notice_frame"]
 
 NOTICE_BYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 NOTICE_SHUTDOWN = "The system is being shut down.\n"
 NOTICE_LOST = "killed listener because of lost events\n"
+NOTICE_LOST_LOG = "killed listener because of lost log lines\n"
 
 BATCH_BYTES = 256 * 1024
 
@@ -83,6 +84,9 @@ class SimClient:
         self.sent_events = 0
         self.first_seq: int | None = None
         self.last_seq: int | None = None
+        self.queued_logs = 0  # log lines have their own queue limit and loss rule
+        self.log_lost = 0
+        self.log_lost_total = 0
         self._held: list | None = None  # events arriving while a sync api runs
         self.unstalled = GEvent()  # cleared while this connection is stalled
         self.unstalled.set()
@@ -200,9 +204,35 @@ class SimClient:
             self._wake.set()
         return True
 
+    def enqueue_log(self, data: bytes) -> bool:
+        """Queue a log/data frame; the slow-consumer rule applies to log
+        lines separately (ESL.md §8: same 100 000 / 500 figures)."""
+        if self._closing or not self.alive:
+            return False
+        box = self.box
+        if self.queued_logs >= box.queue_size:
+            self.log_lost += 1
+            self.log_lost_total += 1
+            box.lost_log_lines += 1
+            if self.log_lost > box.max_lost:
+                self.kill_lost(NOTICE_LOST_LOG, "lost log lines")
+            return False
+        self.log_lost = 0
+        self.queued_logs += 1
+        self._queue.append((data, -1))
+        self._wake.set()
+        return True
+
+    def drop_queued_logs(self) -> None:
+        """``nolog``: log lines not yet written are discarded."""
+        kept = deque(item for item in self._queue if item[1] >= 0)
+        self._queue.clear()
+        self._queue.extend(kept)
+        self.queued_logs = 0
+
     def drop_queued_events(self) -> None:
-        """``noevents``: events not yet written are discarded, replies kept."""
-        kept = deque(item for item in self._queue if not item[1])
+        """``noevents``: events not yet written are discarded, the rest kept."""
+        kept = deque(item for item in self._queue if item[1] <= 0)
         self._queue.clear()
         self._queue.extend(kept)
         if self._held:
@@ -236,14 +266,19 @@ class SimClient:
         return self.alive and not self._closing
 
     def kill_lost_events(self) -> None:
+        self.kill_lost(NOTICE_LOST, "lost events")
+
+    def kill_lost(self, notice: str, reason: str) -> None:
         """The slow-consumer kill: drop what is queued, notice, close."""
-        self.box.log("killing listener %s because of too many lost events. Lost [%d] Queue size[%d/%d]"
-                     % (self.peer, self.lost, self.queued_events, self.box.queue_size))
+        self.box.log("killing listener %s because of too many %s. Lost [%d] Queue size[%d/%d]"
+                     % (self.peer, reason, max(self.lost, self.log_lost),
+                        max(self.queued_events, self.queued_logs), self.box.queue_size))
         self._queue.clear()
         if self._held:
             self._held.clear()
         self.queued_events = 0
-        self.close_with(notice_frame(NOTICE_LOST), "lost events")
+        self.queued_logs = 0
+        self.close_with(notice_frame(notice), reason)
 
     def close_with(self, last: bytes | None, reason: str) -> None:
         """Send ``last`` (a notice) after what is queued, then close."""
@@ -297,14 +332,19 @@ class SimClient:
                 batch = []
                 size = 0
                 events = 0
+                logs = 0
                 while queue and size < BATCH_BYTES:
                     data, count = queue.popleft()
                     batch.append(data)
                     size += len(data)
-                    events += count
+                    if count > 0:
+                        events += count
+                    elif count < 0:
+                        logs += 1
                 if events:  # out of the queue, on their way to the socket
                     self.queued_events -= events
                     self._room.set()
+                self.queued_logs -= logs
                 chunk = batch[0] if len(batch) == 1 else b"".join(batch)
                 sock.sendall(chunk)
                 self._tx.add(chunk)
@@ -329,6 +369,7 @@ class SimClient:
             "sent_events": self.sent_events,
             "queued_events": self.queued_events,
             "lost_events": self.lost_total,
+            "lost_log_lines": self.log_lost_total,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "rx_bytes": self.rx_total,

@@ -137,6 +137,7 @@ class FsSimulator:
         self.delay_ms = 0
         self.refusing = False
         self.lost_events = 0
+        self.lost_log_lines = 0
         self.stopped = GEvent()
         self._unstalled = GEvent()
         self._unstalled.set()
@@ -372,6 +373,7 @@ class FsSimulator:
             "stalled": not self._unstalled.is_set(),
             "channels": len(self.calls.channels),
             "lost_events": self.lost_events,
+            "lost_log_lines": self.lost_log_lines,
             "conns": [c.state() for c in self.clients if c.alive],
             "closed": [c.state() for c in self.clients if not c.alive],
         }
@@ -600,7 +602,7 @@ class FsSimulator:
         sent = 0
         for client in self._live:
             if client.log_level is not None and client.log_level >= lvl:
-                client.send_frame(data)
+                client.enqueue_log(data)
                 sent += 1
         return sent
 

@@ -99,6 +99,7 @@ def handle(client, cmd) -> None:
         else:
             _reply(client, "-ERR not listening for events")
     elif low.startswith("nolog"):
+        client.drop_queued_logs()
         if client.log_level is not None:
             client.log_level = None
             _reply(client, "+OK no longer logging")
