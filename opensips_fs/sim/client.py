@@ -14,8 +14,8 @@ import re
 from collections import deque
 
 import gevent
-from gevent import socket  # cooperative even without monkey-patching
 from gevent.event import Event as GEvent
+from gevent import socket  # cooperative even without monkey-patching
 
 from .commands import CommandParser
 

@@ -28,10 +28,9 @@ A bad line gets ``{"ok":false,"error":"…"}`` and changes nothing.
 
 from __future__ import annotations
 
-
 import gevent
-from gevent import socket  # cooperative even without monkey-patching
 import orjson
+from gevent import socket  # cooperative even without monkey-patching
 
 __all__ = ["ControlServer", "apply"]
 

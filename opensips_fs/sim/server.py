@@ -19,9 +19,9 @@ import uuid as uuidlib
 from dataclasses import dataclass
 
 import gevent
-from gevent import socket  # cooperative even without monkey-patching
 import orjson
 from gevent.event import Event as GEvent
+from gevent import socket  # cooperative even without monkey-patching
 
 from ..jsonenc import dumps
 from . import api
