@@ -95,16 +95,23 @@ _WDAY = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MON = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
+_date_cache: list = [None, "", ""]  # [second, local, GMT]: formatted once per second
+
+
 def date_headers(now: float) -> list:
     """Event-Date-Local, Event-Date-GMT (RFC 1123), Event-Date-Timestamp (µs)."""
     secs = int(now)
-    lt = time.localtime(secs)
-    gt = time.gmtime(secs)
+    cache = _date_cache
+    if cache[0] != secs:
+        lt = time.localtime(secs)
+        gt = time.gmtime(secs)
+        cache[1] = "%04d-%02d-%02d %02d:%02d:%02d" % lt[:6]
+        cache[2] = "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+            _WDAY[gt.tm_wday], gt.tm_mday, _MON[gt.tm_mon - 1], gt.tm_year, gt.tm_hour, gt.tm_min, gt.tm_sec)
+        cache[0] = secs
     return [
-        ("Event-Date-Local", "%04d-%02d-%02d %02d:%02d:%02d" % lt[:6]),
-        ("Event-Date-GMT", "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-            _WDAY[gt.tm_wday], gt.tm_mday, _MON[gt.tm_mon - 1], gt.tm_year,
-            gt.tm_hour, gt.tm_min, gt.tm_sec)),
+        ("Event-Date-Local", cache[1]),
+        ("Event-Date-GMT", cache[2]),
         ("Event-Date-Timestamp", str(int(now * 1_000_000))),
     ]
 
@@ -123,7 +130,10 @@ def json_body(headers, body: str | None) -> bytes:
         pairs.append(("Content-Length", str(len(_enc(body)))))
         pairs.append(("_body", body))
     try:
-        # one orjson call per run of distinct keys (usually the whole event)
+        whole = dict(pairs)
+        if len(whole) == len(pairs):  # no repeated key: one C call
+            return orjson.dumps(whole)
+        # repeated keys: one orjson call per run of distinct keys
         chunks, run = [], {}
         for key, value in pairs:
             if key in run:
