@@ -52,7 +52,19 @@ class _Record:
 
 
 class SimClient:
-    """A connected ESL client as the simulator sees it."""
+    """A connected ESL client as the simulator sees it.
+
+    Public attributes: ``number`` (1-based accept order), ``peer``
+    ("host:port"), ``commands`` (each complete command as received, CRs and
+    the terminating blank line removed, e.g. ``"bgapi status\nJob-UUID: x"``),
+    ``authed``, ``user`` (SimUser after userauth), ``alive``, ``format``
+    ("plain" until an ``event`` command sets it), ``events`` (subscribed
+    names; "ALL" included when subscribed to everything), ``subclasses``,
+    ``filters``, ``log_level``, ``rx``/``tx`` (bytes received/sent, up to
+    the box's ``record_limit``; ``rx_total``/``tx_total`` count them all),
+    ``sent_events``, ``lost_total``, ``first_seq``/``last_seq`` (Event-Sequence
+    range queued to it), ``closed_reason``.
+    """
 
     def __init__(self, box, sock, peer, number: int):
         self.box = box
@@ -116,7 +128,10 @@ class SimClient:
 
     @property
     def events(self) -> set:
-        return set(self.event_list)
+        names = set(self.event_list)
+        if self.all_events:
+            names.add("ALL")
+        return names
 
     # -- subscriptions -----------------------------------------------------
     def wants(self, event) -> bool:
