@@ -25,6 +25,8 @@ from opensips_fs.sim import FsSimulator, SimUser
 from test_sim_support import EslTestClient, Frame
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "freeswitch"
+if not GOLDEN.is_dir():  # running from another checkout layout
+    GOLDEN = Path("/work/shared/golden/freeswitch")
 if not GOLDEN.is_dir():  # pragma: no cover - the shared folder is part of the set-up
     pytest.skip("golden/freeswitch recordings not found", allow_module_level=True)
 
