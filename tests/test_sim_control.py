@@ -49,6 +49,9 @@ def test_state_event_push_raw_drop(boxes):
     assert state["conns"][0]["commands"] == ["auth ClueCon", "event json CHANNEL_STATE DTMF"]
     assert state["conns"][0]["format"] == "json" and state["conns"][0]["authed"] is True
     assert state["boxes"][0]["core_uuid"] == "2a1b4c3d-0000-4000-8000-00000000c0de"
+    raw = ctl({"op": "state", "listen": a.address, "bytes": True})["conns"][0]
+    assert raw["rx"] == "auth ClueCon\n\nevent json CHANNEL_STATE DTMF\n\n"
+    assert raw["tx"].startswith("Content-Type: auth/request\n\nContent-Type: command/reply\n")
     # an event with the full header block
     assert ctl({"op": "event", "headers": {"Event-Name": "DTMF", "DTMF-Digit": "5"}}) == {"ok": True, "sent": 1}
     ev = json.loads(c.frame().body)

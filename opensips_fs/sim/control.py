@@ -20,8 +20,9 @@ Operations (``op``), each optionally aimed at one box with
   ``{"op":"refuse","on":true|false}``, ``{"op":"delay","ms":M}``,
   ``{"op":"password","password":P}``, ``{"op":"heartbeat"}``,
   ``{"op":"shutdown"}`` -> ``{"ok":true}``
-* ``{"op":"state"}`` -> ``{"ok":true,"boxes":[…]}`` (plus the first box's
-  ``conns`` at top level when one box is selected)
+* ``{"op":"state"[,"bytes":true]}`` -> ``{"ok":true,"boxes":[…]}`` (plus the
+  box's ``conns`` at top level when one box is selected; with ``bytes`` each
+  connection also has ``rx``/``tx``: the recorded bytes as latin-1 text)
 
 A bad line gets ``{"ok":false,"error":"…"}`` and changes nothing.
 """
@@ -164,6 +165,14 @@ def apply(boxes, req) -> dict:
         return {"ok": True}
     if op == "state":
         states = [b.state() for b in chosen]
+        if req.get("bytes"):  # every byte each connection sent and got, as latin-1 text
+            for box, state in zip(chosen, states):
+                by_number = {c.number: c for c in box.clients}
+                for conn in state["conns"] + state["closed"]:
+                    client = by_number.get(conn["conn"])
+                    if client is not None:
+                        conn["rx"] = client.rx.decode("latin-1")
+                        conn["tx"] = client.tx.decode("latin-1")
         answer = {"ok": True, "boxes": states}
         if len(states) == 1:
             answer["conns"] = states[0]["conns"]
