@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="esl-allowed-api of the preceding --user")
     p.add_argument("--user-no-log", action=_UserAction, nargs=0, dest="users",
                    help="esl-allowed-log=false for the preceding --user")
-    p.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS",
+    p.add_argument("--heartbeat", "--heartbeat-interval", type=float, default=20.0, metavar="SECONDS",
                    help="HEARTBEAT (+RE_SCHEDULE) interval, 0 = none (default 20, like FreeSWITCH)")
     p.add_argument("--hostname", action="append", metavar="NAME",
                    help="FreeSWITCH-Hostname of the events (repeatable: the n-th goes to the n-th --listen; "
