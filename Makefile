@@ -30,15 +30,16 @@ PIP        := $(BIN)/python -m pip install --disable-pip-version-check -q
 help:
 	@sed -n 's/^#   //p' Makefile
 
-# Debian/Ubuntu keep ensurepip in the python3-venv package; without it, build
-# the venv without pip and bootstrap pip from the standard get-pip script.
+# Debian/Ubuntu keep ensurepip in the python3-venv package; without it, make
+# the venv without pip and let the system's pip install pip into it.
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON)"
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
-	    echo "$(PYTHON) -m venv failed (no ensurepip?): bootstrapping pip; on Debian/Ubuntu 'apt-get install python3-venv' avoids this"; \
 	    rm -rf $(VENV) && $(PYTHON) -m venv --without-pip $(VENV) && \
-	    $(BIN)/python -c "import urllib.request as u; u.urlretrieve('https://bootstrap.pypa.io/get-pip.py', '$(VENV)/get-pip.py')" && \
-	    $(BIN)/python $(VENV)/get-pip.py -q --disable-pip-version-check; }
+	    $(PYTHON) -m pip --python $(BIN)/python install -q --disable-pip-version-check pip; } || { \
+	    rm -rf $(VENV); \
+	    echo "cannot create $(VENV): $(PYTHON) has neither ensurepip nor pip (Debian/Ubuntu: apt-get install python3-venv)" >&2; \
+	    exit 1; }
 
 $(RUN_STAMP): $(DEPS) | $(BIN)/python
 	$(PIP) -e .
