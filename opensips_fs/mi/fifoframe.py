@@ -12,7 +12,8 @@ the end of the line.
 
 Goals: fast on the common path (one regex sweep over the bytes that matter:
 quotes, backslashes, brackets), linear in the worst case — each byte is
-scanned once by the bracket scanner, whatever the size of the reads; the
+scanned once by the bracket scanner, whatever the size of the reads (so is
+the whitespace before a request's JSON: it is dropped as it arrives); the
 trial parse that detects hopeless JSON early runs on every read only while
 the request is small (<= 4 KiB, OpenSIPS' own limit) and afterwards only
 when the request has doubled in size, so its total cost stays linear too.
@@ -169,6 +170,7 @@ class FifoParser:
         if self._kind is None:
             first = _NOT_SPACE.search(buf, self._json_start)
             if first is None:
+                buf.clear()  # only whitespace so far: keep nothing to rescan
                 return False
             self._json_start = self._scan = first.start()
             head = buf[self._json_start]
