@@ -3,9 +3,10 @@ that fires the real CHANNEL_* sequence (ESL.md §6.7), ``hupall``/``uuid_kill``
 run the real hangup sequence, ``show calls|channels`` lists the live legs,
 and ``load_loop`` runs synthetic calls continuously for load tests.
 
-Event contents come from ``call_templates.py`` (generated from the recorded
-FreeSWITCH calls): the same header names, order and values, with uuids,
-extension, times, durations, session ids and the hangup cause filled in.
+Event contents come from the package data ``call_templates.json`` (made by
+``gen_templates.py`` from the recorded FreeSWITCH calls, read once at
+import): the same header names, order and values, with uuids, extension,
+times, durations, session ids and the hangup cause filled in.
 
 Dialplan, as in the recordings: ``9664``/``9666``/``9196`` answer and park
 until hung up; ``9665`` answers and the B-leg hangs up after
@@ -16,13 +17,13 @@ until hung up; ``9665`` answers and the B-leg hangs up after
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
+from importlib import resources
 
 import gevent
-
-from . import call_templates as T
 
 __all__ = ["CallEngine", "Call", "DIALPLAN"]
 
@@ -31,6 +32,11 @@ Q850 = {"NORMAL_CLEARING": "16", "MANAGER_REQUEST": "0", "USER_BUSY": "17", "NO_
         "CALL_REJECTED": "21", "ORIGINATOR_CANCEL": "487", "NO_ROUTE_DESTINATION": "3"}
 _VARS_RE = re.compile(r"^\{([^}]*)\}")
 _PLACEHOLDER = re.compile(r"(?<!\{)\{[A-Z_0-9]+\}")
+
+
+def _load_templates() -> dict:
+    text = resources.files(__package__).joinpath("call_templates.json").read_text(encoding="utf-8")
+    return json.loads(text)
 
 
 def _compile(templates):
@@ -51,15 +57,17 @@ def _compile(templates):
                 else:
                     base.append((key, value.replace("{{", "{").replace("}}", "}")))
             variants.append((base, slots))
-        out.append((leg, name, calling, variants))
+        out.append((leg, name, tuple(calling), variants))
     return out
 
 
-SETUP = _compile(T.SETUP)
-POST_ANSWER = _compile(T.POST_ANSWER)
-HANGUP_PARKED = _compile(T.HANGUP_PARKED)
-HANGUP_BY_B = _compile(T.HANGUP_BY_B)
-HANGUP_PARKED_ORIGINATION = _compile(T.HANGUP_PARKED_ORIGINATION)
+_TEMPLATES = _load_templates()
+SETUP = _compile(_TEMPLATES["SETUP"])
+POST_ANSWER = _compile(_TEMPLATES["POST_ANSWER"])
+HANGUP_PARKED = _compile(_TEMPLATES["HANGUP_PARKED"])
+HANGUP_BY_B = _compile(_TEMPLATES["HANGUP_BY_B"])
+HANGUP_PARKED_ORIGINATION = _compile(_TEMPLATES["HANGUP_PARKED_ORIGINATION"])
+SHOW_ROWS = _TEMPLATES["SHOW_ROWS"]
 
 
 def _stamp(epoch: float) -> str:
@@ -262,7 +270,7 @@ class CallEngine:
 
     def show_rows(self, what: str) -> list:
         rows = []
-        templates = T.SHOW_ROWS["channels" if what == "channels" else "calls"]
+        templates = SHOW_ROWS["channels" if what == "channels" else "calls"]
         for call in list(self.calls):
             for leg, template in zip(("A", "B"), templates):
                 ctx = call.context(leg)
