@@ -33,7 +33,7 @@ from typing import Callable
 from . import url as fsurl
 
 __all__ = [
-    "Config", "ConfigError", "EventHttpSettings", "EviTransportSettings",
+    "Config", "ConfigError", "EventHttpSettings", "EventXmlRpcSettings", "EviTransportSettings",
     "FreeswitchSettings", "HttpdSettings", "IGNORED_MODULES", "LOG_LEVELS",
     "MODULES", "MiDatagramSettings", "MiFifoSettings", "MiHttpSettings",
     "ScriptingSettings", "SubscribeParam", "load", "loads", "parse_log_level",
@@ -146,6 +146,11 @@ class EviTransportSettings:
 
 
 @dataclass
+class EventXmlRpcSettings(EviTransportSettings):
+    use_struct_param: int = 0               # non-zero: params sent as one <struct>
+
+
+@dataclass
 class EventHttpSettings(EviTransportSettings):
     verify_cert: bool = True                # https: check the server certificate
 
@@ -198,7 +203,7 @@ class Config:
     mi_datagram: MiDatagramSettings | None = None
     event_datagram: EviTransportSettings | None = None
     event_stream: EviTransportSettings | None = None
-    event_xmlrpc: EviTransportSettings | None = None
+    event_xmlrpc: EventXmlRpcSettings | None = None
     event_http: EventHttpSettings | None = None
 
     def evi_transports(self) -> dict[str, EviTransportSettings]:
@@ -417,7 +422,7 @@ MODULES: dict[str, _Module] = {
     "mi_datagram": _Module(MiDatagramSettings, {"socket_name": _datagram_socket}),
     "event_datagram": _Module(EviTransportSettings, dict(_evi_params)),
     "event_stream": _Module(EviTransportSettings, dict(_evi_params)),
-    "event_xmlrpc": _Module(EviTransportSettings, dict(_evi_params)),
+    "event_xmlrpc": _Module(EventXmlRpcSettings, dict(_evi_params, use_struct_param=_int)),
     "event_http": _Module(EventHttpSettings, dict(_evi_params, verify_cert=_bool)),
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
+from ..config import EventHttpSettings, EventXmlRpcSettings
 from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
 from .address import Target, parse_socket, resolve
@@ -91,6 +92,10 @@ class EviRegistry:
     def __init__(self, stats, transports: dict):
         self.stats = stats
         self.transports = dict(transports or {})
+        self._xmlrpc_struct = bool(self._setting("event_xmlrpc", "use_struct_param",
+                                                 EventXmlRpcSettings.use_struct_param))
+        self._verify_cert = bool(self._setting("event_http", "verify_cert",
+                                               EventHttpSettings.verify_cert))
         self.counters = EviCounters(stats)
         self.events: dict[str, Event] = {}
         for name in PUBLISHED_EVENTS:
@@ -181,10 +186,8 @@ class EviRegistry:
             sub.dest.put(sub.head + tail)
         else:
             t = sub.target
-            struct = bool(getattr(self.transports.get("event_xmlrpc"),
-                                  "use_struct_param", 0))
             sub.dest.put(request(t.host, t.port, t.path, t.method, event,
-                                 request_params(params, struct)))
+                                 request_params(params, self._xmlrpc_struct)))
 
     # -- subscriber table -------------------------------------------------------
     def _expire(self, event: Event, now: int) -> None:
@@ -224,9 +227,13 @@ class EviRegistry:
         event.refresh_deadline()
 
     # -- destinations -------------------------------------------------------------
+    def _setting(self, module: str, name: str, default):
+        """A transport's modparam; settings objects that lack it (callers
+        may pass any object with the fields they set) give the default."""
+        return getattr(self.transports.get(module), name, default)
+
     def _queue_size(self, module: str) -> int:
-        return int(getattr(self.transports.get(module), "queue_size", DEFAULT_QUEUE_SIZE)
-                   or DEFAULT_QUEUE_SIZE)
+        return int(self._setting(module, "queue_size", DEFAULT_QUEUE_SIZE) or DEFAULT_QUEUE_SIZE)
 
     def _acquire(self, target: Target, address) -> Destination:
         transport = target.transport
@@ -253,9 +260,8 @@ class EviRegistry:
             elif transport == "xmlrpc":
                 dest = XmlRpcDestination(key, label, size, self.counters, address)
             elif transport in ("http", "https"):
-                verify = getattr(self.transports.get("event_http"), "verify_cert", True)
                 dest = HttpDestination(key, label, size, self.counters, target,
-                                       verify_cert=bool(verify))
+                                       verify_cert=self._verify_cert)
             else:
                 dest = DatagramDestination(key, label, size, self.counters, address)
             dest.on_retired = self._retired
