@@ -30,6 +30,7 @@ import logging
 import gevent.lock
 
 from . import url as fsurl
+from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
 from .mi.commands import MiCommand, MiError
 
@@ -38,8 +39,7 @@ __all__ = ["MAX_COMMAND_BYTES", "Entry", "Scripting", "SubscriptionSet", "normal
 log = logging.getLogger("opensips_fs.scripting")
 
 MODULE = "freeswitch_scripting"
-MAX_COMMAND_BYTES = 64 * 1024
-DB_TIMEOUT_MS = 10_000
+MAX_COMMAND_BYTES = ScriptingSettings.esl_cmd_max_size
 
 INTERNAL_ERROR = (500, "Internal Error")
 NO_DB = (-32000, "Server error", "Command handler returned null")
@@ -151,22 +151,18 @@ def normalize_command(text: str, max_bytes: int = MAX_COMMAND_BYTES) -> str:
 class Scripting:
     """The freeswitch_scripting module: MI commands, modparams, DB reloads."""
 
-    def __init__(self, settings, manager, evi, stats, cfg_dir=None,
-                 max_command_bytes: int | None = None, db_timeout: float | None = None):
+    def __init__(self, settings, manager, evi, stats, cfg_dir=None):
         self.settings = settings
         self.manager = manager
         self.evi = evi
         self.stats = stats
         self.cfg_dir = cfg_dir
-        # optional settings (modparams `esl_cmd_max_size`, bytes, and `db_timeout`, ms)
-        if max_command_bytes is None:
-            max_command_bytes = getattr(settings, "esl_cmd_max_size", None) or MAX_COMMAND_BYTES
-        if db_timeout is None:
-            db_timeout = (getattr(settings, "db_timeout", None) or DB_TIMEOUT_MS) / 1000.0
-        self.max_command_bytes = max_command_bytes
+        # our modparams; a partial settings object (tests) gets config's defaults
+        self.max_command_bytes = getattr(settings, "esl_cmd_max_size", MAX_COMMAND_BYTES)
+        db_timeout = getattr(settings, "db_timeout", ScriptingSettings.db_timeout) / 1000.0
         self.set = SubscriptionSet()
         self.db = None
-        if getattr(settings, "db_url", None):
+        if settings.db_url:
             self.db = FsDatabase(
                 settings.db_url, cfg_dir, table=settings.db_table,
                 col_username=settings.db_col_username, col_password=settings.db_col_password,
@@ -194,7 +190,7 @@ class Scripting:
             except (DbError, MiError) as exc:
                 log.error("initial load of table %s failed, starting with no DB "
                           "subscriptions: %s", self.settings.db_table, _reason(exc))
-        for param in getattr(self.settings, "fs_subscribe", None) or []:
+        for param in self.settings.fs_subscribe:
             try:
                 self.subscribe_modparam(param.url)
             except (fsurl.UrlError, ValueError) as exc:

@@ -654,9 +654,9 @@ class EslManager:
                  busy_timeout: float = 300.0, max_body: int = DEFAULT_MAX_BODY):
         self.settings = settings
         self.stats = stats
-        self.connect_timeout = getattr(settings, "esl_connect_timeout", 5000) / 1000.0
-        self.cmd_timeout = getattr(settings, "esl_cmd_timeout", 5000) / 1000.0
-        self.no_esl_timeout = float(getattr(settings, "fs_no_esl_timeout", 86400))
+        self.connect_timeout = settings.esl_connect_timeout / 1000.0
+        self.cmd_timeout = settings.esl_cmd_timeout / 1000.0
+        self.no_esl_timeout = float(settings.fs_no_esl_timeout)
         self.liveness_timeout = liveness_timeout
         self.idle_probe = idle_probe
         self.busy_timeout = busy_timeout
