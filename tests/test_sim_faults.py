@@ -71,6 +71,26 @@ def test_restart_sends_shutdown_notice_and_comes_back(box):
     EslTestClient(box.port).login()
 
 
+@pytest.mark.parametrize("notice", [True, False])
+def test_restart_without_down_time_rebinds_at_once(box, notice):
+    """restart(down=0) with clients connected, from another greenlet (as the
+    control op runs it) and several times in a row: the port is bound again
+    at once (it used to fail with EADDRINUSE), the clients get the notice or
+    are cut, and new clients log in on the same port."""
+    port = box.port
+    for run in range(3):
+        clients = [EslTestClient(port).login() for _ in range(3)]
+        eofs = [gevent.spawn(c.wait_eof, 5) for c in clients]  # blocked reading meanwhile
+        gevent.sleep(0.02)
+        gevent.spawn(box.restart, 0, notice).get(timeout=5)
+        assert box.port == port and not box.refusing
+        assert [e.get(timeout=5) for e in eofs] == [True] * 3
+        assert [[f.raw for f in c.frames] for c in clients] == [[SHUTDOWN] if notice else []] * 3
+        assert len(box.live_clients()) == 0
+    EslTestClient(port).login()
+    assert box.wait_clients(1)[0].commands == ["auth ClueCon"]
+
+
 def test_set_password(box):
     box.set_password("Other")
     c = EslTestClient(box.port)

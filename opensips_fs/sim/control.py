@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import gevent
 import orjson
-from gevent import socket  # cooperative even without monkey-patching
+
+from .listener import Listener
 
 __all__ = ["ControlServer", "apply"]
 
@@ -187,8 +188,7 @@ class ControlServer:
         self.boxes = boxes
         self.host = host
         self.port = port
-        self._sock = None
-        self._glet = None
+        self._listener: Listener | None = None
         self._conns: set = set()
 
     @property
@@ -196,34 +196,23 @@ class ControlServer:
         return "%s:%d" % (self.host, self.port)
 
     def start(self) -> "ControlServer":
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(16)
-        self.port = sock.getsockname()[1]
-        self._sock = sock
-        self._glet = gevent.spawn(self._accept, sock)
+        self._listener = Listener(self.host, self.port, self._accept, backlog=16).open()
+        self.port = self._listener.port
         return self
 
     def stop(self) -> None:
-        if self._glet is not None:
-            self._glet.kill(block=False)
-        if self._sock is not None:
-            self._sock.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for conn in list(self._conns):
             try:
                 conn.close()
             except OSError:
                 pass
 
-    def _accept(self, sock) -> None:
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            self._conns.add(conn)
-            gevent.spawn(self._serve, conn)
+    def _accept(self, conn, addr) -> None:
+        self._conns.add(conn)
+        gevent.spawn(self._serve, conn)
 
     def _serve(self, conn) -> None:
         buf = bytearray()

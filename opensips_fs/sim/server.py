@@ -30,6 +30,7 @@ from .calls import CallEngine
 from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
 from .commands import ParseError
 from .events import VERSIONS, Event, Identity, is_event_name
+from .listener import Listener
 from .session import handle, log_level, reply_frame
 
 __all__ = ["FsSimulator", "SimUser"]
@@ -141,9 +142,8 @@ class FsSimulator:
         self.stopped = GEvent()
         self._unstalled = GEvent()
         self._unstalled.set()
-        self._listener = None
+        self._listener: Listener | None = None
         self._greenlets: list = []
-        self._accept_glet = None
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self._idle = 100.0
         self._shutting_down = False
@@ -164,24 +164,12 @@ class FsSimulator:
         return self
 
     def _bind(self) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(128)
-        self.port = sock.getsockname()[1]
-        self._listener = sock
-        self._accept_glet = gevent.spawn(self._accept_loop, sock)
+        self._listener = Listener(self.host, self.port, self._accept).open()
+        self.port = self._listener.port
 
     def _unbind(self) -> None:
-        if self._accept_glet is not None:
-            if self._accept_glet is not gevent.getcurrent():
-                self._accept_glet.kill(block=True)
-            self._accept_glet = None
         if self._listener is not None:
-            try:
-                self._listener.close()
-            except OSError:
-                pass
+            self._listener.close()
             self._listener = None
 
     def stop(self) -> None:
@@ -289,28 +277,23 @@ class FsSimulator:
         self.password = password
 
     # -- clients ------------------------------------------------------------------
-    def _accept_loop(self, listener) -> None:
-        while True:
-            try:
-                sock, addr = listener.accept()
-            except OSError:
-                return
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            self._accepted += 1
-            client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), self._accepted)
-            log.info("%s: connection %d from %s", self.address, client.number, client.peer)
-            self.clients.append(client)
-            self._live.append(client)
-            if self.acl is not None and not any(ipaddress.ip_address(addr[0]) in n for n in self.acl):
-                client.close_with(REJECTION, "access denied")
-                client._writer = gevent.spawn(client.run_writer)
-                continue
-            client.send_frame(GREETING)
+    def _accept(self, sock, addr) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self._accepted += 1
+        client = SimClient(self, sock, "%s:%d" % (addr[0], addr[1]), self._accepted)
+        log.info("%s: connection %d from %s", self.address, client.number, client.peer)
+        self.clients.append(client)
+        self._live.append(client)
+        if self.acl is not None and not any(ipaddress.ip_address(addr[0]) in n for n in self.acl):
+            client.close_with(REJECTION, "access denied")
             client._writer = gevent.spawn(client.run_writer)
-            client._reader = gevent.spawn(self._read_loop, client)
+            return
+        client.send_frame(GREETING)
+        client._writer = gevent.spawn(client.run_writer)
+        client._reader = gevent.spawn(self._read_loop, client)
 
     def _client_closed(self, client) -> None:
         if self.keep_closed is not None:
