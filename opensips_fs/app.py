@@ -20,7 +20,6 @@ handlers) only asks the owner — the command line — to stop the app.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any, Callable
 
@@ -199,10 +198,8 @@ def config_secrets(config: Config) -> list[str]:
         secrets.append(config.httpd.auth_password)
     scripting = config.freeswitch_scripting
     if scripting is not None:
-        if scripting.db_url:
-            found = re.match(r"^\w+://[^:/@]*:([^@]*)@", scripting.db_url)
-            if found and found.group(1):
-                secrets.append(found.group(1))
+        if scripting.db_url and logs.url_password(scripting.db_url):
+            secrets.append(logs.url_password(scripting.db_url))
         for param in scripting.fs_subscribe:
             password = fsurl.parse(param.url).password
             if password:

@@ -31,6 +31,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable
 
 from . import url as fsurl
+from .logs import mask_password
 
 __all__ = [
     "Config", "ConfigError", "EventHttpSettings", "EventXmlRpcSettings", "EviTransportSettings",
@@ -357,7 +358,7 @@ def _fs_url(value, _dir=None) -> str:
     except fsurl.UrlError as exc:
         raise _BadValue(f"bad FreeSWITCH URL: {exc}") from None
     if not parsed.password:
-        raise _BadValue(f"FreeSWITCH URL {fsurl._safe(text)!r} has no password "
+        raise _BadValue(f"FreeSWITCH URL {mask_password(text)!r} has no password "
                         "(fs_subscribe needs [user]:password@host[:port][?events])")
     return text
 
@@ -367,10 +368,7 @@ _NO = ("no", "false", "off", "disable", "0")
 
 
 def _mask_url(text: str | None) -> str | None:
-    """A URL with its password (``user:PASS@``) replaced by ``***``."""
-    if text is None:
-        return None
-    return re.sub(r"^(\w+://[^:/@]*):[^@]*@", r"\1:***@", text)
+    return None if text is None else mask_password(text)
 
 
 @dataclass(frozen=True)

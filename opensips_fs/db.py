@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import gevent
 import peewee
 
+from .logs import mask_password
 from .url import DEFAULT_PORT
 
 __all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbUrl", "DbVersionError", "FsDatabase",
@@ -182,14 +183,7 @@ def parse_db_url(url: str, base_dir: str | None = None) -> DbUrl:
 
 
 def _mask(url) -> str:
-    text = str(url or "")
-    scheme_end = text.find("://")
-    at = text.rfind("@")
-    if scheme_end >= 0 and at > scheme_end:
-        userinfo = text[scheme_end + 3:at]
-        if ":" in userinfo:
-            return f"{text[:scheme_end + 3]}{userinfo.split(':', 1)[0]}:***{text[at:]}"
-    return text
+    return mask_password(str(url or ""))
 
 
 # ------------------------------------------------------------------ database

@@ -28,8 +28,8 @@ import sys
 import time
 
 __all__ = [
-    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "OpenSipsFormatter", "get_level", "module_of",
-    "register_secret", "scrub", "set_level", "setup",
+    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "OpenSipsFormatter", "get_level", "mask_password",
+    "module_of", "register_secret", "scrub", "set_level", "setup", "url_password",
 ]
 
 NOTICE = 25
@@ -71,10 +71,34 @@ _secret_pattern: re.Pattern | None = None
 _MIN_SECRET = 3
 
 # user:password@ in URLs, with or without a scheme (FreeSWITCH URLs allow
-# ":password@host"); the password stops at the last @ before the host.
+# ":password@host"); the password stops at the last @ before the host, so a
+# password holding `@` or `/` is masked whole.
 _URL_CREDENTIALS = re.compile(
     r"(?P<head>(?:\b[A-Za-z][A-Za-z0-9+.\-]*://)[^\s:/@'\"]*|(?<![\w:/@.\-])[\w.\-]*)"
-    r":(?P<pwd>[^\s@'\"/]+)@(?=[\w\[])")
+    r":(?P<pwd>(?!//)[^\s'\"]+)@(?=[\w\[])")
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of `[scheme://][user]:password@rest` lies in `url`:
+    after the first `:` of the user part, up to the last `@` (how db_url
+    parsing reads it: a password may hold `@`, `/` or `:`)."""
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if scheme_end >= 0 else 0
+    at = url.rfind("@")
+    colon = url.find(":", start, at) if at > start else -1
+    return (colon + 1, at) if colon >= 0 else None
+
+
+def url_password(url: str) -> str | None:
+    """The password written in `url` (`[scheme://][user]:password@…`), or None."""
+    span = _password_span(url)
+    return url[span[0]:span[1]] if span else None
+
+
+def mask_password(url: str) -> str:
+    """`url` with its password replaced by `***`, for log lines and errors."""
+    span = _password_span(url)
+    return f"{url[:span[0]]}***{url[span[1]:]}" if span else url
 
 
 def register_secret(secret: str | None) -> None:

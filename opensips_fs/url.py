@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .logs import mask_password
+
 DEFAULT_PORT = 8021
 
 __all__ = ["DEFAULT_PORT", "FsUrl", "UrlError", "parse"]
@@ -54,7 +56,7 @@ def parse(url) -> FsUrl:
     if scheme_end > 0:
         rest = rest[scheme_end + 3:]
     if not rest:
-        raise UrlError(f"nothing after the scheme in FreeSWITCH URL {_safe(url)!r}")
+        raise UrlError(f"nothing after the scheme in FreeSWITCH URL {mask_password(url)!r}")
 
     username = password = None
     at = rest.find("@")
@@ -69,20 +71,20 @@ def parse(url) -> FsUrl:
     hostport, _, params = rest.partition("?")
     hostport = hostport.split("/", 1)[0].strip()
     if not hostport:
-        raise UrlError(f"empty host in FreeSWITCH URL {_safe(url)!r}")
+        raise UrlError(f"empty host in FreeSWITCH URL {mask_password(url)!r}")
     if "," in hostport:
-        raise UrlError(f"several hosts in FreeSWITCH URL {_safe(url)!r}")
+        raise UrlError(f"several hosts in FreeSWITCH URL {mask_password(url)!r}")
 
     host, colon, port_text = hostport.partition(":")
     if not host:
-        raise UrlError(f"empty host in FreeSWITCH URL {_safe(url)!r}")
+        raise UrlError(f"empty host in FreeSWITCH URL {mask_password(url)!r}")
     port = 0
     if colon:
         if not (port_text.isascii() and port_text.isdigit()):
-            raise UrlError(f"bad port {port_text!r} in FreeSWITCH URL {_safe(url)!r}")
+            raise UrlError(f"bad port {port_text!r} in FreeSWITCH URL {mask_password(url)!r}")
         port = int(port_text)
         if port > 65535:
-            raise UrlError(f"port {port} out of range (1-65535) in FreeSWITCH URL {_safe(url)!r}")
+            raise UrlError(f"port {port} out of range (1-65535) in FreeSWITCH URL {mask_password(url)!r}")
 
     events: list[str] = []
     if params.strip():
@@ -91,22 +93,9 @@ def parse(url) -> FsUrl:
             key = key.strip()
             if not key:
                 if eq:
-                    raise UrlError(f"parameter with an empty name in FreeSWITCH URL {_safe(url)!r}")
+                    raise UrlError(f"parameter with an empty name in FreeSWITCH URL {mask_password(url)!r}")
                 continue
             events.append(key)
 
     return FsUrl(host=host, port=port or DEFAULT_PORT, username=username,
                  password=password, events=events)
-
-
-def _safe(url: str) -> str:
-    """The URL with any password replaced by `***`, for error messages."""
-    scheme_end = url.find("://")
-    start = scheme_end + 3 if scheme_end > 0 else 0
-    at = url.find("@", start)
-    if at > start:
-        userinfo = url[start:at]
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            return f"{url[:start]}{user}:***{url[at:]}"
-    return url

@@ -16,6 +16,8 @@ import socket as _socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..logs import mask_password
+
 __all__ = ["Target", "parse_socket", "resolve", "MODULE_OF"]
 
 # transport token (text before the first ':') -> OpenSIPS module providing it
@@ -114,10 +116,8 @@ def parse_socket(text: str) -> Target | None:
     userinfo = ""
     printed = text
     if "@" in url.netloc:
-        userinfo, _, hostport = url.netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        masked = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-        printed = text.replace(url.netloc, masked, 1)
+        userinfo = url.netloc.rpartition("@")[0]
+        printed = text.replace(url.netloc, mask_password(url.netloc), 1)
     return Target(transport, printed, (transport, text), url.hostname, port,
                   None, path, userinfo)
 
