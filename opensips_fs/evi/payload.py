@@ -23,7 +23,8 @@ import json
 from orjson import dumps as _orjson_dumps
 
 from ..jsonenc import dumps
-from ..mi.commands import MISSING, MiError, _number_to_int
+from ..mi.commands import MISSING, MiError
+from ..mi.jsonrpc import number_to_int
 
 __all__ = ["Notification", "notification", "freeswitch_tail", "parse_mi_params"]
 
@@ -103,7 +104,7 @@ def _value_param(value):
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _number_to_int(value)
+        return number_to_int(value)
     # [EMU] OpenSIPS emits freed memory here; we emit the JSON text.
     return dumps(_plain(value)).decode("utf-8", "surrogateescape")
 
@@ -130,7 +131,7 @@ def parse_mi_params(raw) -> list[tuple[str, str | int]] | None:
             if isinstance(item, str):
                 items.append(("", item))
             elif isinstance(item, (int, float)) and not isinstance(item, bool):
-                items.append(("", str(_number_to_int(item))))
+                items.append(("", str(number_to_int(item))))
             else:
                 raise MiError(400, "Bad Params")
         return items or None

@@ -44,7 +44,8 @@ from jsonrpcserver import Error, Success, dispatch_to_serializable
 from jsonrpcserver.sentinels import NODATA
 
 from ..stats import Stats
-from .jsonrpc import PARSE_ERROR_REPLY, Request, RequestError, encode_error, encode_success, member_count, parse_request
+from .jsonrpc import (INT_MAX, INT_MIN, PARSE_ERROR_REPLY, Request, RequestError, c_string,
+                      encode_error, encode_success, member_count, number_to_int, parse_request)
 
 __all__ = [
     "MISSING", "MiCommand", "MiError", "MiRegistry", "Params", "bad_type",
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INT_MIN, INT_MAX = -(2 ** 31), 2 ** 31 - 1
 _INT_TEXT = re.compile(r"[+-]?[0-9]+\Z")
 MISSING = object()
 
@@ -107,26 +107,6 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _c_string(value: str) -> str:
-    """OpenSIPS reads params as C strings: an embedded NUL ends them."""
-    nul = value.find("\0")
-    return value if nul < 0 else value[:nul]
-
-
-def _clamp32(value: int) -> int:
-    return max(INT_MIN, min(INT_MAX, value))
-
-
-def _number_to_int(value) -> int:
-    """A JSON number as OpenSIPS reads it: truncated, saturated to 32 bits."""
-    if isinstance(value, float):
-        if value != value:  # NaN never comes from JSON, but stay total
-            return 0
-        if value in (float("inf"), float("-inf")):
-            return INT_MAX if value > 0 else INT_MIN
-    return _clamp32(int(value))
-
-
 class Params:
     """The params of one call, mapped onto the matched recipe's names."""
 
@@ -146,15 +126,15 @@ class Params:
     def string(self, name: str) -> str:
         value = self._values.get(name, MISSING)
         if isinstance(value, str):
-            return _c_string(value)
+            return c_string(value)
         if _is_number(value):
-            return str(_number_to_int(value))
+            return str(number_to_int(value))
         raise bad_type(name)
 
     def int(self, name: str) -> int:
         value = self._values.get(name, MISSING)
         if _is_number(value):
-            return _number_to_int(value)
+            return number_to_int(value)
         if isinstance(value, str) and _INT_TEXT.match(value):
             number = int(value)
             if INT_MIN <= number <= INT_MAX:
@@ -170,9 +150,9 @@ class Params:
         items = []
         for item in value:
             if isinstance(item, str):
-                items.append(_c_string(item))
+                items.append(c_string(item))
             elif _is_number(item):
-                items.append(str(_number_to_int(item)))
+                items.append(str(number_to_int(item)))
             else:
                 raise invalid_params(f"Bad type for array item in parameter '{name}'")
         return items

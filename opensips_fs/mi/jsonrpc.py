@@ -29,14 +29,18 @@ from typing import Any
 from .. import jsonenc
 
 __all__ = [
+    "INT_MAX",
+    "INT_MIN",
     "INVALID_REQUEST_NULL_ID",
     "NOTIFICATION",
     "PARSE_ERROR_REPLY",
     "JsonObject",
     "Request",
     "RequestError",
+    "c_string",
     "encode_error",
     "encode_success",
+    "number_to_int",
     "parse_request",
 ]
 
@@ -139,9 +143,11 @@ def c_string(value: str) -> str:
     return value if nul < 0 else value[:nul]
 
 
-def _clamp_id(number) -> int:
+def number_to_int(number) -> int:
+    """A JSON number as OpenSIPS reads it (ids, int params): truncated,
+    saturated to 32 bits."""
     if isinstance(number, float):
-        if number != number:
+        if number != number:  # NaN never comes from JSON, but stay total
             return 0
         if number in (float("inf"), float("-inf")):
             return INT_MAX if number > 0 else INT_MIN
@@ -205,7 +211,7 @@ def parse_request(body: bytes) -> Request:
         elif raw_id is None:
             request_id = None
         else:
-            request_id = _clamp_id(raw_id)
+            request_id = number_to_int(raw_id)
     else:
         request_id = NOTIFICATION
 
