@@ -4,7 +4,6 @@ servers on ephemeral ports / tmp paths."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -15,7 +14,8 @@ from opensips_fs.mi.commands import MiCommand, MiRegistry
 from opensips_fs.mi.core import CoreContext, core_commands, statistics_commands
 from opensips_fs.stats import Stats
 
-GOLDEN = Path("/work/shared/golden/opensips")
+import golden
+
 PROCESSES = ["attendant", "FS Manager", "event_stream Sender", "HTTPD 127.0.0.1:8888",
              "MI Datagram", "MI FIFO", "time_keeper", "timer"]
 
@@ -84,7 +84,15 @@ def httpd_settings(**overrides):
 
 
 def load_golden(name: str) -> dict:
-    return json.loads((GOLDEN / name).read_text())
+    return golden.load("opensips", name)
+
+
+def fs_list_result(exchange: dict) -> bool:
+    """The recorded HTTP reply is a result of the fs_list handler (scripting
+    room): test_mi_app replays these through the real App, the MI-only
+    tests leave them out."""
+    request = exchange.get("request_body") or exchange.get("request_raw") or ""
+    return '"fs_list"' in request and '"result"' in (exchange.get("response_raw") or "")
 
 
 def latin1(text: str) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
 import random
 
 import pytest
@@ -13,9 +12,9 @@ import pytest
 from opensips_fs.esl import protocol
 from opensips_fs.esl.protocol import Frame, FrameParser, ProtocolError, event_name
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden" / "freeswitch"
-if not GOLDEN.is_dir():  # running from another checkout layout
-    GOLDEN = pathlib.Path("/work/shared/golden/freeswitch")
+import golden
+
+GOLDEN = golden.golden_dir("freeswitch")
 
 
 def _chunk_bytes(entry: dict) -> bytes | None:

@@ -5,11 +5,11 @@ comparing the exact bytes the subscribers receive."""
 
 import json
 import time
-from pathlib import Path
 
 import gevent
 import pytest
 
+import golden
 from opensips_fs import config
 from opensips_fs.app import App
 from opensips_fs.evi.sink import TcpSink, UdpSink
@@ -18,9 +18,7 @@ from opensips_fs.sim import FsSimulator
 
 pytestmark = pytest.mark.timeout(30)
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "opensips"
-if not GOLDEN.is_dir():
-    GOLDEN = Path("/work/shared/golden/opensips")
+GOLDEN = golden.golden_dir("opensips")
 
 
 def load(name):

@@ -11,20 +11,18 @@ depends on the script routes). `ttl` is masked (it counts down).
 """
 
 import json
-from pathlib import Path
 
 import gevent
 import pytest
 
+import golden
 from opensips_fs.evi.registry import PUBLISHED_EVENTS, EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
 from opensips_fs.mi.commands import MiRegistry
 from opensips_fs.stats import Stats
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "opensips"
-if not GOLDEN.is_dir():
-    GOLDEN = Path("/work/shared/golden/opensips")
+GOLDEN = golden.golden_dir("opensips")
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,16 +18,13 @@ import pytest
 
 from opensips_fs import config as configuration
 from opensips_fs.app import App
+from mi_support import (
+    fs_list_result, http_exchange, latin1, load_golden, mask_date, mkfifo_reply, read_http_response,
+)
 from test_mi_clients import MI_SCRIPT, VENV_BIN
 from test_mi_fifo_datagram import read_reply, write_fifo
-from test_mi_support import http_exchange, latin1, load_golden, mask_date, mkfifo_reply, read_http_response
 
 pytestmark = pytest.mark.timeout(60)
-
-
-
-def fs_list_exchange(exchange) -> bool:
-    return b'"fs_list"' in latin1(exchange.get("request_body") or exchange.get("request_raw") or "")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +65,7 @@ modparam("mi_datagram", "socket_name", "udp:127.0.0.1:0")
 # The other exchanges of this file are replayed by test_mi_golden (MI only).
 @pytest.mark.parametrize("exchange", [pytest.param(e, id=e["label"])
                                       for e in load_golden("mi_jsonrpc_errors.json")["exchanges"]
-                                      if fs_list_exchange(e) and '"result"' in e["response_raw"]])
+                                      if fs_list_result(e)])
 def test_jsonrpc_errors_fs_list_replies(app, exchange):
     raw = http_exchange(app.http.address, latin1(exchange["request_raw"]))
     assert mask_date(raw) == mask_date(latin1(exchange["response_raw"]))

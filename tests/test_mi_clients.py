@@ -21,7 +21,7 @@ from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
-from test_mi_support import build_registry, httpd_settings
+from mi_support import build_registry, httpd_settings
 
 pytestmark = pytest.mark.timeout(60)
 

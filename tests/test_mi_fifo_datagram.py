@@ -18,14 +18,22 @@ from opensips_fs.mi import StartupError
 from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.stats import Stats
-from test_mi_support import build_registry, latin1, load_golden, mkfifo_reply
+from mi_support import build_registry, latin1, load_golden, mkfifo_reply
 
 pytestmark = pytest.mark.timeout(20)
 real_select = get_original("select", "select")
 
 PARSE_ERROR = b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}'
+# fs_list replies come from the scripting room's handler: those exchanges are
+# replayed through the real App in test_mi_app::test_other_transports.
 FS_HANDLER_LABELS = {"fifo fs_list", "fifo fs_list opensips-cli style", "fifo fs_list with trailing newline",
                      "datagram fs_list"}
+
+
+def _mi_exchanges(transport: str) -> list:
+    """The mi_other_transports exchanges over `transport` that the MI layer answers."""
+    return [pytest.param(e, id=e["label"]) for e in load_golden("mi_other_transports.json")["exchanges"]
+            if e["transport"] == transport and e["label"] not in FS_HANDLER_LABELS]
 
 
 # -- FIFO -------------------------------------------------------------------------
@@ -90,12 +98,8 @@ def test_fifo_created_with_mode(fifo):
     assert stat.S_ISFIFO(mode) and stat.S_IMODE(mode) == 0o600
 
 
-@pytest.mark.parametrize("exchange", [pytest.param(e, id=e["label"]) for e in
-                                      load_golden("mi_other_transports.json")["exchanges"]
-                                      if e["transport"] == "fifo"])
+@pytest.mark.parametrize("exchange", _mi_exchanges("fifo"))
 def test_fifo_golden(fifo, exchange):
-    if exchange["label"] in FS_HANDLER_LABELS:
-        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
     raw = latin1(exchange["request_raw"])
     name = raw.split(b":")[1].decode()
     body = raw.split(b":", 2)[2]
@@ -221,12 +225,8 @@ def udp_request(server, data: bytes, timeout=1.0):
             return []
 
 
-@pytest.mark.parametrize("exchange", [pytest.param(e, id=e["label"]) for e in
-                                      load_golden("mi_other_transports.json")["exchanges"]
-                                      if e["transport"] == "datagram"])
+@pytest.mark.parametrize("exchange", _mi_exchanges("datagram"))
 def test_datagram_golden(udp, exchange):
-    if exchange["label"] in FS_HANDLER_LABELS:
-        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
     timeout = 0.3 if exchange["response_datagrams"] == [] else 2.0
     assert udp_request(udp, latin1(exchange["request_raw"]), timeout) == \
         [latin1(d) for d in exchange["response_datagrams"]]

@@ -19,8 +19,8 @@ import pytest
 
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
-from test_mi_support import (
-    build_registry, http_exchange, httpd_settings, latin1, load_golden, mask_date,
+from mi_support import (
+    build_registry, fs_list_result, http_exchange, httpd_settings, latin1, load_golden, mask_date,
     read_http_response, split_response,
 )
 
@@ -71,8 +71,9 @@ def _fs_handler_reply(exchange) -> bool:
     return not (error and error.get("data") in PRE_HANDLER_DATA)
 
 
-def _http_exchanges(name):
-    return [pytest.param(e, id=e["label"]) for e in load_golden(name)["exchanges"] if e["transport"] == "http"]
+def _http_exchanges(name, covered_elsewhere=lambda exchange: False):
+    return [pytest.param(e, id=e["label"]) for e in load_golden(name)["exchanges"]
+            if e["transport"] == "http" and not covered_elsewhere(e)]
 
 
 # -- mi_jsonrpc_errors ---------------------------------------------------------
@@ -89,15 +90,17 @@ EMU_BY_LABEL = {
 }
 
 
-@pytest.mark.parametrize("exchange", _http_exchanges("mi_jsonrpc_errors.json"))
+def _jsonrpc_error_covered_elsewhere(exchange) -> bool:
+    """fs_list results are replayed through the real App (test_mi_app::
+    test_jsonrpc_errors_fs_list_replies); on "Content-Type text/plain" OpenSIPS
+    drops the connection, our [EMU] answer is test_content_type_not_checked."""
+    return fs_list_result(exchange) or exchange["label"] == "Content-Type text/plain"
+
+
+@pytest.mark.parametrize("exchange", _http_exchanges("mi_jsonrpc_errors.json", _jsonrpc_error_covered_elsewhere))
 def test_jsonrpc_errors(server, exchange):
-    label = exchange["label"]
-    if label not in EMU_BY_LABEL and _fs_handler_reply(exchange):
-        pytest.skip("fs_list reply: replayed through the App in test_mi_app")
-    if label == "Content-Type text/plain":
-        pytest.skip("OpenSIPS drops the connection; [EMU] covered by test_content_type_not_checked")
     raw = http_exchange(server.address, latin1(exchange["request_raw"]))
-    expected = EMU_BY_LABEL.get(label) or mask_date(latin1(exchange["response_raw"]))
+    expected = EMU_BY_LABEL.get(exchange["label"]) or mask_date(latin1(exchange["response_raw"]))
     assert mask_date(raw) == expected
 
 
@@ -186,10 +189,10 @@ def test_core_commands(server, exchange):
 
 # -- mi_fs_subscribe_errors: errors decided before any handler runs ---------------
 
-@pytest.mark.parametrize("exchange", _http_exchanges("mi_fs_subscribe_errors.json"))
+# Replies made by the fs_subscribe/fs_list handlers are replayed by the
+# scripting room (test_scripting_golden::test_mi_phase replays the whole file).
+@pytest.mark.parametrize("exchange", _http_exchanges("mi_fs_subscribe_errors.json", _fs_handler_reply))
 def test_fs_subscribe_recipe_errors(server, exchange):
-    if _fs_handler_reply(exchange):
-        pytest.skip("handler reply: replayed by the scripting room")
     raw = http_exchange(server.address, latin1(exchange["request_raw"]))
     assert mask_date(raw) == mask_date(latin1(exchange["response_raw"]))
 

@@ -19,7 +19,7 @@ from opensips_fs.mi import StartupError
 from opensips_fs.mi.commands import MiCommand
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
-from test_mi_support import build_registry, http_exchange, httpd_settings, read_http_response, split_response
+from mi_support import build_registry, http_exchange, httpd_settings, read_http_response, split_response
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -13,7 +13,7 @@ import pytest
 from opensips_fs import __version__
 from opensips_fs.mi.commands import MiCommand, MiError, MiRegistry
 from opensips_fs.stats import Stats
-from test_mi_support import PROCESSES, build_registry
+from mi_support import PROCESSES, build_registry
 
 
 def call(registry, method, params=None, request_id=1):

@@ -16,19 +16,15 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import gevent
 import pytest
 
 from opensips_fs.sim import FsSimulator, SimUser
+from golden import golden_dir
 from test_sim_support import EslTestClient, Frame
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "freeswitch"
-if not GOLDEN.is_dir():  # running from another checkout layout
-    GOLDEN = Path("/work/shared/golden/freeswitch")
-if not GOLDEN.is_dir():  # pragma: no cover - the shared folder is part of the set-up
-    pytest.skip("golden/freeswitch recordings not found", allow_module_level=True)
+GOLDEN = golden_dir("freeswitch")  # skipped locally, failed under CI=true, when absent
 
 CALL_SCENARIOS = {"40_originate_loopback", "41_originate_api_sync_plain", "42_myevents"}
 SCENARIOS = sorted(p.stem for p in GOLDEN.glob("*.json") if p.stem not in CALL_SCENARIOS)

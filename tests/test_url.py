@@ -4,14 +4,15 @@ accepted must parse to the socket it used."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
 
 from opensips_fs.url import DEFAULT_PORT, FsUrl, UrlError, parse
 
-GOLDEN = Path("/work/shared/golden/opensips")
+import golden
+
+GOLDEN = golden.golden_dir("opensips")
 
 
 @pytest.mark.parametrize("text, host, port, username, password, events", [
