@@ -38,7 +38,6 @@ class DatagramDestination(Destination):
         self.address = address
         self.transport = "unix" if isinstance(address, str) else "udp"
         self._family = _stdsocket.AF_UNIX if self.transport == "unix" else _stdsocket.AF_INET
-        self._sock = None
         self.state = "ready"
 
     def _open(self):
@@ -52,15 +51,15 @@ class DatagramDestination(Destination):
 
             def send(payload):
                 return sock.sendto(payload, address)
-        self._sock = sock
+        self._conn = sock
         self._send = send
 
     def deliver(self) -> None:
-        if self._sock is None:
+        if self._conn is None:
             self._open()
         queue = self.queue
         send = self._send
-        fileno = self._sock.fileno()
+        fileno = self._conn.fileno()
         popleft = queue.popleft
         sent = 0
         try:
@@ -97,8 +96,3 @@ class DatagramDestination(Destination):
         if message != self.last_error:
             log.warning("EVI %s: %s", self.label, message)
         self.last_error = message
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()

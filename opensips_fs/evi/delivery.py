@@ -48,11 +48,13 @@ class Destination:
 
     Subclasses set `transport` and implement `deliver()` (send some of the
     queue; raise OSError on failure after putting unsent payloads back into
-    `inflight`) and optionally `close()`.
+    `inflight`). One that keeps a connection open between deliveries holds
+    it in `_conn` (anything with `close()`): the base `close()` drops it.
     """
 
     transport = "?"
     batch = 256
+    _conn = None
 
     def __init__(self, key, label: str, queue_size: int, counters: EviCounters):
         self.key = key
@@ -195,4 +197,8 @@ class Destination:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if self.state == "connected":
+            self.state = "idle"

@@ -41,7 +41,6 @@ class HttpDestination(Destination):
         self.target = target
         self.transport = target.transport
         self.verify_cert = verify_cert
-        self._conn = None
         self.state = "ready"
 
     def _connection(self):
@@ -93,10 +92,3 @@ class HttpDestination(Destination):
             raise HttpStatusError(f"HTTP {response.status} {response.reason}")
         self.inflight = []
         self._delivered(1)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-        if self.state == "connected":
-            self.state = "idle"

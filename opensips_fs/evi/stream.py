@@ -30,19 +30,18 @@ class StreamDestination(Destination):
     def __init__(self, key, label, queue_size, counters, address):
         super().__init__(key, label, queue_size, counters)
         self.address = address
-        self._sock = None
 
     def _connect(self) -> None:
         self.state = "connecting"
         sock = gsocket.create_connection(self.address, timeout=CONNECT_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(WRITE_TIMEOUT)
-        self._sock = sock
+        self._conn = sock
         self.state = "connected"
 
     def _peer_closed(self) -> bool:
         """Read (and ignore) what the peer sent; True when it closed."""
-        raw = self._sock._sock  # the real socket: gevent's recv would wait
+        raw = self._conn._sock  # the real socket: gevent's recv would wait
         while True:
             try:
                 data = raw.recv(65536, socket.MSG_DONTWAIT)
@@ -54,9 +53,9 @@ class StreamDestination(Destination):
                 return True
 
     def deliver(self) -> None:
-        if self._sock is not None and self._peer_closed():
+        if self._conn is not None and self._peer_closed():
             self.close()
-        if self._sock is None:
+        if self._conn is None:
             self._connect()
         if not self.inflight:
             queue = self.queue
@@ -69,7 +68,7 @@ class StreamDestination(Destination):
             self.inflight = batch
         data = b"".join(self.inflight)
         try:
-            self._sock.sendall(data)
+            self._conn.sendall(data)
         except OSError:
             self._retrying(len(self.inflight))
             raise
@@ -77,10 +76,3 @@ class StreamDestination(Destination):
         self.inflight = []
         if self.queue:
             gevent.sleep(0)
-
-    def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        if self.state == "connected":
-            self.state = "idle"
