@@ -54,11 +54,12 @@ def _status(box, arg):
     )
 
 
+_UPTIME_UNITS_US = {"us": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000,
+                    "h": 3_600_000_000, "d": 86_400_000_000, "y": 31_536_000_000_000}
+
+
 def _uptime(box, arg):
-    div = {"us": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000,
-           "h": 3_600_000_000, "d": 86_400_000_000, "y": 31_536_000_000_000}
-    unit = arg.strip() or "s"
-    return "%d\n" % (box.uptime_us() // div.get(unit, 1_000_000))
+    return "%d\n" % (box.uptime_us() // _UPTIME_UNITS_US.get(arg.strip() or "s", 1_000_000))
 
 
 def _version(box, arg):
@@ -115,14 +116,7 @@ def _originate(box, arg):
     words = arg.split()
     if len(words) < 2:
         return ORIGINATE_USAGE
-    return box.calls.originate(words[0], words[1], wait=True)
-
-
-def _bg_originate(box, arg, job):
-    words = arg.split()
-    if len(words) < 2:
-        return ORIGINATE_USAGE
-    return box.calls.originate(words[0], words[1], wait=True, job=job)
+    return box.calls.originate(words[0])
 
 
 def _uuid_kill(box, arg):
@@ -179,13 +173,9 @@ API_COMMANDS = {
 }
 
 
-def execute(box, cmd: str, arg: str, job: str | None = None) -> str:
+def execute(box, cmd: str, arg: str) -> str:
     """Run one API command; the reply body exactly as FreeSWITCH sends it."""
-    if cmd == "originate" and job is not None:
-        out = _bg_originate(box, arg, job)
-    else:
-        func = API_COMMANDS.get(cmd)
-        if func is None:
-            return "-ERR %s Command not found!\n" % cmd
-        out = func(box, arg)
-    return out if out else "-ERR no reply\n"
+    func = API_COMMANDS.get(cmd)
+    if func is None:
+        return "-ERR %s Command not found!\n" % cmd
+    return func(box, arg) or "-ERR no reply\n"

@@ -74,18 +74,24 @@ def _stamp(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
+def _times(name: str, epoch: float | None) -> dict:
+    """T_<name>, E_<name>, S_<name>: ``epoch`` in µs, in s and as a local
+    time stamp ("0", "0", "" when it has not happened)."""
+    if epoch is None:
+        return {"T_" + name: "0", "E_" + name: "0", "S_" + name: ""}
+    return {"T_" + name: str(int(epoch * 1_000_000)), "E_" + name: str(int(epoch)), "S_" + name: _stamp(epoch)}
+
+
 class Call:
     """A loopback call: legs A (outbound, ``loopback/EXT-a``) and B (inbound)."""
 
     def __init__(self, engine, ext: str, a_uuid: str, b_uuid: str, kind: str, origination: bool):
-        box = engine.box
         self.engine = engine
         self.ext = ext
         self.kind = kind
         self.uuids = {"A": a_uuid, "B": b_uuid}
         self.origination = origination
-        now = box.clock()
-        self.created = now
+        self.created = engine.box.clock()
         self.answered = None
         self.hangup_at = None
         self.cause = "NORMAL_CLEARING"
@@ -96,22 +102,15 @@ class Call:
         self.timer = None
 
     def context(self, leg: str) -> dict:
-        t_created = int(self.created * 1_000_000)
-        ctx = {
-            "A": self.uuids["A"], "B": self.uuids["B"], "EXT": self.ext,
-            "SESSION": str(self.sessions[leg]), "CAUSE": self.cause, "Q850": Q850.get(self.cause, "0"),
-            "T_CREATED": str(t_created), "E_CREATED": str(int(self.created)), "S_CREATED": _stamp(self.created),
-        }
-        if self.answered is not None:
-            ctx.update(T_ANSWERED=str(int(self.answered * 1_000_000)), E_ANSWERED=str(int(self.answered)),
-                       S_ANSWERED=_stamp(self.answered))
-        else:
-            ctx.update(T_ANSWERED="0", E_ANSWERED="0", S_ANSWERED="")
+        """The values of the template placeholders for one leg, now."""
         end = self.hangup_at if self.hangup_at is not None else self.engine.box.clock()
         dur_us = int((end - self.created) * 1_000_000)
-        ctx.update(T_HANGUP=str(int(end * 1_000_000)), E_HANGUP=str(int(end)), S_HANGUP=_stamp(end),
-                   DUR_S=str(dur_us // 1_000_000), DUR_MS=str(dur_us // 1000), DUR_US=str(dur_us))
-        return ctx
+        return {
+            "A": self.uuids["A"], "B": self.uuids["B"], "EXT": self.ext,
+            "SESSION": str(self.sessions[leg]), "CAUSE": self.cause, "Q850": Q850.get(self.cause, "0"),
+            **_times("CREATED", self.created), **_times("ANSWERED", self.answered), **_times("HANGUP", end),
+            "DUR_S": str(dur_us // 1_000_000), "DUR_MS": str(dur_us // 1000), "DUR_US": str(dur_us),
+        }
 
     def fire(self, templates, skip=()) -> None:
         box = self.engine.box
@@ -206,7 +205,8 @@ class CallEngine:
             call.watchers.append(client)
 
     # -- api ------------------------------------------------------------------------
-    def originate(self, url: str, target: str, wait: bool = True, job: str | None = None) -> str:
+    def originate(self, url: str) -> str:
+        """``originate URL …``: start the call, the reply once the A-leg answered."""
         variables = {}
         m = _VARS_RE.match(url)
         if m:
@@ -238,8 +238,7 @@ class CallEngine:
         self.since_startup += 2
         self.peak = max(self.peak, len(self.channels))
         now = time.monotonic()
-        self._created_times.append(now)
-        self._created_times.append(now)
+        self._created_times.extend((now, now))  # one per leg
         self.per_sec_peak = max(self.per_sec_peak, sum(1 for t in self._created_times if now - t <= 1.0))
         call.setup()
         if kind == "hangup":
@@ -255,18 +254,23 @@ class CallEngine:
         call = self.channels.get(uuid)
         if call is None or call.hanging:
             return False
-        self._glets.append(gevent.spawn_later(0.02, call.hangup, cause, False))
+        self._later(call.hangup, cause, False)
         return True
 
     def hupall(self, cause: str = "MANAGER_REQUEST") -> int:
         calls = [c for c in self.calls if not c.hanging]
         if calls:
-            self._glets.append(gevent.spawn_later(0.02, self._hangup_all, calls, cause))
+            self._later(self._hangup_all, calls, cause)
         return len(calls)
 
     def _hangup_all(self, calls, cause) -> None:
         for call in calls:
             call.hangup(cause)
+
+    def _later(self, func, *args) -> None:
+        """Run ``func`` 20 ms from now: FreeSWITCH replies before the hangup."""
+        self._glets = [g for g in self._glets if not g.dead]
+        self._glets.append(gevent.spawn_later(0.02, func, *args))
 
     def show_rows(self, what: str) -> list:
         rows = []

@@ -19,7 +19,8 @@ from gevent import socket  # cooperative even without monkey-patching
 
 from .commands import CommandParser
 
-__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "NOTICE_LOST_LOG", "notice_frame"]
+__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "NOTICE_LOST_LOG", "notice_frame",
+           "BYE", "SHUTDOWN"]
 
 NOTICE_BYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 NOTICE_SHUTDOWN = "The system is being shut down.\n"
@@ -32,6 +33,10 @@ BATCH_BYTES = 256 * 1024
 def notice_frame(text: str, extra: bytes = b"") -> bytes:
     raw = text.encode()
     return b"Content-Type: text/disconnect-notice\n%sContent-Length: %d\n\n%s" % (extra, len(raw), raw)
+
+
+BYE = notice_frame(NOTICE_BYE)
+SHUTDOWN = notice_frame(NOTICE_SHUTDOWN)
 
 
 class _Record:
@@ -200,7 +205,7 @@ class SimClient:
             self.lost_total += count
             box.lost_events += count
             if self.lost > box.max_lost:
-                self.kill_lost_events()
+                self.kill_lost(NOTICE_LOST, "lost events")
             return False
         if self.lost:
             self.lost = 0
@@ -238,18 +243,20 @@ class SimClient:
         self._wake.set()
         return True
 
-    def drop_queued_logs(self) -> None:
-        """``nolog``: log lines not yet written are discarded."""
-        kept = deque(item for item in self._queue if item[1] >= 0)
+    def _keep_queued(self, keep) -> None:
+        """Drop the queued frames whose count (0 reply, >0 events, -1 log line) fails ``keep``."""
+        kept = [item for item in self._queue if keep(item[1])]
         self._queue.clear()
         self._queue.extend(kept)
+
+    def drop_queued_logs(self) -> None:
+        """``nolog``: log lines not yet written are discarded."""
+        self._keep_queued(lambda count: count >= 0)
         self.queued_logs = 0
 
     def drop_queued_events(self) -> None:
         """``noevents``: events not yet written are discarded, the rest kept."""
-        kept = deque(item for item in self._queue if item[1] <= 0)
-        self._queue.clear()
-        self._queue.extend(kept)
+        self._keep_queued(lambda count: count <= 0)
         if self._held:
             self._held.clear()
         self.queued_events = 0
@@ -265,23 +272,12 @@ class SimClient:
             self._queue.extend(held)
             self._wake.set()
 
-    def wait_room(self, count: int, timeout: float | None = None) -> bool:
-        """Block until ``count`` more events fit in the queue (burst back-pressure)."""
-        while self.alive and not self._closing and self.queued_events + count > self.box.queue_size:
-            self._room.clear()
-            if not self._room.wait(timeout):
-                return False
-        return self.alive and not self._closing
-
     def wait_below(self, limit: int) -> bool:
         """Block until at most ``limit`` events are queued (burst back-pressure)."""
         while self.alive and not self._closing and self.queued_events > limit:
             self._room.clear()
             self._room.wait()
         return self.alive and not self._closing
-
-    def kill_lost_events(self) -> None:
-        self.kill_lost(NOTICE_LOST, "lost events")
 
     def kill_lost(self, notice: str, reason: str) -> None:
         """The slow-consumer kill: drop what is queued, notice, close."""

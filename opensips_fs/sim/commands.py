@@ -26,6 +26,7 @@ the parser stays dead (the connection is to be closed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 __all__ = ["Command", "ParseError", "CommandParser", "MAX_BODY", "decode"]
@@ -55,8 +56,7 @@ class Command:
     @property
     def arg(self) -> str:
         """Everything after the first space of the command line ("" if none)."""
-        parts = self.line.split(" ", 1)
-        return parts[1] if len(parts) > 1 else ""
+        return self.line.partition(" ")[2]
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -75,19 +75,13 @@ class ParseError:
     text: str = ""
 
 
+_ATOI_RE = re.compile(r"[-+]?[0-9]+")
+
+
 def _atoi(value: str) -> int:
     """C ``atoi``: optional sign and leading digits, 0 when there are none."""
-    value = value.strip()
-    sign = 1
-    if value[:1] in ("-", "+"):
-        sign = -1 if value[0] == "-" else 1
-        value = value[1:]
-    digits = 0
-    for ch in value:
-        if not ch.isdigit() or not ch.isascii():
-            break
-        digits += 1
-    return sign * int(value[:digits]) if digits else 0
+    m = _ATOI_RE.match(value.strip())
+    return int(m.group()) if m else 0
 
 
 class CommandParser:

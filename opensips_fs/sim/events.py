@@ -31,10 +31,8 @@ from ..jsonenc import dumps_str
 
 __all__ = [
     "Event", "Identity", "url_encode", "json_body", "plain_body", "xml_body",
-    "frame", "date_headers", "EVENT_NAMES", "is_event_name", "FS_VERSION", "FsVersion", "VERSIONS",
+    "frame", "date_headers", "EVENT_NAMES", "is_event_name", "FsVersion", "VERSIONS",
 ]
-
-FS_VERSION = "1.11.3-dev~64bit"
 
 # switch_event_types_t names (switch_event.c EVENT_NAMES), ALL last.
 EVENT_NAMES = (
@@ -195,6 +193,7 @@ class Event:
     headers: list
     body: str | None = None
     subclass: str | None = None
+    seq: int | None = None  # its Event-Sequence, when the box numbered it
     _frames: dict = field(default_factory=dict, repr=False)
     _index: dict | None = field(default=None, repr=False)
 

@@ -25,9 +25,8 @@ from gevent import socket  # cooperative even without monkey-patching
 
 from ..jsonenc import dumps
 from . import api
-from .api import format_uptime
 from .calls import CallEngine
-from .client import NOTICE_BYE, NOTICE_SHUTDOWN, SimClient, notice_frame
+from .client import BYE, NOTICE_BYE, SHUTDOWN, SimClient, notice_frame
 from .commands import ParseError
 from .events import VERSIONS, Event, Identity, is_event_name
 from .listener import Listener
@@ -36,8 +35,6 @@ from .session import handle, log_level, reply_frame
 __all__ = ["FsSimulator", "SimUser"]
 
 GREETING = b"Content-Type: auth/request\n\n"
-BYE = notice_frame(NOTICE_BYE)
-SHUTDOWN = notice_frame(NOTICE_SHUTDOWN)
 REJECTION = b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"
 
 CALLING_HEARTBEAT = ("switch_core.c", "send_heartbeat", 95)
@@ -148,7 +145,6 @@ class FsSimulator:
         self._idle = 100.0
         self._shutting_down = False
         self._rate_glet = None
-        self.rate_sent = 0
 
     # -- life cycle ----------------------------------------------------------
     @property
@@ -179,8 +175,7 @@ class FsSimulator:
             glet.kill(block=False)
         self._greenlets.clear()
         self.calls.stop()
-        for client in list(self._live):
-            client.abort("stopped")
+        self._close_all(None, "stopped")
         self.stopped.set()
 
     def __enter__(self) -> "FsSimulator":
@@ -195,8 +190,7 @@ class FsSimulator:
             return
         self._shutting_down = True
         self._unbind()
-        for client in list(self._live):
-            client.close_with(SHUTDOWN, "shutdown")
+        self._close_all(SHUTDOWN, "shutdown")
         deadline = time.monotonic() + 2.0
         while self._live and time.monotonic() < deadline:
             gevent.sleep(0.01)
@@ -208,16 +202,21 @@ class FsSimulator:
         """``fsctl shutdown``: the notice follows about 0.8 s later."""
         gevent.spawn_later(self.shutdown_delay, self.shutdown)
 
-    # -- faults ----------------------------------------------------------------
-    def drop(self, notice: bool = False) -> int:
-        """Cut every client connection (with the 67-byte notice if asked)."""
+    def _close_all(self, notice: bytes | None, reason: str) -> int:
+        """Close every live connection: after ``notice`` and what is queued
+        before it, or at once (nothing more sent) without one."""
         clients = list(self._live)
         for client in clients:
             if notice:
-                client.close_with(BYE, "dropped")
+                client.close_with(notice, reason)
             else:
-                client.abort("dropped")
+                client.abort(reason)
         return len(clients)
+
+    # -- faults ----------------------------------------------------------------
+    def drop(self, notice: bool = False) -> int:
+        """Cut every client connection (with the 67-byte notice if asked)."""
+        return self._close_all(BYE if notice else None, "dropped")
 
     def client(self, number: int) -> SimClient:
         """The client with this connection number (1-based accept order)."""
@@ -244,11 +243,7 @@ class FsSimulator:
         the port refuses for ``down`` seconds, then a fresh FreeSWITCH run
         (new Core-UUID unless one was fixed, uptime from zero) listens again."""
         self._unbind()
-        for client in list(self._live):
-            if notice:
-                client.close_with(SHUTDOWN, "restart")
-            else:
-                client.abort("restart")
+        self._close_all(SHUTDOWN if notice else None, "restart")
         self.calls.stop()
         if not self._fixed_core_uuid:
             self.identity.core_uuid = self.new_uuid()
@@ -448,17 +443,14 @@ class FsSimulator:
         if subclass:
             all_headers.insert(0, ("Event-Subclass", subclass))
         all_headers.extend(headers)
-        event = Event(name, all_headers, body, subclass)
-        event.seq = seq
-        return event
+        return Event(name, all_headers, body, subclass, seq)
 
     def fire(self, event: Event) -> int:
         """Deliver one event to every client that wants it; returns how many."""
         sent = 0
-        seq = getattr(event, "seq", None)
         for client in self._live:
             if client.wants(event):
-                client.enqueue_event(event.frame(client.format), 1, seq)
+                client.enqueue_event(event.frame(client.format), 1, event.seq)
                 sent += 1
         return sent
 
@@ -480,9 +472,7 @@ class FsSimulator:
     def fire_sendevent(self, name, subclass, headers, body) -> int:
         seq = self.next_seq()
         common = self.identity.common(name, self.clock(), seq, CALLING_SENDEVENT)
-        event = Event(name, list(headers) + common, body, subclass)
-        event.seq = seq
-        return self.fire(event)
+        return self.fire(Event(name, list(headers) + common, body, subclass, seq))
 
     def push_event(self, body, content_type: str = "text/event-json", force: bool = False) -> int:
         """Frame this exact body (a dict becomes compact JSON) and send it to
@@ -524,7 +514,7 @@ class FsSimulator:
         up = self.uptime_us()
         sent = self.raise_event("HEARTBEAT", [
             ("Event-Info", "System Ready"),
-            ("Up-Time", format_uptime(up)),
+            ("Up-Time", api.format_uptime(up)),
             ("FreeSWITCH-Version", self.identity.version),
             ("Uptime-msec", str(up // 1000)),
             ("Session-Count", str(stats["count"])),
@@ -552,9 +542,9 @@ class FsSimulator:
             self.fire_heartbeat()
 
     # -- api ---------------------------------------------------------------------
-    def run_api(self, name: str, arg: str, job: str | None = None) -> str:
+    def run_api(self, name: str, arg: str) -> str:
         api_event = self.make_event("API", _api_headers(name, arg), calling=CALLING_API)
-        output = api.execute(self, name, arg, job)
+        output = api.execute(self, name, arg)
         self.fire(api_event)
         return output
 
@@ -562,7 +552,7 @@ class FsSimulator:
         gevent.spawn(self._bgapi, name, arg, job)
 
     def _bgapi(self, name: str, arg: str, job: str) -> None:
-        output = self.run_api(name, arg, job)
+        output = self.run_api(name, arg)
         headers = [("Job-UUID", job), ("Job-Command", name)]
         if arg:
             headers.append(("Job-Command-Arg", arg))
@@ -597,36 +587,15 @@ class FsSimulator:
         each subscribed client reads (back-pressure, no loss). Returns the
         number of events generated; blocks the calling greenlet until all are
         queued."""
-        canonical = is_event_name(name) or name
-        if canonical != "CUSTOM":
-            subclass = None
-        extra = [("Burst-Count", str(count))]
-        if size:
-            extra.append(("Burst-Payload", "x" * int(size)))
-        body = ("b" * int(body_size)) if body_size else None
+        shape = _load_shape(name, subclass, ("Burst-Count", str(count)), "Burst-Payload", size, body_size)
         done = 0
         window = max(min(window, self.queue_size), chunk)
         while done < count:
             n = min(chunk, count - done)
-            event = self.make_event(canonical, [("Burst-Index", "0")] + extra, body, subclass,
-                                    CALLING_RAISE)
-            targets = [c for c in self._live if c.wants(event)]
-            first = event.seq
-            self.seq = first + n - 1
-            if targets:
-                headers = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
-                templates = {}
-                for client in targets:
-                    fmt = client.format
-                    if fmt not in templates:
-                        templates[fmt] = _burst_blob(fmt, headers, body, first, n, done)
-                for client in targets:
-                    if client.wait_below(window - n):
-                        client.enqueue_event(templates[client.format], n, first, first + n - 1)
+            self._fire_series(shape, n, done, window)
             done += n
             gevent.sleep(0)
         return done
-
 
     def event_rate(self, per_second: float, name: str = "CUSTOM", subclass: str | None = "sim::load",
                    size: int | None = None, body_size: int | None = None) -> None:
@@ -638,17 +607,12 @@ class FsSimulator:
             self._rate_glet.kill(block=False)
             self._rate_glet = None
         if per_second and per_second > 0:
-            self._rate_glet = gevent.spawn(self._rate_loop, float(per_second), name, subclass, size, body_size)
+            per_second = float(per_second)
+            shape = _load_shape(name, subclass, ("Load-Rate", "%g" % per_second), "Load-Payload", size, body_size)
+            self._rate_glet = gevent.spawn(self._rate_loop, per_second, shape)
             self._greenlets.append(self._rate_glet)
 
-    def _rate_loop(self, per_second, name, subclass, size, body_size) -> None:
-        canonical = is_event_name(name) or name
-        if canonical != "CUSTOM":
-            subclass = None
-        extra = [("Load-Rate", "%g" % per_second)]
-        if size:
-            extra.append(("Load-Payload", "x" * int(size)))
-        body = ("b" * int(body_size)) if body_size else None
+    def _rate_loop(self, per_second: float, shape) -> None:
         tick = 0.01
         owed = 0.0
         index = 0
@@ -658,24 +622,45 @@ class FsSimulator:
             n = int(owed)
             if n:
                 owed -= n
-                event = self.make_event(canonical, [("Burst-Index", "0")] + extra, body, subclass, CALLING_RAISE)
-                first = event.seq
-                self.seq = first + n - 1
-                headers = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
-                blobs = {}
-                for client in self._live:
-                    if client.wants(event):
-                        fmt = client.format
-                        if fmt not in blobs:
-                            blobs[fmt] = _burst_blob(fmt, headers, body, first, n, index)
-                        client.enqueue_event(blobs[fmt], n, first, first + n - 1)
+                self._fire_series(shape, n, index)
                 index += n
-                self.rate_sent += n
             next_at += tick
             delay = next_at - time.monotonic()
             if delay < -1.0:
                 next_at = time.monotonic()
             gevent.sleep(max(0.0, delay))
+
+    def _fire_series(self, shape, n: int, index: int, window: int | None = None) -> None:
+        """``n`` events of one ``_load_shape`` to every client that wants
+        them, Event-Sequence and Burst-Index counting up (from the next
+        sequence number and from ``index``); with ``window``, first wait until
+        each client has at most ``window - n`` events queued."""
+        name, subclass, headers, body = shape
+        event = self.make_event(name, headers, body, subclass, CALLING_RAISE)
+        first = event.seq
+        self.seq = first + n - 1
+        targets = [c for c in self._live if c.wants(event)]
+        marked = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
+        blobs = {}
+        for client in targets:
+            if client.format not in blobs:
+                blobs[client.format] = _burst_blob(client.format, marked, body, first, n, index)
+        for client in targets:
+            if window is None or client.wait_below(window - n):
+                client.enqueue_event(blobs[client.format], n, first, first + n - 1)
+
+
+def _load_shape(name: str, subclass: str | None, counter: tuple, payload_header: str,
+                size: int | None, body_size: int | None) -> tuple:
+    """(name, subclass, headers, body) of generated load events: a
+    Burst-Index, the ``counter`` header, ``size`` bytes of payload header,
+    ``body_size`` bytes of body."""
+    canonical = is_event_name(name) or name
+    headers = [("Burst-Index", "0"), counter]
+    if size:
+        headers.append((payload_header, "x" * int(size)))
+    return (canonical, subclass if canonical == "CUSTOM" else None, headers,
+            "b" * int(body_size) if body_size else None)
 
 
 def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from . import api
-from .client import NOTICE_BYE, notice_frame
+from .client import BYE
 from .events import EVENT_NAMES, is_event_name
 
 __all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS", "log_level"]
@@ -31,9 +31,6 @@ def reply_frame(text: str, extra: list | None = None) -> bytes:
 def api_frame(output: str) -> bytes:
     raw = output.encode("utf-8", "surrogateescape")
     return b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(raw), raw)
-
-
-BYE = notice_frame(NOTICE_BYE)
 
 
 def _reply(client, text, extra=None):
@@ -136,39 +133,35 @@ def _userauth(client, rest: str) -> None:
     _reply(client, "+OK accepted", extra)
 
 
-def _api_allowed(client, name: str) -> bool:
+def _allowed_api(client, text: str):
+    """(command, argument) of an api/bgapi line, or None (after the
+    ``permission denied`` reply) if the userauth user may not run it."""
+    name, _, arg = text.partition(" ")
     user = client.user
-    return user is None or user.api is None or name in user.api or "all" in user.api
-
-
-def _split_api(text: str):
-    cmd, _, arg = text.partition(" ")
-    return cmd, arg
+    if user is None or user.api is None or name in user.api or "all" in user.api:
+        return name, arg
+    _reply(client, "-ERR permission denied")
+    return None
 
 
 def _api(client, text: str) -> None:
-    box = client.box
-    name, arg = _split_api(text)
-    if not _api_allowed(client, name):
-        _reply(client, "-ERR permission denied")
+    call = _allowed_api(client, text)
+    if call is None:
         return
     client.hold_events()
     try:
-        output = box.run_api(name, arg)
-        client.send_frame(api_frame(output))
+        client.send_frame(api_frame(client.box.run_api(*call)))
     finally:
         client.release_events()
 
 
 def _bgapi(client, text: str, job_uuid: str | None) -> None:
-    box = client.box
-    name, arg = _split_api(text)
-    if not _api_allowed(client, name):
-        _reply(client, "-ERR permission denied")
+    call = _allowed_api(client, text)
+    if call is None:
         return
-    job = job_uuid if job_uuid else box.new_uuid()
+    job = job_uuid or client.box.new_uuid()
     _reply(client, "+OK Job-UUID: " + job, [("Job-UUID", job)])
-    box.spawn_bgapi(name, arg, job)
+    client.box.spawn_bgapi(*call, job)
 
 
 def _log(client, rest: str) -> None:
