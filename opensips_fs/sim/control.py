@@ -60,6 +60,11 @@ def _num(req, key, default=None):
     return value
 
 
+def _sizes(req) -> dict:
+    """The optional ``size`` / ``body_size`` of generated events (0 or absent: none)."""
+    return {key: int(req[key]) if req.get(key) else None for key in ("size", "body_size")}
+
+
 def apply(boxes, req) -> dict:
     """Run one control request against ``boxes``; returns the answer."""
     if not isinstance(req, dict):
@@ -70,10 +75,7 @@ def apply(boxes, req) -> dict:
         count = int(_num(req, "count"))
         if count < 0:
             raise ControlError("count must be >= 0")
-        size = req.get("size")
-        body_size = req.get("body_size")
-        kwargs = {"name": str(req.get("name", "CUSTOM")), "size": int(size) if size else None,
-                  "body_size": int(body_size) if body_size else None}
+        kwargs = {"name": str(req.get("name", "CUSTOM")), **_sizes(req)}
         if "subclass" in req:
             kwargs["subclass"] = req["subclass"]
         jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
@@ -112,10 +114,9 @@ def apply(boxes, req) -> dict:
         return {"ok": True, "kicked": sum(b.drop(bool(req.get("notice", False))) for b in chosen)}
     if op == "rate":
         per_second = _num(req, "per_second")
-        size, body_size = req.get("size"), req.get("body_size")
         for b in chosen:
             b.event_rate(per_second, str(req.get("name", "CUSTOM")), req.get("subclass", "sim::load"),
-                         int(size) if size else None, int(body_size) if body_size else None)
+                         **_sizes(req))
         return {"ok": True}
     if op == "stall":
         seconds = _num(req, "seconds")

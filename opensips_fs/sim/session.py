@@ -205,36 +205,40 @@ def _subclass_allowed(client, subclass: str) -> bool:
     return not subs or subclass in subs
 
 
-def _event(client, line: str) -> None:
-    rest = line[5:]
+def _keywords(line: str, skip: int) -> list:
+    """The words after the first space that follows the ``skip``-character
+    command word, split on single spaces as mod_event_socket does."""
+    rest = line[skip:]
     space = rest.find(" ")
+    return rest[space + 1:].split(" ") if space >= 0 else []
+
+
+def _event(client, line: str) -> None:
     key_count = 0
-    if space >= 0:
-        tokens = rest[space + 1:].split(" ")
-        custom = False
-        for count, tok in enumerate(tokens):
-            if count == 0 and tok.lower() in ("xml", "plain", "json"):
-                client.format = tok.lower()
-                continue
-            if custom:
-                if not _subclass_allowed(client, tok):
-                    _reply(client, "-ERR permission denied")
-                    return
-                client.subclasses[tok] = None
-                continue
-            name = is_event_name(tok)
-            if name is None:
-                continue
-            if not _event_allowed(client, name):
+    custom = False
+    for count, tok in enumerate(_keywords(line, 5)):
+        if count == 0 and tok.lower() in ("xml", "plain", "json"):
+            client.format = tok.lower()
+            continue
+        if custom:
+            if not _subclass_allowed(client, tok):
                 _reply(client, "-ERR permission denied")
                 return
-            key_count += 1
-            if name == "ALL":
-                client.all_events = True
-            else:
-                client.event_list[name] = None
-            if name == "CUSTOM":
-                custom = True
+            client.subclasses[tok] = None
+            continue
+        name = is_event_name(tok)
+        if name is None:
+            continue
+        if not _event_allowed(client, name):
+            _reply(client, "-ERR permission denied")
+            return
+        key_count += 1
+        if name == "ALL":
+            client.all_events = True
+        else:
+            client.event_list[name] = None
+        if name == "CUSTOM":
+            custom = True
     if not key_count:
         _reply(client, "-ERR no keywords supplied")
         return
@@ -243,29 +247,26 @@ def _event(client, line: str) -> None:
 
 
 def _nixevent(client, line: str) -> None:
-    rest = line[8:]
-    space = rest.find(" ")
     key_count = 0
-    if space >= 0:
-        custom = False
-        for tok in rest[space + 1:].split(" "):
-            if custom:
-                client.subclasses.pop(tok, None)
-                continue
-            name = is_event_name(tok)
-            if name is None:
-                continue
-            key_count += 1
-            if name == "CUSTOM":
-                custom = True
-            elif name == "ALL":
+    custom = False
+    for tok in _keywords(line, 8):
+        if custom:
+            client.subclasses.pop(tok, None)
+            continue
+        name = is_event_name(tok)
+        if name is None:
+            continue
+        key_count += 1
+        if name == "CUSTOM":
+            custom = True
+        elif name == "ALL":
+            client.all_events = False
+            client.event_list.clear()
+        else:
+            if client.all_events:
                 client.all_events = False
-                client.event_list.clear()
-            else:
-                if client.all_events:
-                    client.all_events = False
-                    client.event_list = dict.fromkeys(n for n in EVENT_NAMES if n != "ALL")
-                client.event_list.pop(name, None)
+                client.event_list = dict.fromkeys(n for n in EVENT_NAMES if n != "ALL")
+            client.event_list.pop(name, None)
     if not key_count:
         _reply(client, "-ERR no keywords supplied")
         return
