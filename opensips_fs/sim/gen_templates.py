@@ -1,6 +1,8 @@
 """Build ``call_templates.json`` from the real FreeSWITCH recordings.
 
-    python -m opensips_fs.sim.gen_templates [../shared/golden/freeswitch]
+    python -m opensips_fs.sim.gen_templates [GOLDEN/freeswitch]
+
+(default: ``$OPENSIPS_FS_GOLDEN/freeswitch``, else ``<repo>/../shared/golden/freeswitch``)
 
 The channel events of a recorded loopback call (40_originate_loopback: the
 set-up and a ``hupall``; 41_originate_api_sync_plain: a call the B-leg hangs
@@ -16,6 +18,7 @@ re-recording shows up as a readable diff.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import urllib.parse
@@ -181,7 +184,12 @@ def render(tables: dict) -> str:
 
 def main(argv=None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
-    golden = Path(argv[0] if argv else Path(__file__).resolve().parents[3] / "shared/golden/freeswitch")
+    if argv:
+        golden = Path(argv[0])
+    elif os.environ.get("OPENSIPS_FS_GOLDEN"):
+        golden = Path(os.environ["OPENSIPS_FS_GOLDEN"]) / "freeswitch"
+    else:
+        golden = Path(__file__).resolve().parents[3] / "shared" / "golden" / "freeswitch"
     OUT.write_text(render(build(golden)), encoding="utf-8")
     print("wrote %s" % OUT)
     return 0
