@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-from . import api
 from .client import BYE
 from .events import EVENT_NAMES, is_event_name
 
