@@ -50,6 +50,7 @@ from .protocol import (
     ProtocolError,
     auth_command,
     encode_command,
+    header_value,
 )
 
 __all__ = [
@@ -100,22 +101,14 @@ class EslReply:
         self.content_type = content_type
         self.headers = headers
         self.body = body
-        self.reply_text = None
-        for name, value in headers:
-            if name.lower() == "reply-text":
-                self.reply_text = value
-                break
+        self.reply_text = header_value(headers, "Reply-Text")
 
     @classmethod
     def from_frame(cls, frame: Frame) -> "EslReply":
         return cls(frame.content_type, frame.headers, frame.body)
 
     def header(self, name: str, default: str | None = None) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+        return header_value(self.headers, name, default)
 
     def __repr__(self) -> str:
         if self.reply_text is not None:

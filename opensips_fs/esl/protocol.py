@@ -47,6 +47,7 @@ __all__ = [
     "encode_command",
     "event_command",
     "event_name",
+    "header_value",
     "nixevent_command",
 ]
 
@@ -94,11 +95,7 @@ class Frame:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (case-insensitive)."""
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return default
+        return header_value(self.headers, name, default)
 
     @property
     def reply_text(self) -> str | None:
@@ -121,6 +118,15 @@ class Frame:
     def __repr__(self) -> str:
         size = None if self.body is None else len(self.body)
         return f"Frame({self.content_type!r}, headers={len(self.headers)}, body={size})"
+
+
+def header_value(headers, name: str, default: str | None = None) -> str | None:
+    """The first value of header `name` in (name, value) pairs, case-insensitive."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return default
 
 
 def _parse_length(raw: bytes | str, max_body: int) -> int:
