@@ -347,11 +347,7 @@ class Scripting:
     def status(self, url_text: str | None = None) -> dict:
         if url_text is None:
             return {"Sockets": [s.status() for s in self.manager.sockets()]}
-        try:
-            parsed = fsurl.parse(url_text)
-        except fsurl.UrlError as exc:
-            log.error("fs_status: %s", exc)
-            raise internal_error() from None
+        parsed = _parse_url(url_text, "fs_status")
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is None:
             raise MiError(404, "Socket not found")
@@ -363,11 +359,7 @@ class Scripting:
         """Parse the URL and find its socket without creating anything:
         (parsed, socket or None). A bad URL, or an unknown socket without a
         password, is `500 Internal Error` (FSS.md §2.3, §4 step 2)."""
-        try:
-            parsed = fsurl.parse(url_text)
-        except fsurl.UrlError as exc:
-            log.error("failed to parse FS URL: %s", exc)
-            raise internal_error() from None
+        parsed = _parse_url(url_text, "failed to parse FS URL")
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is None and not parsed.password:
             log.error("refusing to connect to FS %s without a password", parsed.key)
@@ -423,6 +415,16 @@ class Scripting:
             MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
             MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),
         ]
+
+
+def _parse_url(url_text: str, what: str):
+    """The parsed URL; a malformed one is logged (`what: reason`) and is
+    `500 Internal Error`, as OpenSIPS answers."""
+    try:
+        return fsurl.parse(url_text)
+    except fsurl.UrlError as exc:
+        log.error("%s: %s", what, exc)
+        raise internal_error() from None
 
 
 def _multiline(names) -> bool:
