@@ -37,7 +37,7 @@ __all__ = [
     "Config", "ConfigError", "EventHttpSettings", "EventXmlRpcSettings", "EviTransportSettings",
     "FreeswitchSettings", "HttpdSettings", "IGNORED_MODULES", "LOG_LEVELS",
     "MODULES", "MiDatagramSettings", "MiFifoSettings", "MiHttpSettings",
-    "ScriptingSettings", "SubscribeParam", "load", "loads", "parse_log_level",
+    "ScriptingSettings", "SubscribeParam", "load", "loads", "parse_log_level", "split_udp",
 ]
 
 
@@ -134,11 +134,11 @@ class MiDatagramSettings:
     @property
     def host(self) -> str | None:
         """The UDP host, or None for a unix socket."""
-        return _split_udp(self.socket_name)[0]
+        return (split_udp(self.socket_name) or (None, None))[0]
 
     @property
     def port(self) -> int | None:
-        return _split_udp(self.socket_name)[1]
+        return (split_udp(self.socket_name) or (None, None))[1]
 
 
 @dataclass
@@ -311,7 +311,8 @@ def _ip(value, _dir=None) -> str:
 def _datagram_socket(value, _dir=None) -> str:
     text = _str(value).strip()
     if text.startswith("udp:"):
-        _split_udp(text, strict=True)
+        if split_udp(text) is None:
+            raise _BadValue(f"expects udp:IP:PORT (port 0..65535), got {text!r}")
         return text
     if text.startswith("unix:"):
         if not text[5:]:
@@ -322,15 +323,15 @@ def _datagram_socket(value, _dir=None) -> str:
     raise _BadValue(f"expects udp:IP:PORT or a unix socket path, got {text!r}")
 
 
-def _split_udp(socket_name: str, strict: bool = False) -> tuple[str | None, int | None]:
+def split_udp(socket_name: str) -> tuple[str, int] | None:
+    """(host, port) of ``udp:HOST:PORT`` (an IPv6 host may be in brackets),
+    or None when it is not of that form."""
     if not socket_name.startswith("udp:"):
-        return None, None
+        return None
     host, colon, port = socket_name[4:].rpartition(":")
     host = host.strip("[]")
     if not colon or not host or not port.isdigit() or int(port) > 65535:
-        if strict:
-            raise _BadValue(f"expects udp:IP:PORT (port 0..65535), got {socket_name!r}")
-        return None, None
+        return None
     return host, int(port)
 
 

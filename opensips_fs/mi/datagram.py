@@ -18,6 +18,7 @@ import gevent
 from gevent import socket
 from gevent.pool import Pool
 
+from ..config import split_udp
 from ..stats import Stats
 from . import StartupError
 from .jsonrpc import PARSE_ERROR_REPLY
@@ -36,12 +37,11 @@ CONCURRENCY = 256
 def parse_socket_name(name: str):
     """(family, address) for `udp:ip:port`, `unix:/path` or `/path`."""
     if name.startswith("udp:"):
-        host, sep, port = name[4:].rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
+        address = split_udp(name)
+        if address is None:
             raise StartupError(f"mi_datagram: bad socket_name {name!r} (udp:IP:PORT)")
-        host = host.strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return family, (host, int(port))
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        return family, address
     path = name[5:] if name.startswith("unix:") else name
     if not path:
         raise StartupError(f"mi_datagram: bad socket_name {name!r}")

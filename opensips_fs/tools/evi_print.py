@@ -23,6 +23,8 @@ import time
 import urllib.error
 import urllib.request
 
+from ..config import split_udp
+
 SUBSCRIBE_RETRY = 0.5      # s between attempts while the MI is not up yet
 READ_TICK = 0.5            # s: how often the loop looks at the clock and at signals
 
@@ -51,12 +53,10 @@ class MiClient:
 
 
 def parse_udp(address: str) -> tuple[str, int]:
-    if not address.startswith("udp:"):
+    host_port = split_udp(address)
+    if host_port is None:
         raise argparse.ArgumentTypeError(f"expected udp:HOST:PORT, got {address!r}")
-    host, colon, port = address[4:].rpartition(":")
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected udp:HOST:PORT, got {address!r}")
-    return host, int(port)
+    return host_port
 
 
 def describe(datagram: bytes, raw: bool) -> str:
