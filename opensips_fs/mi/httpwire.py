@@ -13,8 +13,9 @@ both Content-Length and Transfer-Encoding (400: smuggling guard).
 Goals: fast on the common path (one `find` for the end of the header
 block, one split per line, no regex), linear in the worst case — a client
 that sends one byte at a time never makes the parser rescan what it has
-already looked at (`_scan_from`), and every size is bounded before bytes
-are accumulated.
+already looked at (`_scan_from`, for the header block and for chunk-size
+and trailer lines alike), and every size is bounded before bytes are
+accumulated.
 
 Plan: `RequestParser.feed(data)` buffers bytes; `next_event()` returns an
 `HttpRequest`, `NEED_DATA`, or `CONTINUE` (the transport should write
@@ -214,7 +215,7 @@ class RequestParser:
         buf = self._buf
         while True:
             if self._chunk_state == "size":
-                end = buf.find(b"\r\n", self._pos)
+                end = self._find_line_end()
                 if end < 0:
                     if len(buf) - self._pos > _MAX_CHUNK_LINE:
                         raise HttpError(400, "chunk size line too long")
@@ -247,7 +248,7 @@ class RequestParser:
                 self._pos += 2
                 self._chunk_state = "size"
             else:  # trailer section: lines up to an empty one, ignored
-                end = buf.find(b"\r\n", self._pos)
+                end = self._find_line_end()
                 if end < 0:
                     if len(buf) - self._pos > self.max_head:
                         raise HttpError(431, "trailers too large")
@@ -259,6 +260,16 @@ class RequestParser:
                     self._chunks = bytearray()
                     self._chunk_state = "size"
                     return body
+
+
+    def _find_line_end(self) -> int:
+        """The CRLF ending the line at `_pos`, or -1; a line still coming in
+        is never searched again from its start."""
+        buf = self._buf
+        end = buf.find(b"\r\n", max(self._pos, self._scan_from))
+        if end < 0:
+            self._scan_from = len(buf) - 1
+        return end
 
 
 def _parse_head_bytes(head: bytes, max_body: int):
