@@ -264,15 +264,23 @@ def test_demo_refuses_a_config_without_fs_subscribe(tmp_path):
     assert "fs_subscribe" in str(info.value)
 
 
-def _free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _reserved_port() -> socket.socket:
+    """Holds an ephemeral TCP port, not listening, for the demo subprocess to
+    bind alongside (its listeners set SO_REUSEADDR): unlike a port bound then
+    released, nothing else on the machine can be handed it meanwhile."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
 
 
 @pytest.mark.timeout(40)
 def test_demo_shows_call_events_and_stops_on_ctrl_c(tmp_path):
-    sim_port, http_port, evi_port = _free_port(), _free_port(), _free_port(socket.SOCK_DGRAM)
+    with _reserved_port() as sim_holder, _reserved_port() as http_holder:
+        _run_demo(tmp_path, sim_holder.getsockname()[1], http_holder.getsockname()[1])
+
+
+def _run_demo(tmp_path, sim_port, http_port):
     text = (REPO / "etc" / "demo.cfg").read_text()
     text = text.replace("127.0.0.1:18021", f"127.0.0.1:{sim_port}")
     text = text.replace('"port", 18888', f'"port", {http_port}')
@@ -282,7 +290,7 @@ def test_demo_shows_call_events_and_stops_on_ctrl_c(tmp_path):
     with open(out_path, "w") as out, open(err_path, "w") as errors:
         demo = subprocess.Popen(
             [sys.executable, "-m", "opensips_fs.tools.demo", "--config", str(cfg),
-             "--calls-per-second", "20", "--evi", f"udp:127.0.0.1:{evi_port}"],
+             "--calls-per-second", "20", "--evi", "udp:127.0.0.1:0"],
             stdout=out, stderr=errors, cwd=REPO, start_new_session=True)
     try:
         deadline = time.monotonic() + 20

@@ -25,21 +25,27 @@ def opensips_fs(*args, timeout=15):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    """A port the kernel just handed out (bind to 0) and released."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def reserved_port() -> socket.socket:
+    """A socket holding an ephemeral TCP port without listening on it, for a
+    service started in a subprocess that must be told its port: until the
+    holder is closed no other socket on the machine is handed the port (a
+    port bound then released may be taken by any test running meanwhile),
+    connections to it are refused, and the service, whose listener sets
+    SO_REUSEADDR, binds it alongside."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
 
 
-def make_config(tmp_path, http_port=None, extra=""):
+def make_config(tmp_path, http_port=0, extra=""):
     """The default config, copied, with every fixed address moved to tmp_path
-    or to a free port (tests never touch the default ports and paths)."""
+    or to an ephemeral port (tests never touch the default ports and paths)."""
     text = DEFAULT_CFG.read_text()
-    text = text.replace('"port", 8888', f'"port", {http_port or free_port()}')
+    text = text.replace('"port", 8888', f'"port", {http_port}')
     text = text.replace('"/tmp/opensips_fifo"', f'"{tmp_path}/fifo"')
     text = text.replace('"reply_dir", "/tmp/"', f'"reply_dir", "{tmp_path}/"')
-    text = text.replace("udp:127.0.0.1:8080", f"udp:127.0.0.1:{free_port(socket.SOCK_DGRAM)}")
+    text = text.replace("udp:127.0.0.1:8080", "udp:127.0.0.1:0")
     text = text.replace('"sqlite://../var/opensips-fs.sqlite"', '"sqlite://fs.sqlite"')
     assert "8888" not in text.replace("127.0.0.1:8888/mi", "") and "/tmp/opensips_fifo" not in text
     path = tmp_path / "opensips-fs.cfg"
@@ -204,19 +210,20 @@ def wait_for_port(port, service, timeout=10.0):
 
 
 def test_log_level_option_overrides_config(tmp_path, services):
-    port = free_port()
-    cfg = tmp_path / "quiet.cfg"
-    cfg.write_text(f'log_level=-1\nloadmodule "httpd.so"\nloadmodule "mi_http.so"\n'
-                   f'modparam("httpd", "port", {port})\n')
-    service = services(cfg, "-l", "info")
-    service.wait_for("INFO:core:_start: starting opensips-fs")
-    service.wait_for("started")
-    assert service.stop(signal.SIGINT) == 0
-    assert "SIGINT received" in service.log
-    quiet = services(cfg)
-    wait_for_port(port, quiet)
-    assert quiet.stop() == 0
-    assert quiet.log == ""     # errors only: a clean run prints nothing
+    with reserved_port() as holder:
+        port = holder.getsockname()[1]
+        cfg = tmp_path / "quiet.cfg"
+        cfg.write_text(f'log_level=-1\nloadmodule "httpd.so"\nloadmodule "mi_http.so"\n'
+                       f'modparam("httpd", "port", {port})\n')
+        service = services(cfg, "-l", "info")
+        service.wait_for("INFO:core:_start: starting opensips-fs")
+        service.wait_for("started")
+        assert service.stop(signal.SIGINT) == 0
+        assert "SIGINT received" in service.log
+        quiet = services(cfg)
+        wait_for_port(port, quiet)
+        assert quiet.stop() == 0
+        assert quiet.log == ""     # errors only: a clean run prints nothing
 
 
 def test_sigterm_during_start_up_still_exits_0(tmp_path, services):
@@ -228,18 +235,19 @@ def test_sigterm_during_start_up_still_exits_0(tmp_path, services):
 
 
 def test_default_config_copy_answers_mi_and_stops_cleanly(tmp_path, services):
-    port = free_port()
-    service = services(make_config(tmp_path, http_port=port))
-    service.wait_for("started")
-    reply = mi_http(port, "which")
-    assert reply["jsonrpc"] == "2.0" and reply["id"] == 1
-    assert "which" in reply["result"]
-    if "fs_list" in reply["result"]:
-        assert mi_http(port, "fs_list")["result"] == {"Sockets": []}
-    assert service.stop(signal.SIGTERM) == 0
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    assert "Traceback" not in service.log
+    with reserved_port() as holder:
+        port = holder.getsockname()[1]
+        service = services(make_config(tmp_path, http_port=port))
+        service.wait_for("started")
+        reply = mi_http(port, "which")
+        assert reply["jsonrpc"] == "2.0" and reply["id"] == 1
+        assert "which" in reply["result"]
+        if "fs_list" in reply["result"]:
+            assert mi_http(port, "fs_list")["result"] == {"Sockets": []}
+        assert service.stop(signal.SIGTERM) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert "Traceback" not in service.log
 
 
 def test_http_port_in_use_exits_1_naming_the_address(tmp_path, services):

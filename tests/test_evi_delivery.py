@@ -80,19 +80,23 @@ def test_subscriber_away_for_5s_gets_every_event(kind):
         sink.close()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def dead_port() -> socket.socket:
+    """A socket bound to an ephemeral port and never listening: connections
+    to the port are refused, and, unlike a port bound then released, no other
+    socket on the machine can be handed it meanwhile (a listener there took
+    a notification once). A sink (SO_REUSEADDR) may bind the port alongside."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    return holder
 
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("kind", ["tcp", "http"])
 def test_beyond_the_bound_drops_are_counted_exactly(kind):
     evi = registry(queue_size=10)
-    port = free_port()
+    holder = dead_port()
+    port = holder.getsockname()[1]
     socket_text = (f"tcp:127.0.0.1:{port}" if kind == "tcp"
                    else f"http://127.0.0.1:{port}/events")
     evi.subscribe("E_FREESWITCH", socket_text, 3600)
@@ -103,6 +107,7 @@ def test_beyond_the_bound_drops_are_counted_exactly(kind):
     dest = evi.destinations()[0]
     assert len(dest.queue) == 10 and dest.dropped == 15 - len(dest.inflight)
     sink = (TcpSink if kind == "tcp" else HttpSink)(port=port)
+    holder.close()
     try:
         received_expected = 10 + len(dest.inflight)
         assert sink.wait_for(received_expected, timeout=3)
@@ -330,10 +335,11 @@ def test_unsubscribed_destination_flushes_then_goes_away():
 
 def test_stop_counts_what_was_never_delivered():
     evi = registry()
-    evi.subscribe("E_FREESWITCH", f"tcp:127.0.0.1:{free_port()}", 3600)
-    for i in range(7):
-        evi.raise_freeswitch("CHANNEL_STATE", "h", body(i))
-    evi.stop()
+    with dead_port() as holder:
+        evi.subscribe("E_FREESWITCH", f"tcp:127.0.0.1:{holder.getsockname()[1]}", 3600)
+        for i in range(7):
+            evi.raise_freeswitch("CHANNEL_STATE", "h", body(i))
+        evi.stop()
     assert stat(evi, "notifications_dropped") == 7
     assert evi.destinations()[0].status()["dropped"] == 7
 
