@@ -53,18 +53,14 @@ class CoreContext:
     shutdown: Callable[[], None] | None = None
 
 
-def _ctime(timestamp: float) -> str:
-    return time.ctime(timestamp)
-
-
 def core_commands(ctx: CoreContext) -> list[MiCommand]:
     registry = ctx.registry
 
     def uptime(params: Params):
         now = time.time()
         return {
-            "Now": _ctime(now),
-            "Up since": _ctime(ctx.started_at),
+            "Now": time.ctime(now),
+            "Up since": time.ctime(ctx.started_at),
             "Up time": f"{int(now - ctx.started_at)} [sec]",
         }
 

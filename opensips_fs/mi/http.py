@@ -86,15 +86,15 @@ class MiHttpServer:
         root = (mi_http_settings.root if mi_http_settings is not None else "mi").strip("/")
         self.root_path = "/" + root
         self.max_body = max_body
-        self.timeout = float(getattr(httpd_settings, "conn_timeout", 30) or 30)
+        self.timeout = float(httpd_settings.conn_timeout)
         self.routes: dict[str, Route] = {"/health": self._health, "/metrics": self._metrics}
         self.routes.update(extra_routes or {})
-        user = getattr(httpd_settings, "auth_username", None)
-        password = getattr(httpd_settings, "auth_password", None)
+        user = httpd_settings.auth_username
+        password = httpd_settings.auth_password
         self._auth = None
         if user and password is not None:
             self._auth = f"{user}:{password}".encode()
-        realm = getattr(httpd_settings, "auth_realm", None) or "OpenSIPS MI"
+        realm = httpd_settings.auth_realm or "OpenSIPS MI"
         self._challenge = (("WWW-Authenticate", f'Basic realm="{realm}"'),)
         self._tls = self._tls_context()
         self._server: StreamServer | None = None
@@ -106,8 +106,8 @@ class MiHttpServer:
         stats.gauge("mi", "http_open_connections", lambda: self._open)
 
     def _tls_context(self):
-        cert = getattr(self.settings, "tls_cert_file", None)
-        key = getattr(self.settings, "tls_key_file", None)
+        cert = self.settings.tls_cert_file
+        key = self.settings.tls_key_file
         if not cert:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
