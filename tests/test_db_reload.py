@@ -144,15 +144,15 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
 def test_unreachable_server_at_start_and_reload(engine_db, stacks, caplog):
     """A DB that is down at start: start-up continues with the modparams; a
     reload answers 500 and keeps them."""
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, never listening: refused, and nobody else gets the port
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    url = f"{engine_db.engine}://u:secretpw@127.0.0.1:{dead}/x"
-    stack = stacks(db_params=f'modparam("freeswitch_scripting", "db_url", "{url}")',
-                   modparams='modparam("freeswitch_scripting", "fs_subscribe", '
-                             '":ClueCon@127.0.0.1:8021?DTMF")')
-    assert fs_list(stack) == [{"if": "127.0.0.1:8021", "Events": ["DTMF"]}]
-    assert stack.mi("fs_reload")["error"] == {"code": 500, "message": "Internal Error"}
-    assert fs_list(stack) == [{"if": "127.0.0.1:8021", "Events": ["DTMF"]}]
+        url = f"{engine_db.engine}://u:secretpw@127.0.0.1:{dead}/x"
+        stack = stacks(db_params=f'modparam("freeswitch_scripting", "db_url", "{url}")',
+                       modparams='modparam("freeswitch_scripting", "fs_subscribe", '
+                                 '":ClueCon@127.0.0.1:8021?DTMF")')
+        assert fs_list(stack) == [{"if": "127.0.0.1:8021", "Events": ["DTMF"]}]
+        assert stack.mi("fs_reload")["error"] == {"code": 500, "message": "Internal Error"}
+        assert fs_list(stack) == [{"if": "127.0.0.1:8021", "Events": ["DTMF"]}]
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "secretpw" not in logged and f"127.0.0.1:{dead}" in logged

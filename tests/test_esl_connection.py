@@ -5,6 +5,7 @@ a peer that is not ESL at all)."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import gevent
@@ -65,12 +66,11 @@ def test_open_and_commands(box):
 
 
 def test_refused_port_fails_fast():
-    server = raw_server(lambda s, a: None)
-    port = server.server_port
-    server.stop()
-    rec = Recorder()
-    with pytest.raises(EslConnectError, match="connect to 127.0.0.1"):
-        make_conn(port, rec).open(None, "ClueCon")
+    with socket.socket() as holder:  # bound, never listening: refused, and nobody else gets the port
+        holder.bind(("127.0.0.1", 0))
+        rec = Recorder()
+        with pytest.raises(EslConnectError, match="connect to 127.0.0.1"):
+            make_conn(holder.getsockname()[1], rec).open(None, "ClueCon")
 
 
 def test_silent_peer_bounded_by_connect_timeout():
