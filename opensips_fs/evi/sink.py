@@ -72,6 +72,16 @@ class _Sink:
     def documents(self) -> list:
         return [json.loads(p) for p in self.payloads]
 
+    def _listen(self):
+        """A TCP listener on (host, port); `port` becomes the bound one, so a
+        paused sink resumes on the same port."""
+        listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        return listener
+
 
 class UdpSink(_Sink):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, rcvbuf: int = 8 << 20):
@@ -113,11 +123,7 @@ class TcpSink(_Sink):
         return f"tcp:{self.host}:{self.port}"
 
     def resume(self):
-        listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
+        listener = self._listen()
         self._listener = listener
         self._greenlets.append(gevent.spawn(self._accept, listener))
 
@@ -198,11 +204,7 @@ class HttpSink(_Sink):
         return [b""]
 
     def resume(self):
-        listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
+        listener = self._listen()
         from gevent.pool import Pool
         # a pool, so that stop() also kills the keep-alive connections
         self._server = self._server_class(listener, self._app, spawn=Pool(1000),
