@@ -14,6 +14,10 @@ Supports (EVI.md §4.1, §2.5):
 Goals: the notification is serialized once per raise and shared by every
 subscriber; only a tcp `/method` override costs one concatenation more.
 Cost is linear in the size of the params (orjson does the escaping).
+
+Plan: a notification is `method_head(event) + tail`, `tail` being the
+params part; E_FREESWITCH caches the encoded `name`/`sender` prefix of its
+tail so that only the body is encoded per event.
 """
 
 from __future__ import annotations
