@@ -156,7 +156,6 @@ class Scripting:
         self.manager = manager
         self.evi = evi
         self.stats = stats
-        self.cfg_dir = cfg_dir
         # our modparams; a partial settings object (tests) gets config's defaults
         self.max_command_bytes = getattr(settings, "esl_cmd_max_size", MAX_COMMAND_BYTES)
         db_timeout = getattr(settings, "db_timeout", ScriptingSettings.db_timeout) / 1000.0

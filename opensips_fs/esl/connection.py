@@ -176,7 +176,6 @@ class EslConnection:
         self.lost_reason: str | None = None
         self.closed = gevent.event.Event()
         self.late_replies = 0
-        self.stray_replies = 0
 
     # -- opening -------------------------------------------------------------
 
@@ -314,7 +313,6 @@ class EslConnection:
                         if fifo:
                             self._complete(fifo.popleft(), frame)
                         else:
-                            self.stray_replies += 1
                             on_frame(frame)
                     elif frame.is_disconnect:
                         text = (frame.body or b"").decode("utf-8", "replace").strip()
@@ -338,7 +336,6 @@ class EslConnection:
             if self._fifo:
                 self._complete(self._fifo.popleft(), frame)
             else:
-                self.stray_replies += 1
                 self.on_frame(frame)
         elif frame.is_disconnect:
             raise _Lost("disconnect notice")

@@ -100,7 +100,7 @@ def rejected_retry_gap(rejections: int) -> float:
 class _Sub:
     """One event name on one socket: its reference sum and wire state."""
 
-    __slots__ = ("name", "refs", "state", "rejections", "retry_at", "last_reply")
+    __slots__ = ("name", "refs", "state", "rejections", "retry_at")
 
     PENDING, SENDING, ACTIVE, NIXING = "pending", "sending", "active", "nixing"
 
@@ -110,7 +110,6 @@ class _Sub:
         self.state = _Sub.PENDING
         self.rejections = 0
         self.retry_at = 0.0
-        self.last_reply = ""
 
 
 class _Counters:
@@ -491,7 +490,6 @@ class EslSocket:
                    and o.name.lower() == key for o in self._subs.values())
 
     def _on_sub_reply(self, sub: _Sub, text: str) -> None:
-        sub.last_reply = text
         if sub.state == _Sub.SENDING:
             if text.startswith("-ERR"):
                 sub.state = _Sub.PENDING

@@ -102,10 +102,6 @@ class Frame:
         return self.header("Reply-Text")
 
     @property
-    def is_reply(self) -> bool:
-        return self.content_type in REPLY_TYPES
-
-    @property
     def is_disconnect(self) -> bool:
         """A disconnect notice (a `linger` notice of outbound sessions is not)."""
         if self.content_type == CT_RUDE_REJECTION:
