@@ -50,7 +50,7 @@ _NEVER = float("inf")
 class Subscriber:
     """One row of the subscriber table."""
 
-    __slots__ = ("target", "expire", "since", "dest", "head", "xml_host", "plain")
+    __slots__ = ("target", "expire", "since", "dest", "head", "plain")
 
     def __init__(self, target: Target, expire: int, since: int, dest: Destination):
         self.target = target
@@ -60,8 +60,8 @@ class Subscriber:
         # a tcp /method override: the notification head for that method
         self.head = P.method_head(target.method) if (
             target.method and target.transport in ("tcp", "jsonrpc")) else None
-        self.xml_host = target.host if target.transport == "xmlrpc" else None
-        self.plain = self.head is None and self.xml_host is None   # the shared payload
+        # plain: sent the shared payload (not a tcp /method, not xmlrpc)
+        self.plain = self.head is None and target.transport != "xmlrpc"
 
     @property
     def deadline(self) -> int:
@@ -157,8 +157,7 @@ class EviRegistry:
                     sub.dest.put(payload)
                 else:
                     self._put_special(sub, event.name,
-                                      [("name", name), ("sender", sender), ("body", text)],
-                                      tail, payload)
+                                      [("name", name), ("sender", sender), ("body", text)], tail)
         except Exception:  # never let a bad event hurt the ESL reader
             log.exception("E_FREESWITCH raise failed (event %r from %r)", name, sender)
 
@@ -178,10 +177,9 @@ class EviRegistry:
             if sub.plain:
                 sub.dest.put(note.payload)
             else:
-                self._put_special(sub, name, params, note.tail, note.payload)
+                self._put_special(sub, name, params, note.tail)
 
-    def _put_special(self, sub: Subscriber, event: str, params, tail: bytes,
-                     payload: bytes) -> None:
+    def _put_special(self, sub: Subscriber, event: str, params, tail: bytes) -> None:
         if sub.head is not None:
             sub.dest.put(sub.head + tail)
         else:
