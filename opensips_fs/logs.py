@@ -82,10 +82,11 @@ def _password_span(url: str) -> tuple[int, int] | None:
     """Where the password of `[scheme://][user]:password@rest` lies in `url`:
     after the first `:` of the user part, up to the last `@` (how db_url
     parsing reads it: a password may hold `@`, `/` or `:`)."""
-    scheme_end = url.find("://")
-    start = scheme_end + 3 if scheme_end >= 0 else 0
     at = url.rfind("@")
-    colon = url.find(":", start, at) if at > start else -1
+    if at < 0:
+        return None
+    scheme_end = url.find("://", 0, at)   # a "://" after the credentials is no scheme
+    colon = url.find(":", scheme_end + 3 if scheme_end >= 0 else 0, at)
     return (colon + 1, at) if colon >= 0 else None
 
 
