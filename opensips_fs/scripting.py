@@ -196,7 +196,7 @@ class Scripting:
                 log.error("%s:%s: fs_subscribe ignored: %s", param.file, param.line, exc)
 
     def stop(self) -> None:
-        if getattr(self.manager, "event_sink", None) == self.on_event:
+        if self.manager.event_sink == self.on_event:
             self.manager.event_sink = None
         old, self.set = self.set, SubscriptionSet()
         self._release(old.entries)
@@ -380,7 +380,7 @@ class Scripting:
     def _update_credentials(socket, parsed) -> None:
         """FSS.md §2.3: a URL naming a socket that is not DB-provisioned sets
         its username (cleared if none) and, when given, its password."""
-        if not getattr(socket, "db_provisioned", False):
+        if not socket.db_provisioned:
             socket.update_credentials(parsed.username, parsed.password)
 
     # -- MI -------------------------------------------------------------------
