@@ -32,6 +32,8 @@ import gevent.lock
 from . import url as fsurl
 from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
+from .esl.connection import EslError, EslTimeout
+from .esl.manager import EslNoPassword
 from .mi.commands import MiCommand, MiError
 
 __all__ = ["MAX_COMMAND_BYTES", "Entry", "Scripting", "SubscriptionSet", "normalize_command"]
@@ -319,8 +321,6 @@ class Scripting:
     # -- freeswitch_esl -------------------------------------------------------
 
     def esl(self, command: str, url_text: str) -> str:
-        from .esl.connection import EslError, EslTimeout
-
         text = normalize_command(command, self.max_command_bytes)
         parsed, socket = self._resolve(url_text)
         if socket is None:
@@ -366,8 +366,6 @@ class Scripting:
         return parsed, socket
 
     def _socket(self, parsed, create: bool):
-        from .esl.manager import EslNoPassword
-
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is not None or not create:
             return socket
