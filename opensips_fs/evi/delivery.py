@@ -144,7 +144,7 @@ class Destination:
                     self._failed(exc)
                     if (self._retiring_since is not None
                             and time.monotonic() - self._retiring_since > LINGER):
-                        self._drop_all()
+                        self.drop_queued("unsubscribed and unreachable, %d notifications dropped")
                         break
                     if backoff:
                         gevent.sleep(backoff)
@@ -168,15 +168,16 @@ class Destination:
         self.last_error = message
         self._close_quietly()
 
-    def _drop_all(self) -> None:
+    def drop_queued(self, why: str) -> None:
+        """Count everything still queued as dropped and forget it; when
+        something was lost, log `why` (a format taking that number)."""
         lost = len(self.queue) + len(self.inflight)
         self.queue.clear()
         self.inflight = []
         self.dropped += lost
         self.counters.dropped.value += lost
         if lost:
-            log.warning("EVI %s: unsubscribed and unreachable, %d notifications dropped",
-                        self.label, lost)
+            log.warning("EVI %s: " + why, self.label, lost)
 
     def _delivered(self, n: int) -> None:
         self.sent += n

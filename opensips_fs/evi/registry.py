@@ -120,14 +120,7 @@ class EviRegistry:
         self._started = False
         for dest in list(self._destinations.values()):
             dest.stop()
-            lost = dest.queued
-            if lost:
-                dest.queue.clear()
-                dest.inflight = []
-                dest.dropped += lost
-                self.counters.dropped.value += lost
-                log.warning("EVI %s: stopped with %d undelivered notifications",
-                            dest.label, lost)
+            dest.drop_queued("stopped with %d undelivered notifications")
 
     # -- raising --------------------------------------------------------------
     def has_subscribers(self, name: str) -> bool:
