@@ -70,16 +70,9 @@ class FifoParser:
     def __init__(self, max_request: int = 1 << 20):
         self.max_request = max_request
         self._buf = bytearray()
-        self._state = "start"     # start, name, json, skip-line, skip-json
-        self._name: str | None = None
-        self._refused = False
         self._json_start = 0      # offset of the JSON's first byte in _buf
         self._scan = 0            # next offset the bracket scanner looks at
-        self._kind = None         # "container", "string", "scalar" once known
-        self._depth = 0
-        self._in_string = False
-        self._escaped_until = -1
-        self._last_trial_size = 0
+        self._reset(0)
 
     @property
     def pending(self) -> bool:
@@ -108,11 +101,12 @@ class FifoParser:
     # -- the machine ----------------------------------------------------------
 
     def _reset(self, consumed: int) -> None:
+        """Drop `consumed` bytes and wait for the next request."""
         del self._buf[:consumed]
-        self._state = "start"
+        self._state = "start"     # start, name, json, skip-line, skip-json
         self._name = None
         self._refused = False
-        self._kind = None
+        self._kind = None         # "container", "string", "scalar" once known
         self._depth = 0
         self._in_string = False
         self._escaped_until = -1
