@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -307,3 +308,106 @@ def test_registry_answers_any_body_with_a_valid_reply(body):
 
 
 _REGISTRY = build_registry()
+
+
+# -- regressions: whitespace and line scans stay linear ---------------------------------
+
+@pytest.mark.timeout(5)
+def test_fifo_whitespace_dribble_before_json_is_linear():
+    """Commit 4db24c2: whitespace after `:x:` arriving one byte at a time was
+    rescanned from the start on every feed (quadratic: 80 KB took 10 s)."""
+    parser = FifoParser()
+    assert parser.feed(b":x:") == []
+    for _ in range(200_000):
+        assert parser.feed(b" ") == []
+    request = b'{"jsonrpc":"2.0","method":"which","id":1}'
+    assert parser.feed(request) == [FifoRequest("x", request)]
+    assert not parser.pending
+
+
+def test_fifo_flushed_whitespace_only_request_is_a_parse_error():
+    """`:x:` then only whitespace, then the writer goes quiet: the flushed
+    request is answered -32700 by the registry, on the `x` reply file."""
+    parser = FifoParser()
+    assert parser.feed(b":x:") == []
+    for _ in range(1000):
+        assert parser.feed(b" \t\n") == []
+    (item,) = parser.flush()
+    assert isinstance(item, FifoRequest) and item.reply_name == "x"
+    assert _REGISTRY.handle(item.body) == PARSE_ERROR_REPLY
+    assert parser.flush() == [] and not parser.pending
+
+
+def _trailer_line(name: bytes) -> bytes:
+    """One 16 KiB trailer line, CRLF included."""
+    head = name + b": "
+    return head + b"v" * (16 * 1024 - len(head) - 2) + b"\r\n"
+
+
+CHUNKED_THEN_PIPELINED = (
+    b"POST /mi HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3;ext=1\r\n{\"a\r\n"
+    b"10\r\n\":\"0123456789ab\"\r\n"
+    b"1\r\n}\r\n"
+    b"0\r\n"
+    + _trailer_line(b"X-Trailer-One") + _trailer_line(b"X-Trailer-Two") +
+    b"\r\n"
+    b"POST /mi HTTP/1.1\r\nHost: h\r\nContent-Length: 7\r\n\r\n{\"b\":2}")
+CHUNKED_BODY = b'{"a":"0123456789ab"}'
+
+
+def _requests_from(pieces) -> list:
+    parser = RequestParser()
+    requests = []
+    for piece in pieces:
+        parser.feed(piece)
+        while (event := parser.next_event()) is not NEED_DATA:
+            requests.append(event)
+    assert not parser.in_progress
+    return [(r.method, r.path, r.body, r.keep_alive) for r in requests]
+
+
+EXPECTED_TWO = [("POST", "/mi", CHUNKED_BODY, True), ("POST", "/mi", b'{"b":2}', True)]
+
+
+@pytest.mark.timeout(5)
+def test_http_chunk_extension_hex_size_and_trickled_trailers():
+    """Commit 231ef2a: a chunk with an extension, a hex-sized chunk, two
+    16 KiB trailer lines sent one byte at a time, then a pipelined request."""
+    start = CHUNKED_THEN_PIPELINED.index(b"X-Trailer-One")
+    end = CHUNKED_THEN_PIPELINED.index(b"\r\n\r\nPOST") + 4
+    pieces = ([CHUNKED_THEN_PIPELINED[:start]]
+              + [bytes([b]) for b in CHUNKED_THEN_PIPELINED[start:end]]
+              + [CHUNKED_THEN_PIPELINED[end:]])
+    assert _requests_from(pieces) == EXPECTED_TWO
+    assert _requests_from([CHUNKED_THEN_PIPELINED]) == EXPECTED_TWO
+
+
+@pytest.mark.timeout(5)
+def test_http_trickled_trailer_line_is_not_rescanned():
+    """Commit 231ef2a, at a size where the old rescanning cost shows: one
+    256 KiB trailer line (max_head raised to allow it) sent one byte at a
+    time. Searching the line again from its start on every byte costs
+    ~3e10 byte comparisons (far beyond the timeout); resuming costs 256 K."""
+    parser = RequestParser(max_head=1 << 19)
+    parser.feed(b"POST /mi HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Big: ")
+    assert parser.next_event() is NEED_DATA
+    for _ in range(256 * 1024):
+        parser.feed(b"v")
+        assert parser.next_event() is NEED_DATA
+    parser.feed(b"\r\n\r\n")
+    assert parser.next_event().body == b"{}"
+
+
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("seed", range(20))
+def test_http_chunked_request_cut_anywhere_gives_the_same_requests(seed):
+    """The same bytes cut at random (seeded) into 1-7-byte pieces."""
+    rnd = random.Random(seed)
+    data = CHUNKED_THEN_PIPELINED
+    pieces, position = [], 0
+    while position < len(data):
+        size = rnd.randint(1, 7)
+        pieces.append(data[position:position + size])
+        position += size
+    assert _requests_from(pieces) == EXPECTED_TWO
