@@ -140,6 +140,36 @@ def test_scrub_masks_url_passwords(text, masked):
     assert logs.scrub(text) == masked
 
 
+MASKED_URLS = [
+    ("mysql://u:p@ss@h/db", "mysql://u:***@h/db"),      # password holding '@'
+    ("mysql://u:pa/ss@h/db", "mysql://u:***@h/db"),     # password holding '/'
+    ("u:p@h?x=a://b", "u:***@h?x=a://b"),               # a later '://' is no scheme
+    ("mysql://u@h/d", "mysql://u@h/d"),                 # no password: unchanged
+]
+
+
+@pytest.mark.parametrize("url, masked", MASKED_URLS)
+def test_mask_password_masks_the_whole_password(url, masked):
+    """Commits 7616756 and 26e739b: the password runs from the user's ':'
+    to the last '@', as db_url parsing reads it."""
+    assert logs.mask_password(url) == masked
+
+
+@pytest.mark.parametrize("url, masked", MASKED_URLS)
+def test_scrub_masks_passwords_holding_at_or_slash(url, masked):
+    """Commit 7616756: the log scrubber stopped at '@' or '/', leaving
+    'ss@' or the whole 'pa/ss' in log lines."""
+    assert logs.scrub(url) == masked
+    assert logs.scrub(f"connecting to {url} now") == f"connecting to {masked} now"
+
+
+def test_url_password_is_everything_up_to_the_last_at():
+    assert logs.url_password("mysql://u:p@ss@h/db") == "p@ss"
+    assert logs.url_password("mysql://u:pa/ss@h/db") == "pa/ss"
+    assert logs.url_password("u:p@h?x=a://b") == "p"
+    assert logs.url_password("mysql://u@h/d") is None
+
+
 def test_registered_secrets_are_masked_everywhere(captured):
     captured.setup(3)
     logs.register_secret("Sup3rSecret!")

@@ -328,6 +328,29 @@ def test_bad_url_error_never_shows_the_password(tmp_path):
     assert "Sekr1t" not in str(error)
 
 
+def test_db_url_password_with_at_never_shows_in_errors(tmp_path):
+    """Commit 7616756: the masker cut the password at its first '@', so a
+    bad db_url with password 'p@ss' showed 'ss@' in the error."""
+    error = load_error(tmp_path, 'loadmodule "freeswitch.so"\n'
+                                 'loadmodule "freeswitch_scripting.so"\n'
+                                 'modparam("freeswitch_scripting","db_url","mysq://u:p@ss@h/db")\n')
+    text = str(error)
+    assert error.line == 3 and "'mysq://u:***@h/db'" in text
+    # 'ss@' does appear, in the help's "user:pass@host" forms; the URL's does not
+    assert "p@ss" not in text and "ss@" not in text.replace("user:pass@host", "")
+
+
+def test_config_secrets_hold_the_whole_db_url_password(tmp_path):
+    """Commit 7616756: only 'p' of 'p@ss' was registered as a secret."""
+    from opensips_fs.app import config_secrets
+    cfg = config.load(write(tmp_path, 'loadmodule "freeswitch.so"\n'
+                                      'loadmodule "freeswitch_scripting.so"\n'
+                                      'modparam("freeswitch_scripting","db_url","mysql://u:p@ss@h/db")\n'))
+    assert cfg.freeswitch_scripting.db_url == "mysql://u:p@ss@h/db"
+    assert config_secrets(cfg) == ["p@ss"]
+    assert "p@ss" not in repr(cfg) and "ss@" not in repr(cfg)
+
+
 def test_bad_auth_password_is_not_echoed(tmp_path):
     error = load_error(tmp_path, 'loadmodule "httpd.so"\n'
                                  'modparam("httpd", "auth_password", 73519)\n')
