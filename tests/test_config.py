@@ -129,6 +129,18 @@ modparam("event_stream", "queue_size", 5000)
     assert cfg.event_datagram is None
 
 
+@pytest.mark.parametrize("written, value", [(None, 0), ("1", 1), ("0", 0)])
+def test_event_xmlrpc_use_struct_param(tmp_path, written, value):
+    """Commit 32fa388: OpenSIPS's event_xmlrpc modparam (int, default 0)."""
+    text = 'loadmodule "event_xmlrpc.so"\n'
+    if written is not None:
+        text += f'modparam("event_xmlrpc", "use_struct_param", {written})\n'
+    cfg = config.load(write(tmp_path, text))
+    assert isinstance(cfg.event_xmlrpc, config.EventXmlRpcSettings)
+    assert cfg.event_xmlrpc.use_struct_param == value
+    assert cfg.evi_transports()["event_xmlrpc"] is cfg.event_xmlrpc
+
+
 def test_secrets_stay_out_of_reprs(tmp_path):
     cfg = config.load(write(tmp_path, '''
 loadmodule "freeswitch.so"

@@ -11,20 +11,24 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
+from opensips_fs import config
+from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink
 from opensips_fs.stats import Stats
 
 
-class Settings:
-    def __init__(self, queue_size=100000):
-        self.queue_size = queue_size
+def transports(queue_size=100000) -> dict:
+    """Every EVI transport module loaded, with the config's own settings classes."""
+    return {"event_datagram": EviTransportSettings(queue_size=queue_size),
+            "event_stream": EviTransportSettings(queue_size=queue_size),
+            "event_xmlrpc": EventXmlRpcSettings(queue_size=queue_size),
+            "event_http": EventHttpSettings(queue_size=queue_size)}
 
 
 def registry(queue_size=100000):
     stats = Stats()
-    evi = EviRegistry(stats, {m: Settings(queue_size) for m in (
-        "event_datagram", "event_stream", "event_xmlrpc", "event_http")})
+    evi = EviRegistry(stats, transports(queue_size))
     evi.start()
     return evi
 
@@ -249,46 +253,102 @@ def test_no_subscriber_costs_nothing():
     assert stat(evi, "notifications_sent") == 0
 
 
-@pytest.mark.timeout(10)
-def test_xmlrpc_request_bytes():
-    evi = registry()
-    listener = gsocket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    port = listener.getsockname()[1]
-    requests = []
+class XmlRpcListener:
+    """A TCP listener on 127.0.0.1 keeping each connection's bytes (the
+    notifier writes one request per connection, then closes)."""
 
-    def serve():
+    def __init__(self):
+        self.sock = gsocket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.requests = []
+        self._server = gevent.spawn(self._serve)
+
+    def _serve(self):
         while True:
-            conn, _ = listener.accept()
+            conn, _ = self.sock.accept()
             data = b""
             while True:
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-            requests.append(data)
+            self.requests.append(data)
             conn.close()
 
-    server = gevent.spawn(serve)
-    try:
-        evi.subscribe("E_FREESWITCH", f"xmlrpc:127.0.0.1:{port}:e_handler", 3600)
-        evi.raise_freeswitch("DTMF", "fs1", b'{"a":"<&>"}')
-        deadline = time.monotonic() + 3
-        while not requests and time.monotonic() < deadline:
+    def wait_for(self, count, timeout=3.0):
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
             gevent.sleep(0.01)
-        body = (b'<?xml version="1.0"?>\n<methodCall>\n<methodName>e_handler</methodName>\n'
-                b'<params>\n<param>\n<value><string>E_FREESWITCH</string></value>\n</param>\n'
-                b'<param>\n<name>name</name>\n<value><string>DTMF</string></value>\n</param>\n'
-                b'<param>\n<name>sender</name>\n<value><string>fs1</string></value>\n</param>\n'
-                b'<param>\n<name>body</name>\n<value><string>{"a":"&lt;&amp;&gt;"}'
-                b'</string></value>\n</param>\n</params>\n</methodCall>')
-        head = (f"POST /RPC2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
-                "User-Agent: OpenSIPS XMLRPC Notifier\r\nContent-type: text/xml\r\n"
-                f"Content-length: {len(body)}\r\n\r\n").encode()
-        assert requests == [head + body]
+        return len(self.requests) >= count
+
+    def close(self):
+        self._server.kill()
+        self.sock.close()
+
+
+def xmlrpc_request(port, params_xml: bytes) -> bytes:
+    """The bytes OpenSIPS's event_xmlrpc writes for E_FREESWITCH to method
+    e_handler: the event name is the first, unnamed, string param."""
+    body = (b'<?xml version="1.0"?>\n<methodCall>\n<methodName>e_handler</methodName>\n'
+            b'<params>\n<param>\n<value><string>E_FREESWITCH</string></value>\n</param>\n'
+            + params_xml + b'</params>\n</methodCall>')
+    head = (f"POST /RPC2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+            "User-Agent: OpenSIPS XMLRPC Notifier\r\nContent-type: text/xml\r\n"
+            f"Content-length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+@pytest.mark.timeout(10)
+def test_xmlrpc_request_bytes():
+    evi = registry()
+    listener = XmlRpcListener()
+    try:
+        evi.subscribe("E_FREESWITCH", f"xmlrpc:127.0.0.1:{listener.port}:e_handler", 3600)
+        evi.raise_freeswitch("DTMF", "fs1", b'{"a":"<&>"}')
+        assert listener.wait_for(1)
+        params = (b'<param>\n<name>name</name>\n<value><string>DTMF</string></value>\n</param>\n'
+                  b'<param>\n<name>sender</name>\n<value><string>fs1</string></value>\n</param>\n'
+                  b'<param>\n<name>body</name>\n<value><string>{"a":"&lt;&amp;&gt;"}'
+                  b'</string></value>\n</param>\n')
+        assert listener.requests == [xmlrpc_request(listener.port, params)]
     finally:
-        server.kill()
+        listener.close()
+        evi.stop()
+
+
+def _member(name: bytes, value: bytes) -> bytes:
+    return (b"<param>\n<value><struct><member>\n<name>" + name + b"</name>\n<value><string>"
+            + value + b"</string></value>\n</member></struct></value>\n</param>\n")
+
+
+def _plain(name: bytes, value: bytes) -> bytes:
+    return (b"<param>\n<name>" + name + b"</name>\n<value><string>" + value
+            + b"</string></value>\n</param>\n")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("use_struct_param, param", [("0", _plain), ("1", _member)])
+def test_xmlrpc_use_struct_param_from_the_config(tmp_path, use_struct_param, param):
+    """Commit 32fa388: modparam("event_xmlrpc","use_struct_param",1) could not
+    be set. Set, each named param is wrapped as OpenSIPS's event_xmlrpc does
+    (xmlrpc_build_buffer): <value><struct><member> + <name> + <value> +
+    </member></struct></value> inside its own <param>; the event name stays
+    a plain first param."""
+    cfg = config.loads('loadmodule "event_xmlrpc.so"\n'
+                       f'modparam("event_xmlrpc", "use_struct_param", {use_struct_param})\n',
+                       str(tmp_path / "x.cfg"))
+    evi = EviRegistry(Stats(), cfg.evi_transports())
+    evi.start()
+    listener = XmlRpcListener()
+    try:
+        evi.subscribe("E_FREESWITCH", f"xmlrpc:127.0.0.1:{listener.port}:e_handler", 3600)
+        evi.raise_freeswitch("DTMF", "fs1", b'{"d":"1"}')
+        assert listener.wait_for(1)
+        params = param(b"name", b"DTMF") + param(b"sender", b"fs1") + param(b"body", b'{"d":"1"}')
+        assert listener.requests == [xmlrpc_request(listener.port, params)]
+    finally:
         listener.close()
         evi.stop()
 
@@ -375,8 +435,7 @@ def test_https_verifies_certificates_unless_told_not_to(tmp_path):
     server.start()
     url = f"https://127.0.0.1:{server.server_port}/hook"
     strict = registry()
-    lax = EviRegistry(Stats(), {"event_http": type("S", (), {"queue_size": 10,
-                                                              "verify_cert": False})()})
+    lax = EviRegistry(Stats(), {"event_http": EventHttpSettings(queue_size=10, verify_cert=False)})
     lax.start()
     try:
         strict.subscribe("E_FREESWITCH", url, 3600)
