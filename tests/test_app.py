@@ -239,6 +239,25 @@ def test_evi_print_describes_datagrams():
     assert describe(b"junk", raw=True).endswith(" junk")
 
 
+@pytest.mark.parametrize("address, host_port", [
+    ("udp:127.0.0.1:9", ("127.0.0.1", 9)),
+    ("udp:[::1]:9", ("::1", 9)),            # commit bcba2ad: the brackets are not the host
+    ("udp:::1:9", ("::1", 9)),
+])
+def test_evi_print_parses_udp_addresses(address, host_port):
+    from opensips_fs.tools.evi_print import parse_udp
+    assert parse_udp(address) == host_port
+    assert config.split_udp(address) == host_port
+
+
+@pytest.mark.parametrize("address", ["udp:[]:9", "udp:127.0.0.1", "udp:h:65536", "tcp:h:9", "udp::9"])
+def test_evi_print_refuses_bad_udp_addresses(address):
+    import argparse
+    from opensips_fs.tools.evi_print import parse_udp
+    with pytest.raises(argparse.ArgumentTypeError, match="expected udp:HOST:PORT"):
+        parse_udp(address)
+
+
 # ---------------------------------------------------------------- demo
 
 def test_demo_plan_follows_the_demo_config():

@@ -14,6 +14,7 @@ import gevent
 from gevent.monkey import get_original
 import pytest
 
+from opensips_fs.config import MiDatagramSettings
 from opensips_fs.mi import StartupError
 from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
@@ -272,3 +273,10 @@ def test_datagram_bind_error_names_address():
         first.stop()
     with pytest.raises(StartupError):
         MiDatagramServer(SimpleNamespace(socket_name="udp:nohostport"), build_registry(), Stats())
+
+
+def test_datagram_empty_bracketed_host_is_refused():
+    """Commit bcba2ad: 'udp:[]:80' used to bind the empty host (every
+    interface); like the config checker, the server now refuses it."""
+    with pytest.raises(StartupError, match=r"udp:\[\]:80"):
+        MiDatagramServer(MiDatagramSettings(socket_name="udp:[]:80"), build_registry(), Stats())
