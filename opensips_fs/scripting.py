@@ -158,9 +158,8 @@ class Scripting:
         self.manager = manager
         self.evi = evi
         self.stats = stats
-        # our modparams; a partial settings object (tests) gets config's defaults
-        self.max_command_bytes = getattr(settings, "esl_cmd_max_size", MAX_COMMAND_BYTES)
-        db_timeout = getattr(settings, "db_timeout", ScriptingSettings.db_timeout) / 1000.0
+        self.max_command_bytes = settings.esl_cmd_max_size
+        db_timeout = settings.db_timeout / 1000.0
         self.set = SubscriptionSet()
         self.db = None
         if settings.db_url:

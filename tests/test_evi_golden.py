@@ -16,6 +16,7 @@ import gevent
 import pytest
 
 import golden
+from opensips_fs.config import EviTransportSettings
 from opensips_fs.evi.registry import PUBLISHED_EVENTS, EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
@@ -25,10 +26,6 @@ from opensips_fs.stats import Stats
 GOLDEN = golden.golden_dir("opensips")
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Settings:
-    queue_size = 100000
 
 
 def load(name):
@@ -42,7 +39,7 @@ def raw(text):
 @pytest.fixture
 def env():
     stats = Stats()
-    evi = EviRegistry(stats, {"event_datagram": Settings(), "event_stream": Settings()})
+    evi = EviRegistry(stats, {"event_datagram": EviTransportSettings(), "event_stream": EviTransportSettings()})
     mi = MiRegistry(stats)
     mi.register(evi.mi_commands())
     evi.start()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
@@ -12,10 +13,6 @@ from opensips_fs.mi.commands import MiRegistry
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(20)
-
-
-class Settings:
-    queue_size = 100000
 
 
 class Clock:
@@ -29,8 +26,9 @@ class Clock:
 @pytest.fixture
 def env():
     stats = Stats()
-    evi = EviRegistry(stats, {"event_datagram": Settings(), "event_stream": Settings(),
-                              "event_xmlrpc": Settings(), "event_http": Settings()})
+    evi = EviRegistry(stats, {"event_datagram": EviTransportSettings(),
+                              "event_stream": EviTransportSettings(),
+                              "event_xmlrpc": EventXmlRpcSettings(), "event_http": EventHttpSettings()})
     evi.clock = Clock()
     mi = MiRegistry(stats)
     mi.register(evi.mi_commands())
@@ -163,7 +161,7 @@ def test_bad_sockets(env, socket):
 
 def test_transport_module_not_loaded():
     stats = Stats()
-    evi = EviRegistry(stats, {"event_datagram": Settings()})
+    evi = EviRegistry(stats, {"event_datagram": EviTransportSettings()})
     mi = MiRegistry(stats)
     mi.register(evi.mi_commands())
     assert call(mi, "event_subscribe", ["E_FREESWITCH", "tcp:127.0.0.1:9"]) == BAD_VALUE

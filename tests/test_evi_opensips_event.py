@@ -15,7 +15,7 @@ from gevent import subprocess
 
 from opensips_fs import config
 from opensips_fs.app import App
-from opensips_fs.config import HttpdSettings, MiHttpSettings
+from opensips_fs.config import EviTransportSettings, HttpdSettings, MiHttpSettings
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.mi.commands import MiRegistry
 from opensips_fs.mi.http import MiHttpServer
@@ -27,14 +27,10 @@ pytestmark = pytest.mark.timeout(30)
 OPENSIPS_EVENT = Path(sys.executable).with_name("opensips-event")
 
 
-class Settings:
-    queue_size = 100000
-
-
 @pytest.fixture
 def service():
     stats = Stats()
-    evi = EviRegistry(stats, {"event_datagram": Settings()})
+    evi = EviRegistry(stats, {"event_datagram": EviTransportSettings()})
     mi = MiRegistry(stats)
     mi.register(evi.mi_commands())
     server = MiHttpServer(HttpdSettings(ip="127.0.0.1", port=0), MiHttpSettings(), mi, stats)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import types
 from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from opensips_fs.config import FreeswitchSettings, ScriptingSettings
 from opensips_fs.esl.manager import EslManager
 from opensips_fs.mi.commands import MiError
 from opensips_fs.scripting import Scripting
@@ -70,13 +70,9 @@ def test_references_follow_the_entries(ops, tmp_path_factory, dead_ports):
     tmp = tmp_path_factory.mktemp("refs")
     db = tmp / "fs.sqlite"
     stats = Stats()
-    manager = EslManager(types.SimpleNamespace(esl_connect_timeout=200, esl_cmd_timeout=200,
-                                               fs_no_esl_timeout=86400), stats)
+    manager = EslManager(FreeswitchSettings(esl_connect_timeout=200, esl_cmd_timeout=200), stats)
     manager.start()
-    settings_ = types.SimpleNamespace(db_url=f"sqlite://{db}", db_table="freeswitch",
-                                      db_col_username="username", db_col_password="password",
-                                      db_col_ip="ip", db_col_port="port",
-                                      db_col_events="events_csv", fs_subscribe=[])
+    settings_ = ScriptingSettings(db_url=f"sqlite://{db}")
     scripting = Scripting(settings_, manager, None, stats, str(tmp))
     scripting.start()
     sockets = [(host, port) for host in HOSTS for port in dead_ports]

@@ -22,7 +22,7 @@ from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
 from .address import Target, parse_socket, resolve
 from .datagram import DatagramDestination
-from .delivery import DEFAULT_QUEUE_SIZE, Destination, EviCounters
+from .delivery import Destination, EviCounters
 from .http import HttpDestination
 from .stream import StreamDestination
 from .xmlrpc import XmlRpcDestination, request, request_params
@@ -92,10 +92,11 @@ class EviRegistry:
     def __init__(self, stats, transports: dict):
         self.stats = stats
         self.transports = dict(transports or {})
-        self._xmlrpc_struct = bool(self._setting("event_xmlrpc", "use_struct_param",
-                                                 EventXmlRpcSettings.use_struct_param))
-        self._verify_cert = bool(self._setting("event_http", "verify_cert",
-                                               EventHttpSettings.verify_cert))
+        # a module not loaded has no subscribers; its defaults keep these typed
+        xmlrpc = self.transports.get("event_xmlrpc") or EventXmlRpcSettings()
+        http = self.transports.get("event_http") or EventHttpSettings()
+        self._xmlrpc_struct = bool(xmlrpc.use_struct_param)
+        self._verify_cert = bool(http.verify_cert)
         self.counters = EviCounters(stats)
         self.events: dict[str, Event] = {}
         for name in PUBLISHED_EVENTS:
@@ -218,14 +219,6 @@ class EviRegistry:
         event.refresh_deadline()
 
     # -- destinations -------------------------------------------------------------
-    def _setting(self, module: str, name: str, default):
-        """A transport's modparam; settings objects that lack it (callers
-        may pass any object with the fields they set) give the default."""
-        return getattr(self.transports.get(module), name, default)
-
-    def _queue_size(self, module: str) -> int:
-        return int(self._setting(module, "queue_size", DEFAULT_QUEUE_SIZE) or DEFAULT_QUEUE_SIZE)
-
     def _acquire(self, target: Target, address) -> Destination:
         transport = target.transport
         if transport in ("tcp", "jsonrpc"):
@@ -245,7 +238,7 @@ class EviRegistry:
             label = f"udp:{address[0]}:{address[1]}"
         dest = self._destinations.get(key)
         if dest is None:
-            size = self._queue_size(target.module)
+            size = self.transports[target.module].queue_size  # subscribe checked it is loaded
             if transport in ("tcp", "jsonrpc"):
                 dest = StreamDestination(key, label, size, self.counters, address)
             elif transport == "xmlrpc":
