@@ -41,11 +41,15 @@ $(BIN)/python:
 	    echo "cannot create $(VENV): $(PYTHON) has neither ensurepip nor pip (Debian/Ubuntu: apt-get install python3-venv)" >&2; \
 	    exit 1; }
 
+# A current setuptools and wheel: editable installs and wheels (pip wheel,
+# the package-data test) need them; a new venv may carry old ones.
 $(RUN_STAMP): $(DEPS) | $(BIN)/python
+	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) -e .
 	@touch $@
 
 $(TEST_STAMP): $(DEPS) | $(BIN)/python
+	$(PIP) --upgrade pip setuptools wheel
 	$(PIP) -e '.[test]'
 	@touch $@ $(RUN_STAMP)
 
