@@ -9,11 +9,10 @@ error object.
 `MiRegistry.handle(body)` is the whole request pipeline of MI.md §1, shared
 by every transport. What jsonrpcserver does and what is ours:
 
-* **jsonrpcserver** dispatches: it looks the method up in the registry's
-  method mapping, calls it (the parsed envelope is its *context*), turns the
-  `Success` / `Error` results into responses, drops the response of a
-  notification and lays out the reply members (`jsonrpc`, `result`|`error`
-  {code, message[, data]}, `id`) in the order OpenSIPS prints them.
+* **jsonrpcserver** dispatches (`dispatcher.dispatch_request`): it looks
+  the method up in the registry's method mapping, checks the call against
+  the method's signature, calls it (the parsed envelope is its *context*)
+  and validates its `Success` / `Error` result.
 * **ours, parsing and validation** (jsonrpc.py): jsonrpcserver's
   `json.loads` + JSON-schema check cannot reproduce OpenSIPS — first JSON
   value only, case-insensitive envelope members, first duplicate wins, raw
@@ -27,7 +26,8 @@ by every transport. What jsonrpcserver does and what is ours:
   -32601 carries a `data` OpenSIPS does not send. The method mapping
   therefore answers every name with a callable: the command runner, or one
   returning the resolution error.
-* **ours, printing**: `jsonenc` (cJSON bytes) instead of `json.dumps`, ids
+* **ours, printing**: the reply members in OpenSIPS' order, nothing for a
+  notification, `jsonenc` (cJSON bytes) instead of `json.dumps`, ids
   echoed as OpenSIPS does.
 """
 
@@ -40,8 +40,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jsonrpcserver import Error, Success, dispatch_to_serializable
-from jsonrpcserver.sentinels import NODATA
+from jsonrpcserver import Error, Success
+from jsonrpcserver.dispatcher import dispatch_request
+from jsonrpcserver.request import Request as JsonRpcRequest
+from jsonrpcserver.result import ErrorResult
+from jsonrpcserver.sentinels import NODATA, NOID
+from oslash.either import Left
 
 from ..stats import Stats
 from .jsonrpc import (INT_MAX, INT_MIN, PARSE_ERROR_REPLY, Request, RequestError, c_string,
@@ -234,9 +238,9 @@ class MiRegistry:
     """All MI commands, and the request pipeline of MI.md §1.
 
     `handle(body)` parses the body (jsonrpc.py: OpenSIPS' JSON quirks), then
-    hands the validated envelope to jsonrpcserver, which looks the method up
-    in our `_Methods` mapping, calls it, turns its `Success`/`Error` result
-    into a response and drops responses to notifications; the reply is then
+    hands the validated envelope to jsonrpcserver's dispatcher, which looks
+    the method up in our `_Methods` mapping, calls it and validates its
+    `Success`/`Error` result; the reply (none for a notification) is then
     printed with OpenSIPS' bytes.
     """
 
@@ -363,29 +367,23 @@ class MiRegistry:
                 self._invalid.value += 1
             self._errors.value += 1
             return error.reply
-        envelope = {"jsonrpc": "2.0", "method": request.method}
-        if not request.is_notification:
-            envelope["id"] = request.id
         try:
-            response = dispatch_to_serializable(
-                "",
-                self._methods,
-                context=request,
-                deserializer=lambda _text: envelope,
-                validator=_already_validated,
-            )
+            # jsonrpcserver's dispatcher: method lookup, signature check, call
+            # and result validation; the envelope is already parsed and
+            # validated (above), and the reply is printed by us (below).
+            _, result = dispatch_request(
+                self._methods, request,
+                JsonRpcRequest(request.method, [], NOID if request.is_notification else request.id))
+            outcome = result._error if isinstance(result, Left) else result._value
         except Exception:  # jsonrpcserver catches its own; stay total anyway
             log.exception("MI dispatch failed for %r", request.method)
-            response = {"error": {"code": -32000, "message": "Server error"}, "id": None}
-        if response is None:
+            outcome = ErrorResult(-32000, "Server error")
+        if request.is_notification:
             self._notifications.value += 1
             return None
-        if "error" in response:
+        if isinstance(outcome, ErrorResult):
             self._errors.value += 1
-            error = response["error"]
-            return encode_error(error["code"], error["message"], error.get("data"), request.id)
-        return encode_success(response["result"], request.id)
+            data = None if outcome.data is NODATA else outcome.data
+            return encode_error(outcome.code, outcome.message, data, request.id)
+        return encode_success(outcome.result, request.id)
 
-
-def _already_validated(request):
-    return request
