@@ -326,6 +326,6 @@ def _run_demo(tmp_path, sim_port, http_port):
     out_lines, err = out_path.read_text().splitlines(), err_path.read_text()
     events = [line for line in out_lines if " E_FREESWITCH " in line]
     assert events, f"no event printed\nstdout: {out_lines}\nstderr: {err}"
-    assert f"from 127.0.0.1 Unique-ID=" in events[0]
+    assert "from 127.0.0.1 Unique-ID=" in events[0]
     assert demo.returncode == 0, err
     assert "demo: stopped" in err and "opensips-fs stopped" in err

@@ -12,7 +12,7 @@ import gevent
 import pytest
 
 from opensips_fs.esl.connection import EslNotConnected, EslReply, EslTimeout
-from opensips_fs.esl.manager import EslManager, EslNoPassword, EslSocket, backoff_gap, rejected_retry_gap
+from opensips_fs.esl.manager import EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
 from opensips_fs.sim import FsSimulator, SimUser
 from opensips_fs.stats import Stats
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import time
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -8,16 +8,14 @@ away (`pause()`: close the listener and every connection) and come back on
 the same port (`resume()`). `HttpSink` answers each POST with a settable
 status.
 
-`python -m opensips_fs.evi.sink [--tcp] [--port N]` prints each event it
-receives, one line each (the `make demo` subscriber).
+(To watch events by hand, `python -m opensips_fs.tools.evi_print`
+subscribes over MI and prints them.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
-import sys
 import time
 
 import gevent
@@ -217,29 +215,3 @@ class HttpSink(_Sink):
             self._server = None
 
     close = pause
-
-
-def main(argv=None) -> int:
-    from gevent import monkey
-    monkey.patch_all()
-    parser = argparse.ArgumentParser(description="print the EVI events received")
-    parser.add_argument("--tcp", action="store_true", help="listen on TCP, not UDP")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    sink = (TcpSink if args.tcp else UdpSink)(args.host, args.port)
-    print(f"listening: subscribe with socket {sink.socket}", flush=True)
-    seen = 0
-    try:
-        while True:
-            sink.wait_for(seen + 1, timeout=3600)
-            for payload in sink.payloads[seen:]:
-                sys.stdout.write(payload.decode("utf-8", "replace") + "\n")
-            seen = len(sink.payloads)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
