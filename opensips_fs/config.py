@@ -148,7 +148,7 @@ class EviTransportSettings:
 
 @dataclass
 class EventXmlRpcSettings(EviTransportSettings):
-    use_struct_param: int = 0               # non-zero: params sent as one <struct>
+    use_struct_param: int = 0               # non-zero: each named param in its own <struct>
 
 
 @dataclass

@@ -17,6 +17,7 @@ re-recording shows up as a readable diff.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -183,13 +184,20 @@ def render(tables: dict) -> str:
 
 
 def main(argv=None) -> int:
-    argv = argv if argv is not None else sys.argv[1:]
-    if argv:
-        golden = Path(argv[0])
-    elif os.environ.get("OPENSIPS_FS_GOLDEN"):
-        golden = Path(os.environ["OPENSIPS_FS_GOLDEN"]) / "freeswitch"
-    else:
-        golden = Path(__file__).resolve().parents[3] / "shared" / "golden" / "freeswitch"
+    parser = argparse.ArgumentParser(
+        description="rebuild call_templates.json from the FreeSWITCH recordings")
+    parser.add_argument(
+        "golden", nargs="?", type=Path,
+        help="golden/freeswitch folder (default: $OPENSIPS_FS_GOLDEN/freeswitch, "
+             "else ../shared/golden/freeswitch beside the repository)")
+    golden = parser.parse_args(argv).golden
+    if golden is None:
+        if os.environ.get("OPENSIPS_FS_GOLDEN"):
+            golden = Path(os.environ["OPENSIPS_FS_GOLDEN"]) / "freeswitch"
+        else:
+            golden = Path(__file__).resolve().parents[3] / "shared" / "golden" / "freeswitch"
+    if not golden.is_dir():
+        parser.error(f"no recordings folder at {golden}")
     OUT.write_text(render(build(golden)), encoding="utf-8")
     print("wrote %s" % OUT)
     return 0
