@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
@@ -20,7 +19,7 @@ from opensips_fs.app import App
 from mi_support import (
     fs_list_result, http_exchange, latin1, load_golden, mask_date, mkfifo_reply, read_http_response,
 )
-from test_mi_clients import MI_SCRIPT, VENV_BIN
+from test_mi_clients import VENV_BIN, opensips_mi
 from test_mi_fifo_datagram import read_reply, write_fifo
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,14 +134,5 @@ def test_cli_fs_list(app, transport):
 
 @pytest.mark.parametrize("transport", ["http", "fifo", "datagram"])
 def test_opensips_mi_fs_list(app, transport):
-    host, port = app.http.address
-    kwargs = {
-        "http": {"conn": "http", "url": f"http://{host}:{port}/mi"},
-        "fifo": {"conn": "fifo", "fifo_file": app.fifo.path, "fifo_reply_dir": str(app.replies)},
-        "datagram": {"conn": "datagram", "datagram_ip": "127.0.0.1", "datagram_port": app.datagram.address[1]},
-    }[transport]
-    result = subprocess.run([sys.executable, "-c", MI_SCRIPT, json.dumps(kwargs),
-                             json.dumps([["fs_list", []], ["fs_list", {}]])],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [{"result": {"Sockets": []}}, {"result": {"Sockets": []}}]
+    replies = opensips_mi(app, transport, [["fs_list", []], ["fs_list", {}]], reply_dir=app.replies)
+    assert replies == [{"result": {"Sockets": []}}, {"result": {"Sockets": []}}]

@@ -139,11 +139,13 @@ print(json.dumps(out))
 """
 
 
-def opensips_mi(servers, transport, calls):
+def opensips_mi(servers, transport, calls, reply_dir=None):
+    """Run `calls` ([method, params] pairs) through the `opensips` package's
+    OpenSIPSMI in a child process; the list of replies."""
     host, port = servers.http.address
     kwargs = {
         "http": {"conn": "http", "url": f"http://{host}:{port}/mi"},
-        "fifo": {"conn": "fifo", "fifo_file": servers.fifo.path, "fifo_reply_dir": str(servers.base)},
+        "fifo": {"conn": "fifo", "fifo_file": servers.fifo.path, "fifo_reply_dir": str(reply_dir or servers.base)},
         "datagram": {"conn": "datagram", "datagram_ip": "127.0.0.1", "datagram_port": servers.datagram.address[1]},
     }[transport]
     result = subprocess.run([sys.executable, "-c", MI_SCRIPT, json.dumps(kwargs), json.dumps(calls)],
