@@ -542,7 +542,6 @@ class _Parser:
         # module -> (file, line) of its loadmodule
         self.loaded_at: dict[str, tuple[str, int]] = {}
         self.ignored: set[str] = set()
-        self.pending_modparams: list[tuple[str, int, str]] = []
         self.files: list[str] = []
 
     # -- driver

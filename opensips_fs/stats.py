@@ -25,9 +25,6 @@ class Counter:
         self.name = name
         self.value = 0
 
-    def inc(self, n: int = 1) -> None:
-        self.value += n
-
     def reset(self) -> None:
         self.value = 0
 
@@ -77,9 +74,6 @@ class Stats:
 
     def __iter__(self) -> Iterator[Counter | Gauge]:
         return iter(list(self._stats.values()))
-
-    def groups(self) -> list[str]:
-        return list(dict.fromkeys(s.group for s in self._stats.values()))
 
     def find(self, name: str) -> list[Counter | Gauge]:
         """Every statistic whose bare name is `name` (any group)."""
