@@ -69,9 +69,6 @@ class Stats:
         stat = self._stats[f"{group}:{name}"] = Gauge(group, name, func)
         return stat
 
-    def remove(self, group: str, name: str) -> None:
-        self._stats.pop(f"{group}:{name}", None)
-
     def __iter__(self) -> Iterator[Counter | Gauge]:
         return iter(list(self._stats.values()))
 
