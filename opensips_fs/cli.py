@@ -94,7 +94,9 @@ def _run(argv, stop_requested, signals_seen: list[str]) -> int:
         return EXIT_FAILURE
 
     level = config.log_level if args.log_level is None else args.log_level
-    logs.setup(level, config.log_stderror or args.stderror or args.check)
+    logs.setup(level, config.log_stderror or args.stderror or args.check,
+               stderror_format=config.stderror_log_format,
+               syslog_format=config.syslog_log_format)
     log = logging.getLogger("opensips_fs.cli")
     for note in config.notes:
         log.log(logs.NOTICE, "%s", note)

@@ -8,8 +8,9 @@ Supported (OpenSIPS syntax and meaning):
   a value is a double- or single-quoted string or an integer (decimal,
   ``0x`` hex, or octal with a leading ``0`` such as ``0666``, as OpenSIPS
   reads numbers); ``fs_subscribe`` may be repeated;
-* ``log_level=N`` (-3..4 or error/warning/notice/info/debug) and
-  ``log_stderror=yes|no``;
+* ``log_level=N`` (-3..4 or error/warning/notice/info/debug),
+  ``log_stderror=yes|no`` and ``stderror_log_format`` /
+  ``syslog_log_format`` = ``"plain_text"``, ``"json"`` or ``"json_cee"``;
 * ``include_file "other.cfg"`` / ``import_file "other.cfg"``;
 * ``#`` line comments and ``/* ... */`` block comments; a ``;`` after a
   statement is allowed.
@@ -31,7 +32,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable
 
 from . import url as fsurl
-from .logs import mask_password
+from .logs import LOG_FORMATS, mask_password
 
 __all__ = [
     "Config", "ConfigError", "EventHttpSettings", "EventXmlRpcSettings", "EviTransportSettings",
@@ -194,6 +195,8 @@ class Config:
     dir: str
     log_level: int = 2                      # L_NOTICE, OpenSIPS's default
     log_stderror: bool = True               # ours: a foreground service
+    stderror_log_format: str = "plain_text"  # plain_text, json, json_cee
+    syslog_log_format: str = "plain_text"
     loaded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # "FILE:LINE: text", to log
     freeswitch: FreeswitchSettings | None = None
@@ -532,7 +535,9 @@ def _number(written: str) -> int:
 # --------------------------------------------------------------------------
 # Parser
 
-_STATEMENTS = "loadmodule, modparam(...), log_level=N, log_stderror=yes|no, include_file"
+_STATEMENTS = ("loadmodule, modparam(...), log_level=N, log_stderror=yes|no, "
+               "stderror_log_format=..., syslog_log_format=..., include_file")
+_GLOBALS = "log_level, log_stderror, stderror_log_format and syslog_log_format"
 _MAX_INCLUDE_DEPTH = 10
 
 
@@ -613,11 +618,19 @@ class _Parser:
                 self.config.log_stderror = False
             else:
                 raise self.error(value, f"bad log_stderror {value.text!r}: expected yes or no")
+        elif keyword in ("stderror_log_format", "syslog_log_format"):
+            self.expect("punct", "=", f"'=' after {keyword}")
+            value = self.take()
+            written = value.value if value.kind in ("word", "str") else None
+            if written not in LOG_FORMATS:
+                raise self.error(value, f"bad {keyword} {value.text!r}: expected "
+                                 f"{', '.join(repr(f) for f in LOG_FORMATS)}")
+            setattr(self.config, keyword, written)
         elif keyword in ("include_file", "import_file"):
             self.include(token)
         elif self.peek().kind == "punct" and self.peek().value == "=":
             raise self.error(token, f"unknown global parameter {keyword!r}: opensips-fs "
-                             "understands log_level and log_stderror")
+                             f"understands {_GLOBALS}")
         elif self.peek().kind == "punct" and self.peek().value == "(" or keyword in (
                 "route", "startup_route", "timer_route", "event_route", "onreply_route",
                 "failure_route", "branch_route", "local_route", "error_route"):

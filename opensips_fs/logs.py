@@ -12,6 +12,13 @@ A line on stderr reads like OpenSIPS's::
 (time, pid, level, the OpenSIPS module the code stands in for, the function).
 With ``log_stderror=no`` lines go to syslog (``/dev/log``) as OpenSIPS does.
 
+OpenSIPS's core parameters ``stderror_log_format`` and ``syslog_log_format``
+pick ``plain_text`` (the line above), ``json`` or ``json_cee``: one JSON
+object a line with OpenSIPS's keys, in its order, with its separators and
+escaping (`JsonFormatter`), so a log shipper set up for OpenSIPS reads ours
+unchanged. The message keeps the trailing ``\n`` OpenSIPS's messages have;
+syslog ``json_cee`` lines start with ``@cee: ``.
+
 Passwords never reach a log line: the formatter masks the password part of
 every ``user:pass@host`` URL it sees and every secret registered with
 `register_secret` (credentials learnt from the config, the DB or MI). Rooms
@@ -24,12 +31,14 @@ import logging
 import logging.handlers
 import os
 import re
+import socket
 import sys
 import time
 
 __all__ = [
-    "ALERT", "NOTICE", "OPENSIPS_TO_PYTHON", "OpenSipsFormatter", "get_level", "mask_password",
-    "module_of", "register_secret", "scrub", "set_level", "setup", "url_password",
+    "ALERT", "LOG_FORMATS", "NOTICE", "OPENSIPS_TO_PYTHON", "JsonFormatter", "OpenSipsFormatter",
+    "get_level", "json_escape", "log_time", "mask_password", "module_of", "register_secret",
+    "scrub", "set_level", "setup", "url_password",
 ]
 
 NOTICE = 25
@@ -122,6 +131,25 @@ def scrub(text: str) -> str:
     return text
 
 
+def log_time(created: float) -> str:
+    """``Mon DD HH:MM:SS`` as OpenSIPS prints it (ctime's, day padded with a
+    space: ``Dec  3 12:48:39``)."""
+    return time.ctime(created)[4:19]
+
+
+def _message(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    if record.exc_text:
+        message = f"{message}\n{record.exc_text}"
+    return message
+
+
+def _level_tag(levelno: int) -> str:
+    return _LEVEL_TAGS.get(levelno) or _nearest_tag(levelno)
+
+
 class OpenSipsFormatter(logging.Formatter):
     """``Mon DD HH:MM:SS [pid] LEVEL:module:function: message``, scrubbed."""
 
@@ -130,16 +158,85 @@ class OpenSipsFormatter(logging.Formatter):
         self.with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            message = f"{message}\n{record.exc_text}"
-        tag = _LEVEL_TAGS.get(record.levelno) or _nearest_tag(record.levelno)
-        line = f"[{record.process}] {tag}:{module_of(record.name)}:{record.funcName}: {message}"
+        message = _message(self, record)
+        line = (f"[{record.process}] {_level_tag(record.levelno)}:{module_of(record.name)}:"
+                f"{record.funcName}: {message}")
         if self.with_time:
-            line = time.strftime("%b %d %H:%M:%S ", time.localtime(record.created)) + line
+            line = f"{log_time(record.created)} {line}"
         return scrub(line)
+
+
+# OpenSIPS escapes \ " \b \f \n \r \t with a backslash and any other
+# control character as \u00XX (lower-case hex); everything else is copied.
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)}
+_JSON_ESCAPES.update({ord("\\"): "\\\\", ord('"'): '\\"', ord("\b"): "\\b",
+                      ord("\f"): "\\f", ord("\n"): "\\n", ord("\r"): "\\r",
+                      ord("\t"): "\\t"})
+
+
+def json_escape(text: str) -> str:
+    """`text` as the inside of a JSON string, escaped as OpenSIPS escapes it."""
+    return text.translate(_JSON_ESCAPES)
+
+
+LOG_FORMATS = ("plain_text", "json", "json_cee")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, with OpenSIPS's keys and layout.
+
+    ``json``::
+
+        {"time": "Dec  3 12:48:39", "pid": 29404, "level": "INFO", "module": "core",
+         "function": "main", "message": "text\\n"}
+
+    ``json_cee`` (``"@cee: "`` in front for syslog)::
+
+        {"time": "…", "proc": {"id": "29404"}, "pri": "INFO", "subsys": "core",
+         "native": {"function": "main"}, "msg": "text\\n", "pname": "opensips-fs",
+         "hostname": "vm"}
+    """
+
+    def __init__(self, schema: str = "json", syslog: bool = False,
+                 hostname: str | None = None, pname: str = "opensips-fs"):
+        super().__init__()
+        if schema not in ("json", "json_cee"):
+            raise ValueError(f"unknown JSON log schema {schema!r}")
+        self.cee = schema == "json_cee"
+        self.prefix = "@cee: " if self.cee and syslog else ""
+        self.hostname = json_escape(canonical_hostname() if hostname is None else hostname)
+        self.pname = json_escape(pname)
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = json_escape(scrub(_message(self, record)) + "\n")
+        level = _level_tag(record.levelno)
+        module = json_escape(module_of(record.name))
+        function = json_escape(record.funcName or "")
+        when = log_time(record.created)
+        if self.cee:
+            return (f'{self.prefix}{{"time": "{when}", "proc": {{"id": "{record.process}"}}, '
+                    f'"pri": "{level}", "subsys": "{module}", "native": {{"function": '
+                    f'"{function}"}}, "msg": "{message}", "pname": "{self.pname}", '
+                    f'"hostname": "{self.hostname}"}}')
+        return (f'{{"time": "{when}", "pid": {record.process}, "level": "{level}", '
+                f'"module": "{module}", "function": "{function}", "message": "{message}"}}')
+
+
+def canonical_hostname() -> str:
+    """The host's canonical name, as OpenSIPS puts it in ``json_cee`` lines
+    (getaddrinfo's AI_CANONNAME of gethostname(); empty when unresolvable)."""
+    name = socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+    except OSError:
+        return ""
+    return infos[0][3] if infos and infos[0][3] else ""
+
+
+def _formatter(log_format: str, syslog: bool) -> logging.Formatter:
+    if log_format == "plain_text":
+        return OpenSipsFormatter(with_time=not syslog)
+    return JsonFormatter(log_format, syslog=syslog)
 
 
 def _nearest_tag(levelno: int) -> str:
@@ -156,23 +253,29 @@ def module_of(logger_name: str) -> str:
     return logger_name
 
 
-def setup(level: int = 2, stderror: bool = True) -> None:
+def setup(level: int = 2, stderror: bool = True, stderror_format: str = "plain_text",
+          syslog_format: str = "plain_text", syslog_address: str = "/dev/log") -> None:
     """Send opensips-fs log lines to stderr (or syslog when ``stderror`` is
-    false and ``/dev/log`` exists) at OpenSIPS ``level``. Idempotent."""
+    false and ``syslog_address`` exists) at OpenSIPS ``level``, each in its
+    format (one of `LOG_FORMATS`). Idempotent."""
+    for log_format in (stderror_format, syslog_format):
+        if log_format not in LOG_FORMATS:
+            raise ValueError(f"unknown log format {log_format!r}: valid are {', '.join(LOG_FORMATS)}")
     logger = logging.getLogger(_ROOT)
     for handler in list(logger.handlers):
         if getattr(handler, "_opensips_fs", False):
             logger.removeHandler(handler)
             handler.close()
     handler: logging.Handler
-    if not stderror and os.path.exists("/dev/log"):
+    if not stderror and os.path.exists(syslog_address):
         handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(OpenSipsFormatter(with_time=False))
-        handler.ident = "opensips-fs"
+            address=syslog_address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(_formatter(syslog_format, syslog=True))
+        # the syslog tag; a JSON body must not be glued to it
+        handler.ident = "opensips-fs" if syslog_format == "plain_text" else f"opensips-fs[{os.getpid()}]: "
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(OpenSipsFormatter())
+        handler.setFormatter(_formatter(stderror_format, syslog=False))
     handler._opensips_fs = True
     logger.addHandler(handler)
     logger.propagate = False

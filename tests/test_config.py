@@ -290,7 +290,7 @@ BAD = [
     ('log_level=verbose', 1, ["bad log level 'verbose'"]),
     ('log_level 3', 1, ["expected '=' after log_level"]),
     ('log_stderror=maybe', 1, ["expected yes or no"]),
-    ('children=4', 1, ["unknown global parameter 'children'", "log_level and log_stderror"]),
+    ('children=4', 1, ["unknown global parameter 'children'", "log_level, log_stderror"]),
     ('route {\n  exit;\n}', 1, ["'route' is not supported"]),
     ('loadmodule "httpd.so"\nmodparam("httpd", "port", 8888', 2, ["expected ')'"]),
     ('loadmodule "httpd.so"\nmodparam("httpd" "port", 8888)', 2, ["expected ','"]),
