@@ -91,7 +91,9 @@ def _golden_urls():
     out = set()
     for path in sorted(GOLDEN.glob("*.json")):
         scenario = json.load(open(path))
-        for line in scenario.get("opensips_log", []):
+        for entry in scenario.get("opensips_log", []):
+            # most recordings keep plain lines; evi_rabbitmq.json keeps {"phase", "line", ...}
+            line = entry["line"] if isinstance(entry, dict) else entry
             for pattern, kind in ((r"failed to parse FS URL '(.*)'$", "refused"),
                                   (r"refusing to connect to FS '(.*)' without a password",
                                    "parsed")):
