@@ -1,5 +1,5 @@
 """Sans-IO ESL framing (opensips_fs.esl.protocol), driven by the byte streams
-recorded from real FreeSWITCH 1.11 (../shared/golden/freeswitch/)."""
+recorded from real FreeSWITCH 1.11 (tests/golden/freeswitch/)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ sinks listen on ephemeral ports and the port numbers are substituted. The
 `evi_*` recordings ran on a configuration with two script events
 (E_SCRIPT_CMD, E_SCRIPT_RESULT) that opensips-fs does not have: those events
 and their route subscribers are removed from the expected replies and the
-ids renumbered to the plain configuration (golden/README.md §3: events_list
-depends on the script routes). `ttl` is masked (it counts down).
+ids renumbered to the plain configuration (events_list depends on the script
+routes: tests/golden/README.md, "OpenSIPS set-up"). `ttl` is masked (it counts down).
 """
 
 import json

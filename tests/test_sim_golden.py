@@ -1,6 +1,7 @@
 """Replay the real-FreeSWITCH recordings (golden/freeswitch/*.json) against
 the simulator and compare every frame the client receives (headers, order,
-body bytes), masking only what varies from run to run (golden/README.md §3).
+body bytes), masking only what varies from run to run (tests/golden/README.md,
+"Fields that vary between runs").
 
 The client's ``send`` chunks are replayed as recorded (same chunking); the
 frames expected after each recorded ``recv`` are read and compared. Time is
@@ -24,7 +25,7 @@ from opensips_fs.sim import FsSimulator, SimUser
 from golden import golden_dir
 from test_sim_support import EslTestClient, Frame
 
-GOLDEN = golden_dir("freeswitch")  # skipped locally, failed under CI=true, when absent
+GOLDEN = golden_dir("freeswitch")  # in-repo recordings; a missing folder fails
 
 CALL_SCENARIOS = {"40_originate_loopback", "41_originate_api_sync_plain", "42_myevents"}
 SCENARIOS = sorted(p.stem for p in GOLDEN.glob("*.json") if p.stem not in CALL_SCENARIOS)
@@ -36,7 +37,7 @@ EPOCH_RE = re.compile(r'(?<="created_epoch":")\d{10}')
 UNITS_RE = re.compile(r"(\d+) (year|day|hour|minute|second|millisecond|microsecond)s?\b")
 LOG_PREFIX_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} \d+\.\d\d% ")
 
-# header values that vary from run to run (golden/README.md §3)
+# header values that vary from run to run (tests/golden/README.md, "Fields that vary between runs")
 MASKED = {
     "Event-Date-Local", "Event-Date-GMT", "Event-Date-Timestamp", "Event-Sequence",
     "Core-UUID", "Up-Time", "Uptime-msec", "Idle-CPU", "Session-Count",
@@ -52,7 +53,8 @@ def golden_user():
 
 
 def golden_box(**kw):
-    """A simulator configured like the recorded FreeSWITCH (golden/README.md §2.1)."""
+    """A simulator configured like the recorded FreeSWITCH
+    (tests/golden/README.md, "FreeSWITCH set-up")."""
     opts = dict(port=0, heartbeat=0, hostname="vm", ipv4="192.0.2.2", ipv6="fd00::2",
                 max_sessions=100, users=[golden_user()], shutdown_delay=0.2)
     opts.update(kw)

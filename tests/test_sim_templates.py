@@ -29,7 +29,7 @@ def _packaged_text() -> str:
 
 
 def test_json_is_what_the_generator_builds_from_the_recordings():
-    golden = golden_dir("freeswitch")  # skipped locally, failed under CI=true, when absent
+    golden = golden_dir("freeswitch")  # in-repo recordings; a missing folder fails
     assert _packaged_text() == gen_templates.render(gen_templates.build(golden))
 
 

@@ -2,7 +2,7 @@
 
     python -m opensips_fs.sim.gen_templates [GOLDEN/freeswitch]
 
-(default: ``$OPENSIPS_FS_GOLDEN/freeswitch``, else ``<repo>/../shared/golden/freeswitch``)
+(default: ``tests/golden/freeswitch`` of the repository this module is in)
 
 The channel events of a recorded loopback call (40_originate_loopback: the
 set-up and a ``hupall``; 41_originate_api_sync_plain: a call the B-leg hangs
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import urllib.parse
@@ -188,14 +187,10 @@ def main(argv=None) -> int:
         description="rebuild call_templates.json from the FreeSWITCH recordings")
     parser.add_argument(
         "golden", nargs="?", type=Path,
-        help="golden/freeswitch folder (default: $OPENSIPS_FS_GOLDEN/freeswitch, "
-             "else ../shared/golden/freeswitch beside the repository)")
+        help="golden/freeswitch folder (default: tests/golden/freeswitch of the repository)")
     golden = parser.parse_args(argv).golden
     if golden is None:
-        if os.environ.get("OPENSIPS_FS_GOLDEN"):
-            golden = Path(os.environ["OPENSIPS_FS_GOLDEN"]) / "freeswitch"
-        else:
-            golden = Path(__file__).resolve().parents[3] / "shared" / "golden" / "freeswitch"
+        golden = Path(__file__).resolve().parents[2] / "tests" / "golden" / "freeswitch"
     if not golden.is_dir():
         parser.error(f"no recordings folder at {golden}")
     OUT.write_text(render(build(golden)), encoding="utf-8")
