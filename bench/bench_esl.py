@@ -36,7 +36,7 @@ import gevent.pool  # noqa: E402
 from gevent import socket  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from opensips_fs.sim import FsSimulator  # noqa: E402
+from opensips_fs.sim import FsSimulator, SimSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = ["CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_HANGUP", "CHANNEL_DESTROY", "DTMF",
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     args = ap.parse_args()
     counts = [int(x) for x in args.sockets.split(",")]
-    boxes = [FsSimulator(password="ClueCon").start() for _ in range(max(counts))]
+    boxes = [FsSimulator(SimSettings(password="ClueCon")).start() for _ in range(max(counts))]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "fs.sqlite"
         proc, port = start_service(Path(tmp), db)

@@ -87,9 +87,9 @@ def run_generator(args) -> int:
     monkey.patch_all()
     import gevent
 
-    from opensips_fs.sim import FsSimulator
+    from opensips_fs.sim import FsSimulator, SimSettings
 
-    boxes = [FsSimulator(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0).start()
+    boxes = [FsSimulator(SimSettings(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0)).start()
              for _ in range(args.sockets)]
     print(json.dumps({"ports": [b.port for b in boxes]}), flush=True)
     sizes = [900 + (i * 1600) // 63 for i in range(64)]          # 0.9 .. 2.5 KB

@@ -20,7 +20,7 @@ from opensips_fs.esl.connection import (
     EslNotConnected,
     EslTimeout,
 )
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -44,7 +44,7 @@ def make_conn(port, rec, **kwargs):
 
 @pytest.fixture
 def box():
-    with FsSimulator(password="ClueCon", heartbeat=0) as sim:
+    with FsSimulator(SimSettings(password="ClueCon", heartbeat=0)) as sim:
         yield sim
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from opensips_fs.esl.connection import EslNotConnected, EslReply, EslTimeout
 from opensips_fs.esl.manager import EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
-from opensips_fs.sim import FsSimulator, SimUser
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(30)
@@ -80,7 +80,7 @@ def make_manager(stats):
 
 @pytest.fixture
 def box():
-    with FsSimulator(password=PASSWORD, heartbeat=0) as sim:
+    with FsSimulator(SimSettings(password=PASSWORD, heartbeat=0)) as sim:
         yield sim
 
 
@@ -123,8 +123,8 @@ def test_auth_login_and_greeting(make_manager, box, stats):
 
 
 def test_userauth_login(make_manager):
-    with FsSimulator(password="other", heartbeat=0,
-                     users=[SimUser("esluser@127.0.0.1", "eslpass")]) as sim:
+    with FsSimulator(SimSettings(password="other", heartbeat=0,
+                                 users=[SimUser("esluser@127.0.0.1", "eslpass")])) as sim:
         mgr = make_manager()
         sock = mgr.get("127.0.0.1", sim.port, "esluser@127.0.0.1", "eslpass")
         sock.ref()
@@ -532,7 +532,7 @@ def test_manager_stop_closes_everything(make_manager, box, stats):
 
 @pytest.mark.timeout(60)
 def test_200_sockets_at_once(make_manager):
-    sims = [FsSimulator(password=PASSWORD, heartbeat=0).start() for _ in range(200)]
+    sims = [FsSimulator(SimSettings(password=PASSWORD, heartbeat=0)).start() for _ in range(200)]
     try:
         mgr = make_manager()
         sink = mgr.event_sink

@@ -14,7 +14,7 @@ from opensips_fs import config
 from opensips_fs.app import App
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,7 +31,7 @@ def raw(text):
 
 @pytest.fixture
 def chain(tmp_path):
-    sim = FsSimulator(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0).start()
+    sim = FsSimulator(SimSettings(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0)).start()
     cfg = config.loads(f'''
 log_level=1
 loadmodule "freeswitch.so"

@@ -19,7 +19,7 @@ from opensips_fs.config import EviTransportSettings, HttpdSettings, MiHttpSettin
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.mi.commands import MiRegistry
 from opensips_fs.mi.http import MiHttpServer
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(30)
@@ -112,7 +112,7 @@ def test_opensips_event_expire_option(service):
 
 def test_opensips_event_prints_what_the_simulator_emits(tmp_path):
     """The whole path: opensips-fs-sim -> opensips-fs -> opensips-event."""
-    sim = FsSimulator(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0).start()
+    sim = FsSimulator(SimSettings(host="127.0.0.1", port=0, password="ClueCon", heartbeat=0)).start()
     cfg = config.loads(f'''
 log_level=1
 loadmodule "freeswitch.so"

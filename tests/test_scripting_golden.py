@@ -44,7 +44,7 @@ import golden
 from opensips_fs import config
 from opensips_fs.app import App
 from opensips_fs.esl.connection import PROBE_COMMAND
-from opensips_fs.sim import FsSimulator, SimUser
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.sim.commands import Command, CommandParser
 
 SIM_PORTS = (8021, 8022, 8023)
@@ -219,7 +219,7 @@ class Stack:
         self.tmp_path = tmp_path
         self.sims = {}
         for golden_port in sims:
-            self.sims[golden_port] = FsSimulator(password="ClueCon", users=list(users)).start()
+            self.sims[golden_port] = FsSimulator(SimSettings(password="ClueCon", users=list(users))).start()
         self.port_map = {p: box.port for p, box in self.sims.items()}
         self._holders = []
         for golden_port in DEAD_PORTS:  # bound, never listening: connections are refused

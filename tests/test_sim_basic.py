@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from opensips_fs.sim import FsSimulator, SimUser
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from test_sim_support import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(20)
 
 @pytest.fixture
 def box():
-    with FsSimulator(port=0, heartbeat=0) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as b:
         yield b
 
 
@@ -94,7 +94,7 @@ def test_push_event_and_raw(box):
 def test_userauth_limits():
     user = SimUser("esluser@127.0.0.1", "eslpass", events=["HEARTBEAT", "CHANNEL_CREATE", "CUSTOM"],
                    api=["status", "show"], log=False)
-    with FsSimulator(port=0, heartbeat=0, users=[user]) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, users=[user])) as b:
         c = EslTestClient(b.port)
         c.frame()
         r = c.cmd("userauth esluser@127.0.0.1:eslpass")

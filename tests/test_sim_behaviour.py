@@ -6,7 +6,7 @@ import json
 import gevent
 import pytest
 
-from opensips_fs.sim import FsSimulator, SimUser
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from test_sim_support import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
@@ -17,7 +17,7 @@ def names(frames):
 
 
 def test_heartbeat_timer_and_reschedule():
-    with FsSimulator(port=0, heartbeat=0.2) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0.2)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event json ALL")
         got = names(c.collect(0.5))
@@ -25,8 +25,7 @@ def test_heartbeat_timer_and_reschedule():
 
 
 def test_calls_per_second_produce_full_call_sequences():
-    with FsSimulator(port=0, heartbeat=0, calls_per_second=20) as box:
-        box.calls.call_duration = 0.1
+    with FsSimulator(SimSettings(port=0, heartbeat=0, calls_per_second=20, call_duration=0.1)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event json ALL")
         frames = c.collect(1.0)
@@ -51,8 +50,7 @@ def test_calls_per_second_produce_full_call_sequences():
 
 
 def test_originate_9665_hangs_up_by_itself_and_uuid_kill():
-    with FsSimulator(port=0, heartbeat=0) as box:
-        box.calls.call_duration = 0.2
+    with FsSimulator(SimSettings(port=0, heartbeat=0, call_duration=0.2)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event json CHANNEL_HANGUP_COMPLETE")
         r = c.cmd("api originate loopback/9665 &park")
@@ -71,7 +69,7 @@ def test_originate_9665_hangs_up_by_itself_and_uuid_kill():
 
 
 def test_filters_are_an_allow_list():
-    with FsSimulator(port=0, heartbeat=0) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event json HEARTBEAT CUSTOM a::b")
         c.cmd("filter Event-Subclass a::b")
@@ -91,7 +89,7 @@ def test_filters_are_an_allow_list():
 
 
 def test_custom_subclass_rule():
-    with FsSimulator(port=0, heartbeat=0) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as box:
         c = EslTestClient(box.port).login()
         assert c.cmd("event json CUSTOM foo::bar HEARTBEAT").header("Reply-Text") == "+OK event listener enabled json"
         box.fire_heartbeat()  # HEARTBEAT was taken as a subclass
@@ -110,7 +108,7 @@ def test_custom_subclass_rule():
 
 def test_user_subclass_limits():
     user = SimUser("u@d", "p", events="CUSTOM allowed::one")
-    with FsSimulator(port=0, heartbeat=0, users=[user]) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, users=[user])) as box:
         c = EslTestClient(box.port)
         c.frame()
         r = c.cmd("userauth u@d:p")
@@ -124,7 +122,7 @@ def test_user_subclass_limits():
 
 
 def test_log_lines():
-    with FsSimulator(port=0, heartbeat=0) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as box:
         a = EslTestClient(box.port).login()
         assert a.cmd("log 5").header("Reply-Text") == "+OK log level 5 [5]"
         b = EslTestClient(box.port).login()
@@ -141,7 +139,7 @@ def test_log_lines():
 
 def test_deterministic_mode():
     def run():
-        with FsSimulator(port=0, heartbeat=0, seed=42, clock=lambda: 1795693969.5) as box:
+        with FsSimulator(SimSettings(port=0, heartbeat=0, seed=42, clock=lambda: 1795693969.5)) as box:
             c = EslTestClient(box.port).login()
             c.cmd("event json BACKGROUND_JOB")
             c.cmd("bgapi status")
@@ -153,7 +151,7 @@ def test_deterministic_mode():
 
 
 def test_burst_backpressure_without_loss():
-    with FsSimulator(port=0, heartbeat=0, queue_size=1000) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, queue_size=1000)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event json CUSTOM sim::burst")
         done = gevent.spawn(box.burst, 5000, chunk=100)
@@ -167,8 +165,8 @@ def test_burst_backpressure_without_loss():
 
 def test_userauth_without_domain_and_no_password():
     """The OpenSIPS recordings' stand-in on 8023: only 'userauth admin:ClueCon'."""
-    with FsSimulator(port=0, heartbeat=0, password=None, users=[SimUser("admin", "ClueCon")],
-                     userauth_requires_domain=False) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, password=None, users=[SimUser("admin", "ClueCon")],
+                                 userauth_requires_domain=False)) as box:
         c = EslTestClient(box.port)
         c.frame()
         assert c.cmd("userauth admin:ClueCon").raw == (
@@ -180,7 +178,7 @@ def test_userauth_without_domain_and_no_password():
 
 
 def test_burst_with_body_in_plain():
-    with FsSimulator(port=0, heartbeat=0) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as box:
         c = EslTestClient(box.port).login()
         c.cmd("event plain CUSTOM sim::burst")
         assert box.burst(3, body_size=300_000) == 3
@@ -191,7 +189,8 @@ def test_burst_with_body_in_plain():
 
 def test_stand_in_version_and_fixed_idle_cpu():
     """The OpenSIPS recordings' stand-ins: 1.10.12 texts, Idle-CPU 98.7."""
-    with FsSimulator(port=0, heartbeat=0, version="1.10.12-release", idle_cpu=98.7, hostname="fakefs") as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, version="1.10.12-release", idle_cpu=98.7,
+                                 hostname="fakefs")) as box:
         c = EslTestClient(box.port).login()
         assert c.cmd("api version").body == b"FreeSWITCH Version 1.10.12-release~64bit (-release 64bit)\n"
         status = c.cmd("api status").body.decode()
@@ -207,7 +206,7 @@ def test_stand_in_version_and_fixed_idle_cpu():
 
 
 def test_nixevent_turns_the_event_flag_on():
-    with FsSimulator(port=0, heartbeat=0) as box:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as box:
         c = EslTestClient(box.port).login()
         assert c.cmd("nixevent ALL").header("Reply-Text") == "+OK events nixed"
         assert c.cmd("noevents").header("Reply-Text") == "+OK no longer listening for events"

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
+from opensips_fs.sim.cli import box_settings, build_parser
 from opensips_fs.sim.control import ControlServer
 from test_sim_support import EslTestClient
 
@@ -30,9 +31,9 @@ class Control:
 
 @pytest.fixture
 def boxes():
-    a = FsSimulator(port=0, heartbeat=0, hostname="fakefs",
-                    core_uuid="2a1b4c3d-0000-4000-8000-00000000c0de").start()
-    b = FsSimulator(port=0, heartbeat=0).start()
+    a = FsSimulator(SimSettings(port=0, heartbeat=0, hostname="fakefs",
+                                core_uuid="2a1b4c3d-0000-4000-8000-00000000c0de")).start()
+    b = FsSimulator(SimSettings(port=0, heartbeat=0)).start()
     ctl = ControlServer([a, b]).start()
     yield a, b, Control(ctl.port)
     ctl.stop()
@@ -106,6 +107,7 @@ def test_bad_requests_change_nothing(boxes):
     a, b, ctl = boxes
     assert ctl(b"not json")["ok"] is False
     assert ctl({"op": "nope"}) == {"ok": False, "error": "unknown op 'nope'"}
+    assert ctl({"op": ["burst"]}) == {"ok": False, "error": "unknown op ['burst']"}
     assert ctl({"op": "delay", "ms": "x"})["ok"] is False
     assert ctl({"op": "state", "listen": "127.0.0.1:1"})["ok"] is False
     assert ctl({"op": "event", "headers": {}})["ok"] is False
@@ -123,6 +125,26 @@ def test_cli_help_documents_every_option():
                    "--control", "--calls-per-second", "--hostname", "--core-uuid", "--seed",
                    "--queue-size", "--max-lost"):
         assert option in out
+
+
+def test_cli_options_reach_each_box_settings():
+    args = build_parser().parse_args([
+        "--listen", "127.0.0.1:8021", "--listen", "[::1]:8022", "--hostname", "fs", "--seed", "7",
+        "--core-uuid", "2a1b4c3d-0000-4000-8000-00000000c0de", "--no-password", "--call-duration", "0.3",
+        "--queue-size", "10", "--max-lost", "2", "--acl", "127.0.0.0/8", "--fs-version", "1.10.12-release",
+        "--userauth-without-domain", "--keep-closed", "5", "--record-limit", "64", "--heartbeat", "0"])
+    users = [SimUser("admin@fs", "pw")]
+    first, second = (box_settings(args, index, users) for index in (0, 1))
+    assert (first.host, first.port, second.host, second.port) == ("127.0.0.1", 8021, "::1", 8022)
+    assert (first.hostname, second.hostname) == ("fs", "fs-2")
+    assert (first.seed, second.seed) == (7, 8)
+    assert (first.core_uuid, second.core_uuid) == ("2a1b4c3d-0000-4000-8000-00000000c0de", None)
+    assert first.password is None and first.users == users and not first.userauth_requires_domain
+    assert (first.call_duration, first.queue_size, first.max_lost, first.keep_closed, first.record_limit) == (
+        0.3, 10, 2, 5, 64)
+    assert first.acl == ["127.0.0.0/8"] and first.version == "1.10.12-release" and first.heartbeat == 0
+    defaults = box_settings(build_parser().parse_args([]), 0, [])
+    assert (defaults.host, defaults.port, defaults.password, defaults.heartbeat) == ("127.0.0.1", 8021, "ClueCon", 20)
 
 
 def test_cli_two_boxes_control_and_sigterm():

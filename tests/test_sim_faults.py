@@ -6,7 +6,7 @@ import time
 import gevent
 import pytest
 
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings
 from test_sim_support import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
@@ -18,7 +18,7 @@ SHUTDOWN = b"Content-Type: text/disconnect-notice\nContent-Length: 31\n\nThe sys
 
 @pytest.fixture
 def box():
-    with FsSimulator(port=0, heartbeat=0) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0)) as b:
         yield b
 
 
@@ -108,7 +108,7 @@ def test_shutdown_notice_to_everyone(box):
 
 
 def test_fsctl_shutdown():
-    with FsSimulator(port=0, heartbeat=0, shutdown_delay=0.1) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, shutdown_delay=0.1)) as b:
         a = EslTestClient(b.port).login()
         assert a.cmd("api fsctl shutdown").body == b"+OK\n"
         assert a.wait_eof() and [f.raw for f in a.frames] == [SHUTDOWN]
@@ -116,14 +116,14 @@ def test_fsctl_shutdown():
 
 
 def test_auth_timeout():
-    with FsSimulator(port=0, heartbeat=0, auth_timeout=0.3) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, auth_timeout=0.3)) as b:
         c = EslTestClient(b.port)
         assert c.frame().content_type == "auth/request"
         assert c.wait_eof(3) and [f.raw for f in c.frames] == [BYE]
 
 
 def test_slow_consumer_is_killed_at_a_frame_boundary():
-    with FsSimulator(port=0, heartbeat=0, queue_size=200, max_lost=50) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, queue_size=200, max_lost=50)) as b:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", b.port))
@@ -152,7 +152,7 @@ def test_slow_consumer_is_killed_at_a_frame_boundary():
 
 
 def test_lost_counter_resets_on_success():
-    with FsSimulator(port=0, heartbeat=0, queue_size=10, max_lost=5) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, queue_size=10, max_lost=5)) as b:
         c = EslTestClient(b.port).login()
         c.cmd("event json CUSTOM x::y")
         client = b.wait_clients(1)[0]
@@ -167,16 +167,16 @@ def test_lost_counter_resets_on_success():
 
 
 def test_acl_rude_rejection():
-    with FsSimulator(port=0, heartbeat=0, acl=["10.0.0.0/8"]) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, acl=["10.0.0.0/8"])) as b:
         c = EslTestClient(b.port)
         assert c.wait_eof() and [f.raw for f in c.frames] == [
             b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"]
-    with FsSimulator(port=0, heartbeat=0, acl=["127.0.0.0/8"]) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, acl=["127.0.0.0/8"])) as b:
         EslTestClient(b.port).login()
 
 
 def test_keep_closed_bounds_the_history():
-    with FsSimulator(port=0, heartbeat=0, keep_closed=2) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, keep_closed=2)) as b:
         for _ in range(5):
             c = EslTestClient(b.port).login()
             c.send(b"exit\n\n")
@@ -189,7 +189,7 @@ def test_keep_closed_bounds_the_history():
 
 
 def test_slow_log_consumer_is_killed():
-    with FsSimulator(port=0, heartbeat=0, queue_size=50, max_lost=10) as b:
+    with FsSimulator(SimSettings(port=0, heartbeat=0, queue_size=50, max_lost=10)) as b:
         c = EslTestClient(b.port).login()
         c.cmd("log 7")
         client = b.wait_clients(1)[0]

@@ -21,7 +21,7 @@ import re
 import gevent
 import pytest
 
-from opensips_fs.sim import FsSimulator, SimUser
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from golden import golden_dir
 from test_sim_support import EslTestClient, Frame
 
@@ -58,7 +58,7 @@ def golden_box(**kw):
     opts = dict(port=0, heartbeat=0, hostname="vm", ipv4="192.0.2.2", ipv6="fd00::2",
                 max_sessions=100, users=[golden_user()], shutdown_delay=0.2)
     opts.update(kw)
-    return FsSimulator(**opts)
+    return FsSimulator(SimSettings(**opts))
 
 
 def mask_text(text: str) -> tuple[str, bool]:
@@ -250,7 +250,7 @@ def replay(scenario: str, box: FsSimulator, loose_events: bool = False) -> dict:
                     fired_beats.add(seq)
                     box.fire_heartbeat()
                 if (rec.get("body") == SHUTDOWN_TEXT and not shutdown_started
-                        and not box._shutting_down):
+                        and not box.shutting_down):
                     shutdown_started = True
                     gevent.spawn(box.shutdown)
                 ours = clients[conn].frame(timeout=5)

@@ -9,8 +9,8 @@ frames, and a record of what every client sent.
 
 Library use::
 
-    from opensips_fs.sim import FsSimulator, SimUser
-    with FsSimulator(port=0, heartbeat=1) as box:
+    from opensips_fs.sim import FsSimulator, SimSettings, SimUser
+    with FsSimulator(SimSettings(port=0, heartbeat=1)) as box:
         ...connect to box.address...
         box.wait_clients(1)
         box.raise_event("CUSTOM", {"Event-Subclass": "my::thing", "Foo": "bar"})
@@ -18,6 +18,7 @@ Library use::
 """
 
 from .client import SimClient
-from .server import FsSimulator, SimUser
+from .server import FsSimulator
+from .settings import SimSettings, SimUser
 
-__all__ = ["FsSimulator", "SimUser", "SimClient"]
+__all__ = ["FsSimulator", "SimSettings", "SimUser", "SimClient"]

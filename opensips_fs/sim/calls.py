@@ -163,11 +163,11 @@ class Call:
 class CallEngine:
     """The live calls of one simulated box."""
 
-    def __init__(self, box):
+    def __init__(self, box, call_duration: float = 1.0):
         self.box = box
         self.calls: list[Call] = []
         self.channels: dict[str, Call] = {}  # leg uuid -> call
-        self.call_duration = 1.0
+        self.call_duration = call_duration
         self.since_startup = 0
         self.peak = 0
         self._session = 0

@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 
+from .settings import SimSettings, SimUser
+
 
 class _UserAction(argparse.Action):
     """``--user`` starts a user; ``--user-events``/``--user-api``/``--user-no-log``
@@ -117,6 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def box_settings(args, index: int, users: list, on_shutdown=None):
+    """The ``SimSettings`` of the ``index``-th ``--listen`` box."""
+    host, port = (args.listen or [("127.0.0.1", 8021)])[index]
+    hostnames = args.hostname or ["vm"]
+    core_uuids = args.core_uuid or []
+    return SimSettings(
+        host=host, port=port, password=None if args.no_password else args.password,
+        heartbeat=args.heartbeat, userauth_requires_domain=not args.userauth_without_domain,
+        users=users,
+        hostname=hostnames[index] if index < len(hostnames) else "%s-%d" % (hostnames[-1], index + 1),
+        core_uuid=core_uuids[index] if index < len(core_uuids) else None,
+        seed=None if args.seed is None else args.seed + index,
+        queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
+        ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,
+        record_limit=args.record_limit, calls_per_second=args.calls_per_second,
+        call_duration=args.call_duration, acl=args.acl,
+        version=args.fs_version, idle_cpu=args.idle_cpu, keep_closed=args.keep_closed,
+        on_shutdown=on_shutdown)
+
+
 def main(argv=None) -> int:
     from gevent import monkey
 
@@ -125,7 +147,7 @@ def main(argv=None) -> int:
     from gevent.event import Event as GEvent
 
     from .control import ControlServer
-    from .server import FsSimulator, SimUser
+    from .server import FsSimulator
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -135,23 +157,14 @@ def main(argv=None) -> int:
     listens = args.listen or [("127.0.0.1", 8021)]
     boxes = []
     done = GEvent()
-    hostnames = args.hostname or ["vm"]
-    core_uuids = args.core_uuid or []
+
+    def on_shutdown(_box):
+        if all(x.stopped.is_set() for x in boxes):
+            done.set()
+
     try:
-        for index, (host, port) in enumerate(listens):
-            box = FsSimulator(
-                host=host, port=port, password=None if args.no_password else args.password,
-                heartbeat=args.heartbeat, userauth_requires_domain=not args.userauth_without_domain,
-                users=users,
-                hostname=hostnames[index] if index < len(hostnames) else "%s-%d" % (hostnames[-1], index + 1),
-                core_uuid=core_uuids[index] if index < len(core_uuids) else None,
-                seed=None if args.seed is None else args.seed + index,
-                queue_size=args.queue_size, max_lost=args.max_lost, ipv4=args.ipv4,
-                ipv6=args.ipv6, max_sessions=args.max_sessions, auth_timeout=args.auth_timeout,
-                record_limit=args.record_limit, calls_per_second=args.calls_per_second, acl=args.acl,
-                version=args.fs_version, idle_cpu=args.idle_cpu, keep_closed=args.keep_closed,
-                on_shutdown=lambda b: done.set() if all(x.stopped.is_set() for x in boxes) else None)
-            box.calls.call_duration = args.call_duration
+        for index in range(len(listens)):
+            box = FsSimulator(box_settings(args, index, users, on_shutdown))
             boxes.append(box.start())
             if args.events_per_second > 0:
                 box.event_rate(args.events_per_second, args.event_name, args.event_subclass,

@@ -1,7 +1,8 @@
 """One client connection of the simulated Event Socket: its session state
 (auth, subscriptions, format, filters, log level), its outbound queue of
 frames with FreeSWITCH's slow-consumer rule (ESL.md §8) and the writer
-greenlet that drains that queue in large batches.
+greenlet that drains that queue in large batches, and the reader greenlet
+that feeds what the client sends to ``session.handle``.
 
 Replies and events share one ordered queue, so a frame is never interleaved
 with another and replies keep command order; only events count against the
@@ -11,32 +12,20 @@ queue size (100 000 by default) and can be lost.
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 
 import gevent
 from gevent.event import Event as GEvent
 from gevent import socket  # cooperative even without monkey-patching
 
-from .commands import CommandParser
+from .commands import CommandParser, ParseError
+from .notices import BYE, NOTICE_LOST, NOTICE_LOST_LOG, notice_frame
+from .session import handle, reply_frame
 
-__all__ = ["SimClient", "NOTICE_BYE", "NOTICE_SHUTDOWN", "NOTICE_LOST", "NOTICE_LOST_LOG", "notice_frame",
-           "BYE", "SHUTDOWN"]
-
-NOTICE_BYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
-NOTICE_SHUTDOWN = "The system is being shut down.\n"
-NOTICE_LOST = "killed listener because of lost events\n"
-NOTICE_LOST_LOG = "killed listener because of lost log lines\n"
+__all__ = ["SimClient"]
 
 BATCH_BYTES = 256 * 1024
-
-
-def notice_frame(text: str, extra: bytes = b"") -> bytes:
-    raw = text.encode()
-    return b"Content-Type: text/disconnect-notice\n%sContent-Length: %d\n\n%s" % (extra, len(raw), raw)
-
-
-BYE = notice_frame(NOTICE_BYE)
-SHUTDOWN = notice_frame(NOTICE_SHUTDOWN)
 
 
 class _Record:
@@ -91,8 +80,8 @@ class SimClient:
         self.myevents: str | None = None  # channel uuid bound by myevents
         self.myevents_on = False
         self.closed_reason: str | None = None
-        self._rx = _Record(box.record_limit)
-        self._tx = _Record(box.record_limit)
+        self._rx = _Record(box.settings.record_limit)
+        self._tx = _Record(box.settings.record_limit)
         # outbound queue
         self._queue: deque = deque()
         self.queued_events = 0
@@ -113,6 +102,23 @@ class SimClient:
         self._closing = False
         self._writer = None
         self._reader = None
+
+    # -- life cycle ----------------------------------------------------------
+    def start(self, greeting: bytes) -> None:
+        """Greet the client, then read its commands and write the queue."""
+        self.send_frame(greeting)
+        self._writer = gevent.spawn(self.run_writer)
+        self._reader = gevent.spawn(self.run_reader)
+
+    def reject(self, notice: bytes, reason: str) -> None:
+        """Send ``notice`` instead of the greeting and close (nothing is read)."""
+        self.close_with(notice, reason)
+        self._writer = gevent.spawn(self.run_writer)
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection closes after what is queued."""
+        return self._closing
 
     # -- recording ---------------------------------------------------------
     @property
@@ -200,17 +206,18 @@ class SimClient:
         if self._closing or not self.alive:
             return False
         box = self.box
-        if self.queued_events + count > box.queue_size:
+        limits = box.settings
+        if self.queued_events + count > limits.queue_size:
             self.lost += count
             self.lost_total += count
             box.lost_events += count
-            if self.lost > box.max_lost:
+            if self.lost > limits.max_lost:
                 self.kill_lost(NOTICE_LOST, "lost events")
             return False
         if self.lost:
             self.lost = 0
         self.queued_events += count
-        if self.queued_events >= box.queue_size:
+        if self.queued_events >= limits.queue_size:
             self._room.clear()
         if seq is not None:
             if self.first_seq is None:
@@ -230,11 +237,11 @@ class SimClient:
         if self._closing or not self.alive:
             return False
         box = self.box
-        if self.queued_logs >= box.queue_size:
+        if self.queued_logs >= box.settings.queue_size:
             self.log_lost += 1
             self.log_lost_total += 1
             box.lost_log_lines += 1
-            if self.log_lost > box.max_lost:
+            if self.log_lost > box.settings.max_lost:
                 self.kill_lost(NOTICE_LOST_LOG, "lost log lines")
             return False
         self.log_lost = 0
@@ -283,7 +290,7 @@ class SimClient:
         """The slow-consumer kill: drop what is queued, notice, close."""
         self.box.log("killing listener %s because of too many %s. Lost [%d] Queue size[%d/%d]"
                      % (self.peer, reason, max(self.lost, self.log_lost),
-                        max(self.queued_events, self.queued_logs), self.box.queue_size))
+                        max(self.queued_events, self.queued_logs), self.box.settings.queue_size))
         self._queue.clear()
         if self._held:
             self._held.clear()
@@ -324,7 +331,59 @@ class SimClient:
         except OSError:
             pass
         if was_alive:
-            self.box._client_closed(self)
+            self.box.client_closed(self)
+            if self._reader is not None and self._reader is not gevent.getcurrent():
+                self._reader.kill(block=False)
+
+    # -- reader --------------------------------------------------------------
+    def run_reader(self) -> None:
+        """Read commands until the client goes (unauthenticated, only for
+        the box's ``auth_timeout``), each run by ``session.handle`` after the
+        box's stall and delay faults."""
+        sock = self.sock
+        box = self.box
+        auth_timeout = box.settings.auth_timeout
+        deadline = time.monotonic() + auth_timeout if auth_timeout else None
+        try:
+            while self.alive and not self._closing:
+                box.wait_unstalled(self)
+                if deadline is not None and not self.authed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout()
+                    sock.settimeout(left)
+                else:
+                    sock.settimeout(None)
+                data = sock.recv(65536)
+                if not data:
+                    self.close_with(None, "eof")
+                    return
+                self._rx.add(data)
+                if not self._run_commands(data):
+                    return
+        except socket.timeout:
+            self.close_with(BYE, "auth timeout")
+        except OSError:
+            self.abort("read error")
+
+    def _run_commands(self, data: bytes) -> bool:
+        """Parse ``data`` and run each complete command; False once the
+        connection is closing."""
+        box = self.box
+        for item in self.parser.feed(data):
+            if isinstance(item, ParseError):
+                if item.kind == "nul":
+                    self.send_frame(reply_frame("-ERR command parse error."))
+                self.close_with(BYE, "parse error (%s)" % item.kind)
+                return False
+            self.commands.append(item.text)
+            box.wait_unstalled(self)
+            if box.delay_ms:
+                gevent.sleep(box.delay_ms / 1000.0)
+            handle(self, item)
+            if self._closing or not self.alive:
+                return False
+        return True
 
     # -- writer --------------------------------------------------------------
     def run_writer(self) -> None:

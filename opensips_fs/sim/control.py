@@ -71,115 +71,163 @@ def apply(boxes, req) -> dict:
         raise ControlError("request must be a JSON object")
     op = req.get("op")
     chosen = _select(boxes, req)
-    if op == "burst":
-        count = int(_num(req, "count"))
-        if count < 0:
-            raise ControlError("count must be >= 0")
-        kwargs = {"name": str(req.get("name", "CUSTOM")), **_sizes(req)}
-        if "subclass" in req:
-            kwargs["subclass"] = req["subclass"]
-        jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
-        gevent.joinall(jobs, raise_error=True)
-        return {"ok": True, "sent": sum(j.value for j in jobs)}
-    if op == "event":
-        headers = req.get("headers") or {}
-        if isinstance(headers, dict):
-            headers = list(headers.items())
-        elif not isinstance(headers, list):
-            raise ControlError("headers must be an object or a list of pairs")
-        name = req.get("name")
-        if name is None:
-            for k, v in headers:
-                if k == "Event-Name":
-                    name = v
-            headers = [(k, v) for k, v in headers if k != "Event-Name"]
-        if not name:
-            raise ControlError("event needs a name")
-        body = req.get("body")
-        return {"ok": True, "sent": sum(b.raise_event(str(name), headers, body) for b in chosen)}
-    if op == "push":
-        body = req.get("body")
-        if body is None:
-            raise ControlError("push needs a body")
-        ctype = str(req.get("content_type", "text/event-json"))
-        force = bool(req.get("force", False))
-        return {"ok": True, "sent": sum(b.push_event(body, ctype, force) for b in chosen)}
-    if op == "raw":
-        data = req.get("data")
-        if not isinstance(data, str):
-            raise ControlError("raw needs data (latin-1 text of the bytes)")
-        raw = data.encode("latin-1")
-        return {"ok": True, "sent": sum(b.push_raw(raw) for b in chosen)}
-    if op == "drop":
-        return {"ok": True, "kicked": sum(b.drop(bool(req.get("notice", False))) for b in chosen)}
-    if op == "rate":
-        per_second = _num(req, "per_second")
+    run = OPS.get(op) if isinstance(op, str) else None
+    if run is None:
+        raise ControlError("unknown op %r" % (op,))
+    return run(chosen, req)
+
+
+def _ok(**values) -> dict:
+    return {"ok": True, **values}
+
+
+def _burst(chosen, req) -> dict:
+    count = int(_num(req, "count"))
+    if count < 0:
+        raise ControlError("count must be >= 0")
+    kwargs = {"name": str(req.get("name", "CUSTOM")), **_sizes(req)}
+    if "subclass" in req:
+        kwargs["subclass"] = req["subclass"]
+    jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
+    gevent.joinall(jobs, raise_error=True)
+    return _ok(sent=sum(j.value for j in jobs))
+
+
+def _event(chosen, req) -> dict:
+    headers = req.get("headers") or {}
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    elif not isinstance(headers, list):
+        raise ControlError("headers must be an object or a list of pairs")
+    name = req.get("name")
+    if name is None:
+        for k, v in headers:
+            if k == "Event-Name":
+                name = v
+        headers = [(k, v) for k, v in headers if k != "Event-Name"]
+    if not name:
+        raise ControlError("event needs a name")
+    body = req.get("body")
+    return _ok(sent=sum(b.raise_event(str(name), headers, body) for b in chosen))
+
+
+def _push(chosen, req) -> dict:
+    body = req.get("body")
+    if body is None:
+        raise ControlError("push needs a body")
+    ctype = str(req.get("content_type", "text/event-json"))
+    force = bool(req.get("force", False))
+    return _ok(sent=sum(b.push_event(body, ctype, force) for b in chosen))
+
+
+def _raw(chosen, req) -> dict:
+    data = req.get("data")
+    if not isinstance(data, str):
+        raise ControlError("raw needs data (latin-1 text of the bytes)")
+    raw = data.encode("latin-1")
+    return _ok(sent=sum(b.push_raw(raw) for b in chosen))
+
+
+def _drop(chosen, req) -> dict:
+    return _ok(kicked=sum(b.drop(bool(req.get("notice", False))) for b in chosen))
+
+
+def _rate(chosen, req) -> dict:
+    per_second = _num(req, "per_second")
+    for b in chosen:
+        b.event_rate(per_second, str(req.get("name", "CUSTOM")), req.get("subclass", "sim::load"),
+                     **_sizes(req))
+    return _ok()
+
+
+def _stall(chosen, req) -> dict:
+    seconds = _num(req, "seconds")
+    conn = req.get("conn")
+    if conn is not None:
+        conn = int(_num(req, "conn"))
         for b in chosen:
-            b.event_rate(per_second, str(req.get("name", "CUSTOM")), req.get("subclass", "sim::load"),
-                         **_sizes(req))
-        return {"ok": True}
-    if op == "stall":
-        seconds = _num(req, "seconds")
-        conn = req.get("conn")
-        if conn is not None:
-            conn = int(_num(req, "conn"))
-            for b in chosen:
-                if not any(c.number == conn for c in b.clients):
-                    raise ControlError("no connection %d on %s" % (conn, b.address))
-        for b in chosen:
-            b.stall(seconds, conn)
-        return {"ok": True}
-    if op == "api":
-        command = req.get("command")
-        if not isinstance(command, str) or not command:
-            raise ControlError("api needs a command")
-        name, _, arg = command.partition(" ")
-        return {"ok": True, "outputs": [b.run_api(name, arg) for b in chosen]}
-    if op == "log":
-        level, text = str(req.get("level", "NOTICE")), str(req.get("text", ""))
-        return {"ok": True, "sent": sum(b.log_line(level, text) for b in chosen)}
-    if op == "restart":
-        down = _num(req, "down", 0.0)
-        for b in chosen:
-            b.restart(down=down, notice=bool(req.get("notice", True)))
-        return {"ok": True}
-    if op == "refuse":
-        for b in chosen:
-            b.refuse(bool(req.get("on", True)))
-        return {"ok": True}
-    if op == "delay":
-        ms = _num(req, "ms")
-        for b in chosen:
-            b.delay(ms)
-        return {"ok": True}
-    if op == "password":
-        password = req.get("password")
-        if not isinstance(password, str):
-            raise ControlError("password must be a string")
-        for b in chosen:
-            b.set_password(password)
-        return {"ok": True}
-    if op == "heartbeat":
-        return {"ok": True, "sent": sum(b.fire_heartbeat() for b in chosen)}
-    if op == "shutdown":
-        for b in chosen:
-            gevent.spawn(b.shutdown)
-        return {"ok": True}
-    if op == "state":
-        states = [b.state() for b in chosen]
-        if req.get("bytes"):  # every byte each connection sent and got, as latin-1 text
-            for box, state in zip(chosen, states):
-                by_number = {c.number: c for c in box.clients}
-                for conn in state["conns"] + state["closed"]:
-                    client = by_number.get(conn["conn"])
-                    if client is not None:
-                        conn["rx"] = client.rx.decode("latin-1")
-                        conn["tx"] = client.tx.decode("latin-1")
-        answer = {"ok": True, "boxes": states}
-        if len(states) == 1:
-            answer["conns"] = states[0]["conns"]
-        return answer
-    raise ControlError("unknown op %r" % (op,))
+            if not any(c.number == conn for c in b.clients):
+                raise ControlError("no connection %d on %s" % (conn, b.address))
+    for b in chosen:
+        b.stall(seconds, conn)
+    return _ok()
+
+
+def _api(chosen, req) -> dict:
+    command = req.get("command")
+    if not isinstance(command, str) or not command:
+        raise ControlError("api needs a command")
+    name, _, arg = command.partition(" ")
+    return _ok(outputs=[b.run_api(name, arg) for b in chosen])
+
+
+def _log(chosen, req) -> dict:
+    level, text = str(req.get("level", "NOTICE")), str(req.get("text", ""))
+    return _ok(sent=sum(b.log_line(level, text) for b in chosen))
+
+
+def _restart(chosen, req) -> dict:
+    down = _num(req, "down", 0.0)
+    for b in chosen:
+        b.restart(down=down, notice=bool(req.get("notice", True)))
+    return _ok()
+
+
+def _refuse(chosen, req) -> dict:
+    for b in chosen:
+        b.refuse(bool(req.get("on", True)))
+    return _ok()
+
+
+def _delay(chosen, req) -> dict:
+    ms = _num(req, "ms")
+    for b in chosen:
+        b.delay(ms)
+    return _ok()
+
+
+def _password(chosen, req) -> dict:
+    password = req.get("password")
+    if not isinstance(password, str):
+        raise ControlError("password must be a string")
+    for b in chosen:
+        b.set_password(password)
+    return _ok()
+
+
+def _heartbeat(chosen, req) -> dict:
+    return _ok(sent=sum(b.fire_heartbeat() for b in chosen))
+
+
+def _shutdown(chosen, req) -> dict:
+    for b in chosen:
+        gevent.spawn(b.shutdown)
+    return _ok()
+
+
+def _state(chosen, req) -> dict:
+    states = [b.state() for b in chosen]
+    if req.get("bytes"):  # every byte each connection sent and got, as latin-1 text
+        for box, state in zip(chosen, states):
+            by_number = {c.number: c for c in box.clients}
+            for conn in state["conns"] + state["closed"]:
+                client = by_number.get(conn["conn"])
+                if client is not None:
+                    conn["rx"] = client.rx.decode("latin-1")
+                    conn["tx"] = client.tx.decode("latin-1")
+    answer = _ok(boxes=states)
+    if len(states) == 1:
+        answer["conns"] = states[0]["conns"]
+    return answer
+
+
+# op -> handler(chosen boxes, request) -> answer
+OPS = {
+    "burst": _burst, "event": _event, "push": _push, "raw": _raw, "drop": _drop,
+    "rate": _rate, "stall": _stall, "api": _api, "log": _log, "restart": _restart,
+    "refuse": _refuse, "delay": _delay, "password": _password, "heartbeat": _heartbeat,
+    "shutdown": _shutdown, "state": _state,
+}
 
 
 class ControlServer:

@@ -2,10 +2,11 @@
 served by gevent greenlets on a TCP listener, plus the library API tests use
 to drive it (raise/push events, bursts, faults, state).
 
-Each accepted connection gets a ``SimClient`` with a reader greenlet (bytes ->
-``commands.CommandParser`` -> ``session.handle``) and a writer greenlet
-(drains the client's ordered frame queue). Events are built once per
-delivery (``events.Event``) and serialised once per format.
+The box is built from one ``SimSettings``. Each accepted connection gets a
+``SimClient`` with a reader greenlet (bytes -> ``commands.CommandParser`` ->
+``session.handle``) and a writer greenlet (drains the client's ordered frame
+queue). Events are built once per delivery (``events.Event``) and serialised
+once per format; generated load (bursts, a steady rate) is ``load.py``'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import random
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
 
 import gevent
 import orjson
@@ -26,13 +26,15 @@ from gevent import socket  # cooperative even without monkey-patching
 from ..jsonenc import dumps
 from . import api
 from .calls import CallEngine
-from .client import BYE, NOTICE_BYE, SHUTDOWN, SimClient, notice_frame
-from .commands import ParseError
+from .client import SimClient
 from .events import VERSIONS, Event, Identity, is_event_name
 from .listener import Listener
-from .session import handle, log_level, reply_frame
+from .load import LoadGenerator
+from .notices import BYE, NOTICE_BYE, SHUTDOWN, notice_frame
+from .session import log_level
+from .settings import SimSettings
 
-__all__ = ["FsSimulator", "SimUser"]
+__all__ = ["FsSimulator"]
 
 GREETING = b"Content-Type: auth/request\n\n"
 REJECTION = b"Content-Type: text/rude-rejection\nContent-Length: 24\n\nAccess Denied, go away.\n"
@@ -45,93 +47,32 @@ CALLING_SENDEVENT = ("mod_event_socket.c", "parse_command", 2283)
 CALLING_RAISE = ("switch_event.c", "switch_event_fire_detailed", 2050)
 
 _LEVEL_NAMES = ("CONSOLE", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", "DEBUG")
-_BURST_MARK = "SIMSEQMARKQZX"  # placeholders only letters: unchanged by every format
-_INDEX_MARK = "SIMIDXMARKQZX"
 
 log = logging.getLogger("opensips_fs.sim")
-
-
-@dataclass
-class SimUser:
-    """A directory user for ``userauth`` with the esl-allowed-* limits.
-
-    ``events``: None (all) or the esl-allowed-events words (a list or one
-    space-separated string; words after CUSTOM are subclasses);
-    ``api``: None (all) or the allowed API command names; ``log``: esl-allowed-log.
-    """
-
-    name: str  # "user@domain"
-    password: str
-    events: list | None = None
-    api: list | None = None
-    log: bool = True
-
-    def __post_init__(self):
-        if isinstance(self.events, str):
-            self.events = self.events.split()
-        if isinstance(self.api, str):
-            self.api = [a.strip() for a in self.api.split(",") if a.strip()]
-
-    def allowed_event_names(self) -> list:
-        names = []
-        for word in self.events or ():
-            names.append(word)
-            if word.upper() == "CUSTOM":
-                break
-        return names
-
-    def allowed_subclasses(self) -> set:
-        words = self.events or []
-        upper = [w.upper() for w in words]
-        if "CUSTOM" not in upper:
-            return set()
-        return set(words[upper.index("CUSTOM") + 1:])
 
 
 class FsSimulator:
     """A FreeSWITCH Event Socket stand-in; see the package docstring."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, password: str = "ClueCon",
-                 heartbeat: float = 20.0, users=None, hostname: str = "vm",
-                 core_uuid: str | None = None, seed: int | None = None,
-                 queue_size: int = 100000, max_lost: int = 500, *,
-                 ipv4: str = "127.0.0.1", ipv6: str = "::1", max_sessions: int = 1000,
-                 auth_timeout: float = 25.0, record_limit: int = 16 * 1024 * 1024,
-                 calls_per_second: float = 0.0, clock=None, shutdown_delay: float = 0.8,
-                 on_shutdown=None, userauth_requires_domain: bool = True, acl=None,
-                 version="1.11.3-dev", idle_cpu: float | None = None, keep_closed: int | None = None):
-        self.host = host
-        self.port = port
-        self.password = password
-        self.heartbeat = heartbeat
-        self.users = list(users or [])
-        # FreeSWITCH wants userauth user@domain:pass; the OpenSIPS recordings'
-        # stand-ins also took user:pass (False here)
-        self.userauth_requires_domain = userauth_requires_domain
-        # apply-inbound-acl: peers outside these networks get the rude rejection
-        self.acl = [ipaddress.ip_network(n, strict=False) for n in acl] if acl else None
-        self.queue_size = queue_size
-        self.max_lost = max_lost
-        self.auth_timeout = auth_timeout
-        self.record_limit = record_limit
-        self.calls_per_second = calls_per_second
-        self.shutdown_delay = shutdown_delay
-        self.on_shutdown = on_shutdown
-        self.clock = clock or time.time
-        self._rng = random.Random(seed) if seed is not None else random.Random()
-        self._fixed_core_uuid = core_uuid
-        fs = VERSIONS[version] if isinstance(version, str) else version
-        self.identity = Identity(hostname=hostname, core_uuid=core_uuid or self.new_uuid(),
-                                 ipv4=ipv4, ipv6=ipv6, fs=fs)
-        self.fixed_idle_cpu = idle_cpu
-        self.max_sessions = max_sessions
+    def __init__(self, settings: SimSettings | None = None):
+        self.settings = settings = settings or SimSettings()
+        self.host = settings.host
+        self.port = settings.port  # the bound port once started
+        self.password = settings.password  # ``set_password`` changes it
+        self.users = list(settings.users)
+        self.acl = [ipaddress.ip_network(n, strict=False) for n in settings.acl] if settings.acl else None
+        self.clock = settings.clock or time.time
+        self._rng = random.Random(settings.seed) if settings.seed is not None else random.Random()
+        fs = VERSIONS[settings.version] if isinstance(settings.version, str) else settings.version
+        self.identity = Identity(hostname=settings.hostname, core_uuid=settings.core_uuid or self.new_uuid(),
+                                 ipv4=settings.ipv4, ipv6=settings.ipv6, fs=fs)
         self.seq = 0
         self.started_at = self.clock()
         self.clients: list[SimClient] = []
-        self.keep_closed = keep_closed  # None: every closed client stays in ``clients``
         self._accepted = 0
         self._live: list[SimClient] = []
-        self.calls = CallEngine(self)
+        self.calls = CallEngine(self, settings.call_duration)
+        self.load = LoadGenerator(self)
         self.delay_ms = 0
         self.refusing = False
         self.lost_events = 0
@@ -144,7 +85,6 @@ class FsSimulator:
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self._idle = 100.0
         self._shutting_down = False
-        self._rate_glet = None
 
     # -- life cycle ----------------------------------------------------------
     @property
@@ -153,10 +93,10 @@ class FsSimulator:
 
     def start(self) -> "FsSimulator":
         self._bind()
-        if self.heartbeat and self.heartbeat > 0:
+        if self.settings.heartbeat and self.settings.heartbeat > 0:
             self._greenlets.append(gevent.spawn(self._heartbeat_loop))
-        if self.calls_per_second and self.calls_per_second > 0:
-            self._greenlets.append(gevent.spawn(self.calls.load_loop, self.calls_per_second))
+        if self.settings.calls_per_second and self.settings.calls_per_second > 0:
+            self._greenlets.append(gevent.spawn(self.calls.load_loop, self.settings.calls_per_second))
         return self
 
     def _bind(self) -> None:
@@ -174,6 +114,7 @@ class FsSimulator:
         for glet in self._greenlets:
             glet.kill(block=False)
         self._greenlets.clear()
+        self.load.stop()
         self.calls.stop()
         self._close_all(None, "stopped")
         self.stopped.set()
@@ -195,12 +136,12 @@ class FsSimulator:
         while self._live and time.monotonic() < deadline:
             gevent.sleep(0.01)
         self.stop()
-        if self.on_shutdown:
-            self.on_shutdown(self)
+        if self.settings.on_shutdown:
+            self.settings.on_shutdown(self)
 
     def schedule_shutdown(self) -> None:
         """``fsctl shutdown``: the notice follows about 0.8 s later."""
-        gevent.spawn_later(self.shutdown_delay, self.shutdown)
+        gevent.spawn_later(self.settings.shutdown_delay, self.shutdown)
 
     def _close_all(self, notice: bytes | None, reason: str) -> int:
         """Close every live connection: after ``notice`` and what is queued
@@ -245,7 +186,7 @@ class FsSimulator:
         self._unbind()
         self._close_all(SHUTDOWN if notice else None, "restart")
         self.calls.stop()
-        if not self._fixed_core_uuid:
+        if not self.settings.core_uuid:
             self.identity.core_uuid = self.new_uuid()
         self.started_at = self.clock()
         if down > 0:
@@ -283,60 +224,22 @@ class FsSimulator:
         self.clients.append(client)
         self._live.append(client)
         if self.acl is not None and not any(ipaddress.ip_address(addr[0]) in n for n in self.acl):
-            client.close_with(REJECTION, "access denied")
-            client._writer = gevent.spawn(client.run_writer)
-            return
-        client.send_frame(GREETING)
-        client._writer = gevent.spawn(client.run_writer)
-        client._reader = gevent.spawn(self._read_loop, client)
+            client.reject(REJECTION, "access denied")
+        else:
+            client.start(GREETING)
 
-    def _client_closed(self, client) -> None:
-        if self.keep_closed is not None:
+    def client_closed(self, client: SimClient) -> None:
+        """``client`` has closed: forget it (keeping ``keep_closed`` of the
+        closed ones in ``clients``)."""
+        keep = self.settings.keep_closed
+        if keep is not None:
             closed = [c for c in self.clients if not c.alive and c is not client]
-            for old in closed[:max(0, len(closed) - self.keep_closed)]:
+            for old in closed[:max(0, len(closed) - keep)]:
                 self.clients.remove(old)
         log.info("%s: connection %d from %s closed (%s)", self.address, client.number, client.peer,
                  client.closed_reason or "closed")
         if client in self._live:
             self._live.remove(client)
-        if client._reader is not None and client._reader is not gevent.getcurrent():
-            client._reader.kill(block=False)
-
-    def _read_loop(self, client) -> None:
-        sock = client.sock
-        deadline = time.monotonic() + self.auth_timeout if self.auth_timeout else None
-        try:
-            while client.alive and not client._closing:
-                self.wait_unstalled(client)
-                if deadline is not None and not client.authed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise socket.timeout()
-                    sock.settimeout(left)
-                else:
-                    sock.settimeout(None)
-                data = sock.recv(65536)
-                if not data:
-                    client.close_with(None, "eof")
-                    return
-                client._rx.add(data)
-                for item in client.parser.feed(data):
-                    if isinstance(item, ParseError):
-                        if item.kind == "nul":
-                            client.send_frame(reply_frame("-ERR command parse error."))
-                        client.close_with(BYE, "parse error (%s)" % item.kind)
-                        return
-                    client.commands.append(item.text)
-                    self.wait_unstalled(client)
-                    if self.delay_ms:
-                        gevent.sleep(self.delay_ms / 1000.0)
-                    handle(client, item)
-                    if client._closing or not client.alive:
-                        return
-        except socket.timeout:
-            client.close_with(BYE, "auth timeout")
-        except OSError:
-            client.abort("read error")
 
     def state(self) -> dict:
         """The box and every connection (``conns``: what each sent, its
@@ -370,6 +273,15 @@ class FsSimulator:
 
     def live_clients(self) -> list:
         return list(self._live)
+
+    def subscribers(self, event: Event) -> list:
+        """The live clients that want ``event``."""
+        return [c for c in self._live if c.wants(event)]
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once ``shutdown`` has begun."""
+        return self._shutting_down
 
     def wait_clients(self, n: int, timeout: float = 5.0) -> list:
         """Wait until ``n`` clients are connected and authenticated."""
@@ -415,12 +327,17 @@ class FsSimulator:
         self.seq += 1
         return self.seq
 
+    def skip_seq(self, count: int) -> None:
+        """Reserve the next ``count`` Event-Sequence numbers (a generated
+        series numbers its events itself)."""
+        self.seq += count
+
     def uptime_us(self) -> int:
         return int((self.clock() - self.started_at) * 1_000_000)
 
     def idle_cpu(self) -> float:
-        if self.fixed_idle_cpu is not None:
-            return self.fixed_idle_cpu
+        if self.settings.idle_cpu is not None:
+            return self.settings.idle_cpu
         now = time.monotonic()
         cpu = sum(os.times()[:2])
         last_t, last_cpu = self._cpu_mark
@@ -432,7 +349,7 @@ class FsSimulator:
 
     def session_stats(self) -> dict:
         stats = self.calls.stats()
-        stats["max_sessions"] = self.max_sessions
+        stats["max_sessions"] = self.settings.max_sessions
         return stats
 
     # -- events -------------------------------------------------------------------
@@ -518,7 +435,7 @@ class FsSimulator:
             ("FreeSWITCH-Version", self.identity.version),
             ("Uptime-msec", str(up // 1000)),
             ("Session-Count", str(stats["count"])),
-            ("Max-Sessions", str(self.max_sessions)),
+            ("Max-Sessions", str(self.settings.max_sessions)),
             ("Session-Per-Sec", str(stats["max_per_sec"])),
             ("Session-Per-Sec-Last", str(stats["per_sec_last"])),
             ("Session-Per-Sec-Max", str(stats["per_sec_peak"])),
@@ -532,13 +449,13 @@ class FsSimulator:
             ("Task-ID", "1"),
             ("Task-Desc", "heartbeat"),
             ("Task-Group", "core"),
-            ("Task-Runtime", str(int(self.clock() + (self.heartbeat or 20)))),
+            ("Task-Runtime", str(int(self.clock() + (self.settings.heartbeat or 20)))),
         ], calling=CALLING_RESCHEDULE)
         return sent
 
     def _heartbeat_loop(self) -> None:
         while True:
-            gevent.sleep(self.heartbeat)
+            gevent.sleep(self.settings.heartbeat)
             self.fire_heartbeat()
 
     # -- api ---------------------------------------------------------------------
@@ -587,15 +504,7 @@ class FsSimulator:
         each subscribed client reads (back-pressure, no loss). Returns the
         number of events generated; blocks the calling greenlet until all are
         queued."""
-        shape = _load_shape(name, subclass, ("Burst-Count", str(count)), "Burst-Payload", size, body_size)
-        done = 0
-        window = max(min(window, self.queue_size), chunk)
-        while done < count:
-            n = min(chunk, count - done)
-            self._fire_series(shape, n, done, window)
-            done += n
-            gevent.sleep(0)
-        return done
+        return self.load.burst(count, name, subclass, size, chunk, window, body_size)
 
     def event_rate(self, per_second: float, name: str = "CUSTOM", subclass: str | None = "sim::load",
                    size: int | None = None, body_size: int | None = None) -> None:
@@ -603,83 +512,7 @@ class FsSimulator:
         10 ms batches, each with a unique Event-Sequence; unlike ``burst``
         there is no back-pressure: a slow reader loses events as it would
         with FreeSWITCH."""
-        if self._rate_glet is not None:
-            self._rate_glet.kill(block=False)
-            self._rate_glet = None
-        if per_second and per_second > 0:
-            per_second = float(per_second)
-            shape = _load_shape(name, subclass, ("Load-Rate", "%g" % per_second), "Load-Payload", size, body_size)
-            self._rate_glet = gevent.spawn(self._rate_loop, per_second, shape)
-            self._greenlets.append(self._rate_glet)
-
-    def _rate_loop(self, per_second: float, shape) -> None:
-        tick = 0.01
-        owed = 0.0
-        index = 0
-        next_at = time.monotonic()
-        while True:
-            owed += per_second * tick
-            n = int(owed)
-            if n:
-                owed -= n
-                self._fire_series(shape, n, index)
-                index += n
-            next_at += tick
-            delay = next_at - time.monotonic()
-            if delay < -1.0:
-                next_at = time.monotonic()
-            gevent.sleep(max(0.0, delay))
-
-    def _fire_series(self, shape, n: int, index: int, window: int | None = None) -> None:
-        """``n`` events of one ``_load_shape`` to every client that wants
-        them, Event-Sequence and Burst-Index counting up (from the next
-        sequence number and from ``index``); with ``window``, first wait until
-        each client has at most ``window - n`` events queued."""
-        name, subclass, headers, body = shape
-        event = self.make_event(name, headers, body, subclass, CALLING_RAISE)
-        first = event.seq
-        self.seq = first + n - 1
-        targets = [c for c in self._live if c.wants(event)]
-        marked = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
-        blobs = {}
-        for client in targets:
-            if client.format not in blobs:
-                blobs[client.format] = _burst_blob(client.format, marked, body, first, n, index)
-        for client in targets:
-            if window is None or client.wait_below(window - n):
-                client.enqueue_event(blobs[client.format], n, first, first + n - 1)
-
-
-def _load_shape(name: str, subclass: str | None, counter: tuple, payload_header: str,
-                size: int | None, body_size: int | None) -> tuple:
-    """(name, subclass, headers, body) of generated load events: a
-    Burst-Index, the ``counter`` header, ``size`` bytes of payload header,
-    ``body_size`` bytes of body."""
-    canonical = is_event_name(name) or name
-    headers = [("Burst-Index", "0"), counter]
-    if size:
-        headers.append((payload_header, "x" * int(size)))
-    return (canonical, subclass if canonical == "CUSTOM" else None, headers,
-            "b" * int(body_size) if body_size else None)
-
-
-def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:
-    """``n`` frames of one event shape with Event-Sequence first..first+n-1
-    and Burst-Index index0..: the event is serialised once with markers in
-    those two values, then each frame costs two %-formats."""
-    headers = [(k, _INDEX_MARK if k == "Burst-Index" else v) for k, v in headers]
-    payload = Event("x", headers, body).frame(fmt)
-    head, _, rest = payload.partition(b"\n\n")
-    rest = rest.replace(b"%", b"%%").replace(_BURST_MARK.encode(), b"%d").replace(_INDEX_MARK.encode(), b"%d")
-    ctype = head.split(b"\n")[1]
-    out = []
-    index = index0
-    for seq in range(first, first + n):
-        frame_body = rest % (seq, index)
-        out.append(b"Content-Length: %d\n%s\n\n" % (len(frame_body), ctype))
-        out.append(frame_body)
-        index += 1
-    return b"".join(out)
+        self.load.set_rate(per_second, name, subclass, size, body_size)
 
 
 def _api_headers(name: str, arg: str) -> list:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .client import BYE
+from .notices import BYE
 from .events import EVENT_NAMES, is_event_name
 
 __all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS", "log_level"]
@@ -44,72 +44,65 @@ def _fail_auth(client):
 def handle(client, cmd) -> None:
     line = cmd.line
     low = line.lower()
-    box = client.box
     if low.startswith("exit") or low.startswith("..."):
         _reply(client, "+OK bye")
         client.close_with(BYE, "exit")
         return
     if not client.authed:
-        if low.startswith("auth "):
-            if box.password is not None and line[5:] == box.password:
-                client.authed = True
-                _reply(client, "+OK accepted")
-            else:
-                _fail_auth(client)
-        elif low.startswith("userauth "):
-            _userauth(client, line[9:])
-        else:
-            _reply(client, "-ERR command not found")
+        _login(client, line, low)
         return
-    if low.startswith("filter "):
-        _filter(client, line[7:])
-    elif low.startswith("sendevent"):
-        _sendevent(client, cmd)
-    elif low.startswith("api "):
-        _api(client, line[4:])
-    elif low.startswith("sendmsg"):
-        uuid = line[7:].strip()
-        _reply(client, "-ERR invalid session id [%s]" % uuid)
-    elif low.startswith("bgapi "):
-        _bgapi(client, line[6:], cmd.header("Job-UUID"))
-    elif low.startswith("log"):
-        _log(client, line[3:])
-    elif low.startswith("linger") or low.startswith("nolinger"):
-        _reply(client, "-ERR not controlling a session")
-    elif low.startswith("event"):
-        _event(client, line)
-    elif low.startswith("divert_events"):
-        _reply(client, "-ERR not controlling a session.")
-    elif low.startswith("myevents"):
-        _myevents(client, line)
-    elif low.startswith("nixevent"):
-        _nixevent(client, line)
-    elif low.startswith("noevents"):
-        if client.events_on:
-            client.events_on = False
-            client.all_events = False
-            client.event_list.clear()
-            client.subclasses.clear()
-            client.drop_queued_events()
-            _reply(client, "+OK no longer listening for events")
+    for prefixes, run in _COMMANDS:
+        if low.startswith(prefixes):
+            run(client, cmd)
+            return
+    _reply(client, "-ERR command not found")
+
+
+def _login(client, line: str, low: str) -> None:
+    """What an unauthenticated client may send: auth or userauth."""
+    if low.startswith("auth "):
+        password = client.box.password
+        if password is not None and line[5:] == password:
+            client.authed = True
+            _reply(client, "+OK accepted")
         else:
-            _reply(client, "-ERR not listening for events")
-    elif low.startswith("nolog"):
-        client.drop_queued_logs()
-        if client.log_level is not None:
-            client.log_level = None
-            _reply(client, "+OK no longer logging")
-        else:
-            _reply(client, "-ERR not loging")
+            _fail_auth(client)
+    elif low.startswith("userauth "):
+        _userauth(client, line[9:])
     else:
         _reply(client, "-ERR command not found")
+
+
+def _noevents(client, cmd) -> None:
+    if client.events_on:
+        client.events_on = False
+        client.all_events = False
+        client.event_list.clear()
+        client.subclasses.clear()
+        client.drop_queued_events()
+        _reply(client, "+OK no longer listening for events")
+    else:
+        _reply(client, "-ERR not listening for events")
+
+
+def _nolog(client, cmd) -> None:
+    client.drop_queued_logs()
+    if client.log_level is not None:
+        client.log_level = None
+        _reply(client, "+OK no longer logging")
+    else:
+        _reply(client, "-ERR not loging")
+
+
+def _sendmsg(client, cmd) -> None:
+    _reply(client, "-ERR invalid session id [%s]" % cmd.line[7:].strip())
 
 
 def _userauth(client, rest: str) -> None:
     box = client.box
     user, at, domain_pass = rest.partition("@")
     domain, _, password = domain_pass.partition(":")
-    if not at and not box.userauth_requires_domain:
+    if not at and not box.settings.userauth_requires_domain:
         user, _, password = rest.partition(":")
         name = user
     elif not user or not at or not domain:
@@ -343,3 +336,22 @@ def _myevents(client, line: str) -> None:
     client.events_on = True
     box.calls.watch(uuid, client)
     _reply(client, "+OK Events Enabled")
+
+
+# An authenticated client's commands: the first entry whose prefix (or one
+# of whose prefixes) starts the lower-cased line runs, in parse_command's order.
+_COMMANDS = (
+    ("filter ", lambda client, cmd: _filter(client, cmd.line[7:])),
+    ("sendevent", _sendevent),
+    ("api ", lambda client, cmd: _api(client, cmd.line[4:])),
+    ("sendmsg", _sendmsg),
+    ("bgapi ", lambda client, cmd: _bgapi(client, cmd.line[6:], cmd.header("Job-UUID"))),
+    ("log", lambda client, cmd: _log(client, cmd.line[3:])),
+    (("linger", "nolinger"), lambda client, cmd: _reply(client, "-ERR not controlling a session")),
+    ("event", lambda client, cmd: _event(client, cmd.line)),
+    ("divert_events", lambda client, cmd: _reply(client, "-ERR not controlling a session.")),
+    ("myevents", lambda client, cmd: _myevents(client, cmd.line)),
+    ("nixevent", lambda client, cmd: _nixevent(client, cmd.line)),
+    ("noevents", _noevents),
+    ("nolog", _nolog),
+)
