@@ -45,7 +45,7 @@ class FsUrl:
         return f"FsUrl({self.key!r}, username={self.username!r}, events={self.events!r})"
 
 
-def parse(url) -> FsUrl:
+def parse(url: object) -> FsUrl:
     """Parse a FreeSWITCH URL; raise `UrlError` if it is malformed."""
     if not isinstance(url, str):
         raise UrlError("FreeSWITCH URL must be a string")
@@ -58,15 +58,7 @@ def parse(url) -> FsUrl:
     if not rest:
         raise UrlError(f"nothing after the scheme in FreeSWITCH URL {mask_password(url)!r}")
 
-    username = password = None
-    at = rest.find("@")
-    if at > 0:
-        userinfo, rest = rest[:at], rest[at + 1:]
-        user, colon, pwd = userinfo.partition(":")
-        username = user or None
-        password = (pwd or None) if colon else None
-        if not rest:
-            raise UrlError("no host after the credentials in FreeSWITCH URL")
+    username, password, rest = _split_credentials(rest)
 
     hostport, _, params = rest.partition("?")
     hostport = hostport.split("/", 1)[0].strip()
@@ -78,24 +70,43 @@ def parse(url) -> FsUrl:
     host, colon, port_text = hostport.partition(":")
     if not host:
         raise UrlError(f"empty host in FreeSWITCH URL {mask_password(url)!r}")
-    port = 0
-    if colon:
-        if not (port_text.isascii() and port_text.isdigit()):
-            raise UrlError(f"bad port {port_text!r} in FreeSWITCH URL {mask_password(url)!r}")
-        port = int(port_text)
-        if port > 65535:
-            raise UrlError(f"port {port} out of range (1-65535) in FreeSWITCH URL {mask_password(url)!r}")
-
-    events: list[str] = []
-    if params.strip():
-        for param in params.split(","):
-            key, eq, _value = param.partition("=")
-            key = key.strip()
-            if not key:
-                if eq:
-                    raise UrlError(f"parameter with an empty name in FreeSWITCH URL {mask_password(url)!r}")
-                continue
-            events.append(key)
-
+    port = _parse_port(port_text, url) if colon else 0
     return FsUrl(host=host, port=port or DEFAULT_PORT, username=username,
-                 password=password, events=events)
+                 password=password, events=_parse_events(params, url))
+
+
+def _split_credentials(rest: str) -> tuple[str | None, str | None, str]:
+    """(username, password, what follows the `@`) of `[user][:password]@rest`."""
+    at = rest.find("@")
+    if at <= 0:
+        return None, None, rest
+    userinfo, rest = rest[:at], rest[at + 1:]
+    user, colon, pwd = userinfo.partition(":")
+    if not rest:
+        raise UrlError("no host after the credentials in FreeSWITCH URL")
+    return user or None, (pwd or None) if colon else None, rest
+
+
+def _parse_port(port_text: str, url: str) -> int:
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise UrlError(f"bad port {port_text!r} in FreeSWITCH URL {mask_password(url)!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise UrlError(f"port {port} out of range (1-65535) in FreeSWITCH URL {mask_password(url)!r}")
+    return port
+
+
+def _parse_events(params: str, url: str) -> list[str]:
+    """The event names of the `?ev1[=v],ev2…` part (values are ignored)."""
+    events: list[str] = []
+    if not params.strip():
+        return events
+    for param in params.split(","):
+        key, eq, _value = param.partition("=")
+        key = key.strip()
+        if not key:
+            if eq:
+                raise UrlError(f"parameter with an empty name in FreeSWITCH URL {mask_password(url)!r}")
+            continue
+        events.append(key)
+    return events

@@ -93,8 +93,8 @@ def normalize_event_pairs(pairs, body):
 
 def normalize(content_type: str | None, header_block: str, body: str | None):
     """A comparable form of one frame."""
-    lines = [l for l in header_block.split("\n") if l]
-    headers = [tuple(l.split(": ", 1)) if ": " in l else (l.rstrip(":"), "") for l in lines]
+    lines = [line for line in header_block.split("\n") if line]
+    headers = [tuple(line.split(": ", 1)) if ": " in line else (line.rstrip(":"), "") for line in lines]
     body_norm = body
     event_like = content_type and (content_type.startswith("text/event-") or content_type == "log/data")
     digit_masked = False
@@ -205,82 +205,112 @@ def per_leg(items):
 
 def replay(scenario: str, box: FsSimulator, loose_events: bool = False) -> dict:
     data = json.loads((GOLDEN / (scenario + ".json")).read_text())
-    frames_by_conn: dict[str, list] = {}
-    for f in data["frames"]:
-        frames_by_conn.setdefault(f["conn"], []).append(f)
-    ends_by_conn = {}
-    for conn, frames in frames_by_conn.items():
-        total, ends = 0, []
-        for f in frames:
-            total += len(f["header_block"].encode()) + (f["content_length"] or 0)
-            ends.append(total)
-        ends_by_conn[conn] = ends
-    clients: dict[str, EslTestClient] = {}
-    received = {c: 0 for c in frames_by_conn}  # bytes recorded as received
-    consumed = {c: 0 for c in frames_by_conn}  # frames compared
-    fired_beats: set = set()
-    loose: dict = {}
-    shutdown_started = False
-    beats = sorted((f["t"], frame_event_info(f)[1]) for f in data["frames"]
-                   if frame_event_info(f)[0] == "HEARTBEAT")
-    last_t = 0.0
-    for index, entry in enumerate(data["wire"]):
+    Replay(scenario, data, box, loose_events).run()
+    return data
+
+
+class Replay:
+    """Play a recording's client side against the simulator; compare every
+    frame it sends back with the recorded one."""
+
+    def __init__(self, scenario: str, data: dict, box: FsSimulator, loose_events: bool):
+        self.scenario = scenario
+        self.data = data
+        self.box = box
+        self.loose_events = loose_events
+        self.frames_by_conn: dict[str, list] = {}
+        for f in data["frames"]:
+            self.frames_by_conn.setdefault(f["conn"], []).append(f)
+        self.ends_by_conn = {}
+        for conn, frames in self.frames_by_conn.items():
+            total, ends = 0, []
+            for f in frames:
+                total += len(f["header_block"].encode()) + (f["content_length"] or 0)
+                ends.append(total)
+            self.ends_by_conn[conn] = ends
+        self.clients: dict[str, EslTestClient] = {}
+        self.received = {c: 0 for c in self.frames_by_conn}  # bytes recorded as received
+        self.consumed = {c: 0 for c in self.frames_by_conn}  # frames compared
+        self.fired_beats: set = set()
+        self.loose: dict = {}
+        self.shutdown_started = False
+        self.beats = sorted((f["t"], frame_event_info(f)[1]) for f in data["frames"]
+                            if frame_event_info(f)[0] == "HEARTBEAT")
+
+    def run(self) -> None:
+        last_t = 0.0
+        for index, entry in enumerate(self.data["wire"]):
+            conn, kind = entry["conn"], entry["dir"]
+            for t, seq in self.beats:
+                if t <= entry["t"] + 0.001 and seq not in self.fired_beats:
+                    self.fired_beats.add(seq)
+                    self.box.fire_heartbeat()
+            if entry["t"] - last_t > 1.2:
+                self.box.fire_heartbeat()  # a pause the real server filled with heartbeats
+                gevent.sleep(0.05)
+            last_t = entry["t"]
+            where = "%s step %d (%s %s)" % (self.scenario, index, conn, kind)
+            self.step(entry, where)
+        for conn, frames in self.frames_by_conn.items():
+            assert self.consumed[conn] == len(frames), "%s: %s compared %d of %d frames" % (
+                self.scenario, conn, self.consumed[conn], len(frames))
+        self.check_loose()
+
+    def step(self, entry: dict, where: str) -> None:
         conn, kind = entry["conn"], entry["dir"]
-        for t, seq in beats:
-            if t <= entry["t"] + 0.001 and seq not in fired_beats:
-                fired_beats.add(seq)
-                box.fire_heartbeat()
-        if entry["t"] - last_t > 1.2:
-            box.fire_heartbeat()  # a pause the real server filled with heartbeats
-            gevent.sleep(0.05)
-        last_t = entry["t"]
-        where = "%s step %d (%s %s)" % (scenario, index, conn, kind)
+        clients = self.clients
         if kind == "connect":
-            clients[conn] = EslTestClient(box.port)
+            clients[conn] = EslTestClient(self.box.port)
         elif kind == "send":
-            raw = base64.b64decode(entry["b64"]) if "b64" in entry else abbreviated_send(scenario, entry)
+            raw = base64.b64decode(entry["b64"]) if "b64" in entry else abbreviated_send(self.scenario, entry)
             clients[conn].send(raw)
         elif kind == "recv":
-            received[conn] += entry["len"]
-            ends = ends_by_conn[conn]
-            while consumed[conn] < len(ends) and ends[consumed[conn]] <= received[conn]:
-                rec = frames_by_conn[conn][consumed[conn]]
-                name, seq = frame_event_info(rec)
-                if name == "HEARTBEAT" and seq not in fired_beats:
-                    fired_beats.add(seq)
-                    box.fire_heartbeat()
-                if (rec.get("body") == SHUTDOWN_TEXT and not shutdown_started
-                        and not box.shutting_down):
-                    shutdown_started = True
-                    gevent.spawn(box.shutdown)
-                ours = clients[conn].frame(timeout=5)
-                rec_type = dict(rec["headers"]).get("Content-Type", "")
-                if loose_events and rec_type.startswith("text/event-"):
-                    assert ours.content_type == rec_type, where
-                    loose.setdefault(conn, ([], []))
-                    loose[conn][0].append(describe_event(ours.content_type, ours.body.decode()))
-                    loose[conn][1].append(describe_event(rec_type, rec["body"]))
-                else:
-                    compare(ours, rec, "%s frame %d" % (where, consumed[conn]))
-                consumed[conn] += 1
+            self.received[conn] += entry["len"]
+            self.compare_received(conn, where)
         elif kind == "eof":
             assert clients[conn].wait_eof(3), where + ": the simulator did not close"
         elif kind == "close":
             extra = clients[conn].collect(0.05) if not clients[conn].eof else clients[conn].frames
             assert extra == [], "%s: unexpected frames %r" % (where, extra)
             clients[conn].close()
-    for conn, frames in frames_by_conn.items():
-        assert consumed[conn] == len(frames), "%s: %s compared %d of %d frames" % (
-            scenario, conn, consumed[conn], len(frames))
-    for conn, (ours, real) in loose.items():
-        got, want = per_leg(ours), per_leg(real)
-        assert got.keys() == want.keys(), (scenario, conn)
-        for leg in want:
-            assert [d[:6] for d in got[leg]] == [d[:6] for d in want[leg]], (scenario, conn, leg)
-            for g, w in zip(got[leg], want[leg]):
-                assert g[6] == w[6], "%s %s leg %s %s: header names differ\n ours: %s\n real: %s" % (
-                    scenario, conn, leg, w[0], g[6], w[6])
-    return data
+
+    def compare_received(self, conn: str, where: str) -> None:
+        """Compare every recorded frame that the bytes received so far complete."""
+        ends = self.ends_by_conn[conn]
+        consumed = self.consumed
+        box = self.box
+        while consumed[conn] < len(ends) and ends[consumed[conn]] <= self.received[conn]:
+            rec = self.frames_by_conn[conn][consumed[conn]]
+            name, seq = frame_event_info(rec)
+            if name == "HEARTBEAT" and seq not in self.fired_beats:
+                self.fired_beats.add(seq)
+                box.fire_heartbeat()
+            if (rec.get("body") == SHUTDOWN_TEXT and not self.shutdown_started
+                    and not box.shutting_down):
+                self.shutdown_started = True
+                gevent.spawn(box.shutdown)
+            ours = self.clients[conn].frame(timeout=5)
+            rec_type = dict(rec["headers"]).get("Content-Type", "")
+            if self.loose_events and rec_type.startswith("text/event-"):
+                assert ours.content_type == rec_type, where
+                self.loose.setdefault(conn, ([], []))
+                self.loose[conn][0].append(describe_event(ours.content_type, ours.body.decode()))
+                self.loose[conn][1].append(describe_event(rec_type, rec["body"]))
+            else:
+                compare(ours, rec, "%s frame %d" % (where, consumed[conn]))
+            consumed[conn] += 1
+
+    def check_loose(self) -> None:
+        """Loosely compared events: per leg, the same order, states and header names."""
+        scenario = self.scenario
+        for conn, (ours, real) in self.loose.items():
+            got, want = per_leg(ours), per_leg(real)
+            assert got.keys() == want.keys(), (scenario, conn)
+            for leg in want:
+                assert [d[:6] for d in got[leg]] == [d[:6] for d in want[leg]], (scenario, conn, leg)
+                for g, w in zip(got[leg], want[leg]):
+                    assert g[6] == w[6], "%s %s leg %s %s: header names differ\n ours: %s\n real: %s" % (
+                        scenario, conn, leg, w[0], g[6], w[6])
 
 
 @pytest.mark.timeout(30)

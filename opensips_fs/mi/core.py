@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__
-from ..stats import Stats
+from ..stats import Counter, Gauge, Stats
 from .commands import MiCommand, MiError, MiRegistry, Params, invalid_params
 
 __all__ = ["CoreContext", "core_commands", "statistics_commands", "server_string"]
@@ -54,33 +54,58 @@ class CoreContext:
 
 
 def core_commands(ctx: CoreContext) -> list[MiCommand]:
-    registry = ctx.registry
+    handlers = _CoreHandlers(ctx)
+    core = "core"
+    return [
+        MiCommand(core, "uptime", None, [[]], handlers.uptime,
+                  "prints various time information about OpenSIPS - when it started to run, for how long it runs"),
+        MiCommand(core, "version", None, [[], ["revision"]], handlers.version,
+                  "prints the version string of a runningOpenSIPS"),
+        MiCommand(core, "pwd", None, [[]], handlers.pwd, "prints the working directory of OpenSIPS"),
+        MiCommand(core, "arg", None, [[]], handlers.arg, "returns the full list of arguments used at startup"),
+        MiCommand(core, "which", None, [[], ["command"]], handlers.which, "lists all available MI commands"),
+        MiCommand(core, "ps", None, [[]], handlers.ps, "lists all processes used by OpenSIPS"),
+        MiCommand(core, "kill", None, [[]], handlers.kill, "terminates OpenSIPS"),
+        MiCommand(core, "log_level", None, [[], ["level"], ["level", "pid"]], handlers.log_level,
+                  "gets/sets the per process or global log level in OpenSIPS"),
+        MiCommand(core, "help", None, [[], ["mi_cmd"]], handlers.help,
+                  "prints information about MI commands usage"),
+    ]
 
-    def uptime(params: Params):
+
+class _CoreHandlers:
+    """The `core:` command handlers, over the app's `CoreContext`."""
+
+    def __init__(self, ctx: CoreContext):
+        self.ctx = ctx
+        self.registry = ctx.registry
+
+    def uptime(self, params: Params) -> dict[str, str]:
         now = time.time()
         return {
             "Now": time.ctime(now),
-            "Up since": time.ctime(ctx.started_at),
-            "Up time": f"{int(now - ctx.started_at)} [sec]",
+            "Up since": time.ctime(self.ctx.started_at),
+            "Up time": f"{int(now - self.ctx.started_at)} [sec]",
         }
 
-    def version(params: Params):
+    def version(self, params: Params) -> dict[str, str]:
         result = {"Server": server_string()}
         if "revision" in params:
             params.string("revision")
             result["opensips-fs"] = __version__
         return result
 
-    def pwd(params: Params):
+    def pwd(self, params: Params) -> dict[str, str]:
         try:
             return {"WD": os.getcwd()}
         except OSError:
             raise MiError(500, "Internal Error") from None
 
-    def arg(params: Params):
+    def arg(self, params: Params) -> list[str]:
         return list(sys.argv)
 
-    def which(params: Params):
+    def which(self, params: Params) -> list:
+        registry = self.registry
         if "command" not in params:
             return registry.which_names()
         name = params.string("command")
@@ -94,24 +119,25 @@ def core_commands(ctx: CoreContext) -> list[MiCommand]:
             raise UNKNOWN_COMMAND
         return [list(recipe) for recipe in command.recipes]
 
-    def process_rows():
-        return list(enumerate(ctx.processes()))
+    def _process_rows(self) -> list[tuple[int, str]]:
+        return list(enumerate(self.ctx.processes()))
 
-    def ps(params: Params):
+    def ps(self, params: Params) -> dict[str, list[dict]]:
         pid = os.getpid()
-        return {"Processes": [{"ID": i, "PID": pid, "Type": kind} for i, kind in process_rows()]}
+        return {"Processes": [{"ID": i, "PID": pid, "Type": kind} for i, kind in self._process_rows()]}
 
-    def kill(params: Params):
-        stop = ctx.shutdown or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+    def kill(self, params: Params) -> str:
+        stop = self.ctx.shutdown or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         _after_reply(stop)
         return "OK"
 
-    def log_level(params: Params):
+    def log_level(self, params: Params) -> dict:
+        ctx = self.ctx
         if "level" not in params:
             pid = os.getpid()
             level = ctx.get_log_level()
             return {"Processes": [
-                {"PID": pid, "Log level": level, "Type": kind} for _, kind in process_rows()
+                {"PID": pid, "Log level": level, "Type": kind} for _, kind in self._process_rows()
             ]}
         level = params.int("level")
         if "pid" in params:
@@ -122,29 +148,13 @@ def core_commands(ctx: CoreContext) -> list[MiCommand]:
         ctx.set_log_level(level)
         return {"New global log level": level}
 
-    def help_(params: Params):
+    def help(self, params: Params) -> str | dict[str, str]:
         if "mi_cmd" not in params:
             return HELP_USAGE
-        command = registry.resolve(params.string("mi_cmd"))
+        command = self.registry.resolve(params.string("mi_cmd"))
         if command is None:
             raise UNKNOWN_COMMAND
         return {"Help": command.help or NO_HELP, "Exported by": command.module}
-
-    core = "core"
-    return [
-        MiCommand(core, "uptime", None, [[]], uptime,
-                  "prints various time information about OpenSIPS - when it started to run, for how long it runs"),
-        MiCommand(core, "version", None, [[], ["revision"]], version,
-                  "prints the version string of a runningOpenSIPS"),
-        MiCommand(core, "pwd", None, [[]], pwd, "prints the working directory of OpenSIPS"),
-        MiCommand(core, "arg", None, [[]], arg, "returns the full list of arguments used at startup"),
-        MiCommand(core, "which", None, [[], ["command"]], which, "lists all available MI commands"),
-        MiCommand(core, "ps", None, [[]], ps, "lists all processes used by OpenSIPS"),
-        MiCommand(core, "kill", None, [[]], kill, "terminates OpenSIPS"),
-        MiCommand(core, "log_level", None, [[], ["level"], ["level", "pid"]], log_level,
-                  "gets/sets the per process or global log level in OpenSIPS"),
-        MiCommand(core, "help", None, [[], ["mi_cmd"]], help_, "prints information about MI commands usage"),
-    ]
 
 
 def _after_reply(action: Callable[[], None], delay: float = 0.2) -> None:
@@ -158,9 +168,36 @@ def _after_reply(action: Callable[[], None], delay: float = 0.2) -> None:
 
 
 def statistics_commands(stats: Stats) -> list[MiCommand]:
+    handlers = _StatisticsHandlers(stats)
+    module = "statistics"
+    return [
+        MiCommand(module, "get", "get_statistics", [["statistics"]], handlers.get,
+                  "prints the statistics (all, group or one) realtime values."),
+        MiCommand(module, "list", "list_statistics", [[], ["statistics"]], handlers.list,
+                  "lists all the registered statistics and their types"),
+        MiCommand(module, "reset", "reset_statistics", [["statistics"]], handlers.reset,
+                  "resets the value of a statistic variable"),
+        MiCommand(module, "reset_all", "reset_all_statistics", [[]], handlers.reset_all,
+                  "resets the value of all resetable variables"),
+    ]
 
-    def select(items: list[str], allow_all: bool):
+
+Stat = Counter | Gauge
+
+
+def _kind(stat: Stat) -> str:
+    return "incremental" if stat.incremental else "non-incremental"
+
+
+class _StatisticsHandlers:
+    """The `statistics:` command handlers, over the service's `Stats`."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+
+    def _select(self, items: list[str], allow_all: bool) -> list[Stat]:
         """The statistics the selectors name, in registration order, once."""
+        stats = self.stats
         chosen = {}
         for item in items:
             if allow_all and item == "all":
@@ -175,50 +212,36 @@ def statistics_commands(stats: Stats) -> list[MiCommand]:
         order = {id(stat): i for i, stat in enumerate(stats)}
         return sorted(chosen.values(), key=lambda s: order.get(id(s), 0))
 
-    def get(params: Params):
-        return {f"{s.group}:{s.name}": s.value for s in select(params.strings("statistics"), True)}
+    def get(self, params: Params) -> dict[str, int]:
+        return {f"{s.group}:{s.name}": s.value for s in self._select(params.strings("statistics"), True)}
 
-    def kind(stat) -> str:
-        return "incremental" if stat.incremental else "non-incremental"
-
-    def list_(params: Params):
+    def list(self, params: Params) -> dict[str, str]:
+        stats = self.stats
         if "statistics" not in params:
-            return {f"{s.group}:{s.name}": kind(s) for s in stats}
+            return {f"{s.group}:{s.name}": _kind(s) for s in stats}
         result = {}
         for item in params.strings("statistics"):
             if item.endswith(":"):
                 for stat in stats.in_group(item[:-1]):
-                    result[f"{stat.group}:{stat.name}"] = kind(stat)
+                    result[f"{stat.group}:{stat.name}"] = _kind(stat)
             elif ":" not in item:
                 for stat in stats.find(item):
-                    result[stat.name] = kind(stat)
+                    result[stat.name] = _kind(stat)
         return result
 
-    def reset(params: Params):
+    def reset(self, params: Params) -> str:
         found = False
         for item in params.strings("statistics"):
             if ":" in item:
                 continue
-            for stat in stats.find(item):
+            for stat in self.stats.find(item):
                 found = True
                 stat.reset()
         if not found:
             raise STATISTICS_NOT_FOUND
         return "OK"
 
-    def reset_all(params: Params):
-        for stat in stats:
+    def reset_all(self, params: Params) -> str:
+        for stat in self.stats:
             stat.reset()
         return "OK"
-
-    module = "statistics"
-    return [
-        MiCommand(module, "get", "get_statistics", [["statistics"]], get,
-                  "prints the statistics (all, group or one) realtime values."),
-        MiCommand(module, "list", "list_statistics", [[], ["statistics"]], list_,
-                  "lists all the registered statistics and their types"),
-        MiCommand(module, "reset", "reset_statistics", [["statistics"]], reset,
-                  "resets the value of a statistic variable"),
-        MiCommand(module, "reset_all", "reset_all_statistics", [[]], reset_all,
-                  "resets the value of all resetable variables"),
-    ]

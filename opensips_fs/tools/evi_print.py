@@ -37,7 +37,7 @@ class MiClient:
         self.timeout = timeout
         self._id = 0
 
-    def call(self, method: str, params) -> object:
+    def call(self, method: str, params: object) -> object:
         self._id += 1
         body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params,
                            "id": self._id}).encode()
@@ -87,8 +87,8 @@ def describe(datagram: bytes, raw: bool) -> str:
     return f"{stamp} {event} {json.dumps(params, ensure_ascii=False)}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evi_print", description=__doc__.split("\n\n")[0])
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evi_print", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("socket", type=parse_udp, metavar="udp:HOST:PORT",
                         help="where to receive the events")
     parser.add_argument("--mi", default="http://127.0.0.1:8888/mi",
@@ -99,11 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=30.0,
                         help="give up if the MI does not answer within this many s")
     parser.add_argument("--raw", action="store_true", help="print datagrams as received")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _argument_parser()
     args = parser.parse_args(argv)
     if args.expire < 2:
         parser.error("--expire must be at least 2 s")
 
-    stop = []
+    stop: list[bool] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.append(True))
 
@@ -115,11 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     target = f"udp:{host}:{port}"
     mi = MiClient(args.mi)
 
+    failed = _subscribe(mi, args, target, stop)
+    if failed is not None:
+        return failed
+    if stop:
+        return 0
+    print(f"evi_print: {target} subscribed to {args.event} via {args.mi}", file=sys.stderr,
+          flush=True)
+    _print_until_stopped(sock, mi, args, target, stop)
+    try:
+        mi.call("event_subscribe", [args.event, target, 0])
+    except (OSError, urllib.error.URLError, RuntimeError, ValueError):
+        pass            # the service may be stopping too: the subscription then expires
+    sock.close()
+    return 0
+
+
+def _subscribe(mi: MiClient, args: argparse.Namespace, target: str, stop: list[bool]) -> int | None:
+    """Subscribe `target`, retrying until the MI answers; the exit status
+    when it cannot, None once subscribed (or stopped)."""
     deadline = time.monotonic() + args.wait
     while not stop:
         try:
             mi.call("event_subscribe", [args.event, target, args.expire])
-            break
+            return None
         except RuntimeError as exc:
             print(f"evi_print: {exc}", file=sys.stderr)
             return 1
@@ -128,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"evi_print: MI at {args.mi} not answering: {exc}", file=sys.stderr)
                 return 1
             time.sleep(SUBSCRIBE_RETRY)
-    if stop:
-        return 0
-    print(f"evi_print: {target} subscribed to {args.event} via {args.mi}", file=sys.stderr,
-          flush=True)
+    return None
 
+
+def _print_until_stopped(sock: socket.socket, mi: MiClient, args: argparse.Namespace, target: str,
+                         stop: list[bool]) -> None:
+    """Print each datagram; renew the subscription at half-life."""
     renew_at = time.monotonic() + args.expire / 2
     while not stop:
+        datagram: bytes | None
         try:
             datagram = sock.recv(65535)
         except socket.timeout:
@@ -149,13 +175,6 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, urllib.error.URLError, RuntimeError, ValueError) as exc:
                 print(f"evi_print: renewing the subscription failed: {exc}", file=sys.stderr)
             renew_at = time.monotonic() + args.expire / 2
-
-    try:
-        mi.call("event_subscribe", [args.event, target, 0])
-    except (OSError, urllib.error.URLError, RuntimeError, ValueError):
-        pass            # the service may be stopping too: the subscription then expires
-    sock.close()
-    return 0
 
 
 if __name__ == "__main__":
