@@ -63,10 +63,12 @@ class SimHost:
         for _ in range(count):
             argv += ["--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None  # a PIPE
+        self.proc_out = self.proc.stdout
         self.ports = []
         control = None
         while control is None:
-            line = self.proc.stdout.readline()
+            line = self.proc_out.readline()
             if not line:
                 raise SystemExit(f"opensips-fs-sim exited with {self.proc.wait()}")
             address = line.rsplit(" on ", 1)[-1].split()[0]
@@ -152,7 +154,7 @@ def bare_count(sock, rest: bytes, state: dict, target: int, done) -> None:
             done.set()
 
 
-def run_floor(host: SimHost, n: int, per_sim: int, size: int) -> float:
+def run_floor(host: SimHost, n: int, per_sim: int, size: int) -> Run:
     conns = [bare_connect(port) for port in host.ports[:n]]
     state = {"n": 0, "bytes": 0}
     done = gevent.event.Event()
@@ -190,7 +192,7 @@ def run_manager(host: SimHost, n: int, per_sim: int, size: int) -> tuple["Run", 
         if count[0] >= target:
             done.set()
 
-    mgr.event_sink = sink
+    mgr.event_sink = sink  # type: ignore[assignment]  # esl/manager.py declares it untyped (None)
     mgr.start()
     socks = []
     for port in host.ports[:n]:

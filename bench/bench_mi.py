@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def response_size(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
 def client(address, request: bytes, connections: int, duration: float, queue) -> None:
     """Closed loop on `connections` keep-alive sockets for `duration` s."""
     sockets = []
-    size = None
+    size = 0
     for _ in range(connections):
         sock = socket.create_connection(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,7 +84,7 @@ def client(address, request: bytes, connections: int, duration: float, queue) ->
     end = clock() + duration
     while True:
         for key, _ in selector.select(1.0):
-            sock = key.fileobj
+            sock = cast(socket.socket, key.fileobj)
             state = pending[sock]
             try:
                 state[0] += len(sock.recv(65536))
@@ -114,7 +115,7 @@ def percentile(values, fraction):
 
 
 def run_case(address, request, connections, duration):
-    queue = multiprocessing.Queue()
+    queue: multiprocessing.Queue = multiprocessing.Queue()
     process = multiprocessing.Process(target=client, args=(address, request, connections, duration, queue))
     process.start()
     done, elapsed, latencies, body = queue.get(timeout=duration + 60)

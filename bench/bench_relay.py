@@ -300,7 +300,9 @@ class Rig:
         self.sockets = sockets
         self.gen = subprocess.Popen([PYTHON, __file__, "--generator", "--sockets", str(sockets)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ports = json.loads(self.gen.stdout.readline())["ports"]
+        assert self.gen.stdin is not None and self.gen.stdout is not None  # PIPEs
+        self.gen_in, self.gen_out = self.gen.stdin, self.gen.stdout
+        ports = json.loads(self.gen_out.readline())["ports"]
         self.mi_port = free_port()
         lines = ['log_level=1', 'log_stderror=yes',
                  'loadmodule "freeswitch.so"', 'loadmodule "freeswitch_scripting.so"']
@@ -313,6 +315,8 @@ class Rig:
         cfg.write_text("\n".join(lines) + "\n")
         self.fs = subprocess.Popen([str(Path(PYTHON).with_name("opensips-fs")), "-f", str(cfg)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert self.fs.stderr is not None  # a PIPE
+        fs_err = self.fs.stderr
         self._ask({"op": "wait_clients"})
         deadline = time.monotonic() + 20
         while True:
@@ -321,14 +325,15 @@ class Rig:
                 break
             except OSError:
                 if time.monotonic() > deadline or self.fs.poll() is not None:
-                    raise RuntimeError("opensips-fs did not start: " + (self.fs.stderr.read() if self.fs.poll() is not None else "timeout"))
+                    why = fs_err.read() if self.fs.poll() is not None else "timeout"
+                    raise RuntimeError("opensips-fs did not start: " + why)
                 time.sleep(0.1)
         self.seq = 0
 
     def _ask(self, cmd):
-        self.gen.stdin.write(json.dumps(cmd) + "\n")
-        self.gen.stdin.flush()
-        return json.loads(self.gen.stdout.readline())
+        self.gen_in.write(json.dumps(cmd) + "\n")
+        self.gen_in.flush()
+        return json.loads(self.gen_out.readline())
 
     def run(self, count: int, rate: float, subscribers: list[str]):
         """Subscribe, then have the generator emit `count` events."""
@@ -352,8 +357,8 @@ class Rig:
 
     def close(self):
         try:
-            self.gen.stdin.write(json.dumps({"op": "quit"}) + "\n")
-            self.gen.stdin.flush()
+            self.gen_in.write(json.dumps({"op": "quit"}) + "\n")
+            self.gen_in.flush()
         except OSError:
             pass
         for proc in (self.fs, self.gen):

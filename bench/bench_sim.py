@@ -34,6 +34,7 @@ def start_sim(extra=()):
     proc = subprocess.Popen(cmd + ["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
                                    "--heartbeat", "0", *extra],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None  # a PIPE
     esl = control = None
     while esl is None or control is None:
         line = proc.stdout.readline()
@@ -64,8 +65,9 @@ class Reader:
         self.count = 0
         self.bytes = 0
         self.seqs_ok = True
-        self.last_seq = None
-        self.t_first = self.t_last = None
+        self.last_seq: int | None = None
+        self.t_first: float | None = None
+        self.t_last = 0.0
 
     def _expect(self, marker: bytes) -> None:
         while b"\n\n" not in self.buf:
@@ -102,6 +104,7 @@ class Reader:
                 if stop > len(buf):
                     break
                 m = seq_re.search(buf, end, stop)
+                assert m is not None, "an event without Event-Sequence"
                 seq = int(m.group(1))
                 if self.last_seq is not None and seq != self.last_seq + 1:
                     self.seqs_ok = False

@@ -107,8 +107,10 @@ class App:
         if cfg.httpd is not None and cfg.mi_http is None:
             log.log(logs.NOTICE, "httpd is loaded without mi_http: no HTTP listener to start")
         if cfg.mi_http is not None:
-            self._start_transport("MI HTTP", cfg.httpd.address, lambda: MiHttpServer(
-                cfg.httpd, cfg.mi_http, self.registry, self.stats))
+            httpd, mi_http = cfg.httpd, cfg.mi_http
+            assert httpd is not None  # the config loads mi_http only with httpd
+            self._start_transport("MI HTTP", httpd.address, lambda: MiHttpServer(
+                httpd, mi_http, self.registry, self.stats))
         if cfg.mi_fifo is not None:
             self._start_transport("MI FIFO", cfg.mi_fifo.fifo_name, lambda: MiFifoServer(
                 cfg.mi_fifo, self.registry, self.stats))
@@ -164,6 +166,7 @@ class App:
         if cfg.event_stream is not None:
             names.append("event_stream Sender")
         if cfg.mi_http is not None:
+            assert cfg.httpd is not None  # the config loads mi_http only with httpd
             bound = [where for what, where, _ in self.transports if what == "MI HTTP"]
             names.append(f"HTTPD {bound[0] if bound else cfg.httpd.address}")
         if cfg.mi_datagram is not None:
@@ -198,8 +201,9 @@ def config_secrets(config: Config) -> list[str]:
         secrets.append(config.httpd.auth_password)
     scripting = config.freeswitch_scripting
     if scripting is not None:
-        if scripting.db_url and logs.url_password(scripting.db_url):
-            secrets.append(logs.url_password(scripting.db_url))
+        db_password = logs.url_password(scripting.db_url) if scripting.db_url else None
+        if db_password:
+            secrets.append(db_password)
         for param in scripting.fs_subscribe:
             password = fsurl.parse(param.url).password
             if password:

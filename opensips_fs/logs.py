@@ -262,10 +262,10 @@ def setup(level: int = 2, stderror: bool = True, stderror_format: str = "plain_t
         if log_format not in LOG_FORMATS:
             raise ValueError(f"unknown log format {log_format!r}: valid are {', '.join(LOG_FORMATS)}")
     logger = logging.getLogger(_ROOT)
-    for handler in list(logger.handlers):
-        if getattr(handler, "_opensips_fs", False):
-            logger.removeHandler(handler)
-            handler.close()
+    for old in list(logger.handlers):
+        if getattr(old, "_opensips_fs", False):
+            logger.removeHandler(old)
+            old.close()
     handler: logging.Handler
     if not stderror and os.path.exists(syslog_address):
         handler = logging.handlers.SysLogHandler(
@@ -276,7 +276,7 @@ def setup(level: int = 2, stderror: bool = True, stderror_format: str = "plain_t
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_formatter(stderror_format, syslog=False))
-    handler._opensips_fs = True
+    setattr(handler, "_opensips_fs", True)  # marks the handlers setup() owns
     logger.addHandler(handler)
     logger.propagate = False
     set_level(level)

@@ -25,6 +25,7 @@ answers the MI commands:
 
 from __future__ import annotations
 
+import builtins
 import logging
 
 import gevent.lock
@@ -95,7 +96,7 @@ class SubscriptionSet:
         added in order of arrival)."""
         entry = self.first(socket)
         created = entry is None
-        if created:
+        if entry is None:
             entry = Entry(socket)
             self.entries.insert(0, entry)
         added = []
@@ -382,7 +383,7 @@ class Scripting:
 
     # -- MI -------------------------------------------------------------------
 
-    def mi_commands(self) -> list[MiCommand]:
+    def mi_commands(self) -> builtins.list[MiCommand]:  # `list` is a method here
         def subscribe(params):
             return self.subscribe(params.string("freeswitch_url"),
                                   lambda: params.strings("events"))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json.decoder
 import re
+from collections.abc import Iterable
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -90,6 +91,7 @@ class Frame:
     def headers(self) -> list[tuple[str, str]]:
         headers = self._headers
         if headers is None:
+            assert self._length is not None  # a frame built without headers carries its raw Content-Length
             headers = self._headers = [("Content-Length", self._length.decode()), _EVENT_JSON_CT_PAIR]
         return headers
 
@@ -116,7 +118,7 @@ class Frame:
         return f"Frame({self.content_type!r}, headers={len(self.headers)}, body={size})"
 
 
-def header_value(headers, name: str, default: str | None = None) -> str | None:
+def header_value(headers: Iterable[tuple[str, str]], name: str, default: str | None = None) -> str | None:
     """The first value of header `name` in (name, value) pairs, case-insensitive."""
     name = name.lower()
     for key, value in headers:
@@ -172,9 +174,10 @@ class FrameParser:
     def __init__(self, max_body: int = DEFAULT_MAX_BODY, max_header: int = DEFAULT_MAX_HEADER):
         self.max_body = max_body
         self.max_header = max_header
-        self._chunks: list = []  # pending header bytes, or body bytes when _head is set
+        self._chunks: list[bytes | memoryview] = []  # pending header bytes, or body bytes when _head is set
         self._pending = 0  # bytes in _chunks
-        self._head = None  # (headers, content_type) of a frame waiting for its body
+        # (headers, content_type) of a frame waiting for its body
+        self._head: tuple[list[tuple[str, str]], str | None] | None = None
         self._need = 0  # body bytes that frame needs
         self._failed = False
 
@@ -204,12 +207,13 @@ class FrameParser:
             self._failed = True
             raise
 
-    def _feed_body(self, data) -> list[Frame]:
+    def _feed_body(self, data: bytes) -> list[Frame]:
         missing = self._need - self._pending
         if len(data) < missing:
             self._chunks.append(data)
             self._pending += len(data)
             return []
+        rest: bytes | memoryview
         if len(data) == missing:
             self._chunks.append(data)
             rest = b""
@@ -218,6 +222,7 @@ class FrameParser:
             self._chunks.append(view[:missing])
             rest = view[missing:]
         body = b"".join(self._chunks)
+        assert self._head is not None  # _feed_body runs only while a frame waits for its body
         headers, content_type = self._head
         self._head = None
         self._chunks = []
@@ -227,7 +232,7 @@ class FrameParser:
             return self._parse(bytes(rest), frames)
         return frames
 
-    def _feed_header(self, data) -> list[Frame]:
+    def _feed_header(self, data: bytes) -> list[Frame]:
         last = self._chunks[-1]
         if data.find(b"\n\n") < 0 and not (data[:1] == b"\n" and last[-1:] == b"\n"):
             self._chunks.append(data)
@@ -361,7 +366,7 @@ def _escaped_name(body: bytes, start: int) -> str | None:
     """A name with JSON escapes (never seen from FreeSWITCH): decode properly."""
     window = body[start:start + 6 * MAX_EVENT_NAME].decode("utf-8", "replace")
     try:
-        name, _ = json.decoder.scanstring(window, 0)
+        name, _ = json.decoder.scanstring(window, 0)  # type: ignore[attr-defined]  # public, not in the stubs
     except ValueError:
         return None
     return name or None

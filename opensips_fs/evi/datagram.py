@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import socket as _stdsocket
+from collections.abc import Callable
 
 import _socket
 import gevent
@@ -33,6 +34,10 @@ _YIELD_EVERY = 512
 class DatagramDestination(Destination):
     """A UDP address (`address` = (ip, port)) or a unix datagram path."""
 
+    # evi/delivery.py's Destination declares _conn untyped (None)
+    _conn: _socket.socket | None  # type: ignore[assignment]
+    _send: Callable[[bytes], int]
+
     def __init__(self, key, label, queue_size, counters, address):
         super().__init__(key, label, queue_size, counters)
         self.address = address
@@ -40,26 +45,26 @@ class DatagramDestination(Destination):
         self._family = _stdsocket.AF_UNIX if self.transport == "unix" else _stdsocket.AF_INET
         self.state = "ready"
 
-    def _open(self):
+    def _open(self) -> _socket.socket:
         sock = _socket.socket(self._family, _stdsocket.SOCK_DGRAM)
         sock.setblocking(False)
         try:
             sock.connect(self.address)
-            send = sock.send
+            self._send = sock.send
         except OSError:   # e.g. a unix path not there yet: address each datagram
             address = self.address
 
-            def send(payload):
+            def send_to(payload: bytes) -> int:
                 return sock.sendto(payload, address)
+            self._send = send_to
         self._conn = sock
-        self._send = send
+        return sock
 
     def deliver(self) -> None:
-        if self._conn is None:
-            self._open()
+        conn = self._conn if self._conn is not None else self._open()
         queue = self.queue
         send = self._send
-        fileno = self._conn.fileno()
+        fileno = conn.fileno()
         popleft = queue.popleft
         sent = 0
         try:

@@ -130,7 +130,7 @@ def parse_mi_params(raw) -> list[tuple[str, str | int]] | None:
     if raw is MISSING:
         return None
     if isinstance(raw, list):
-        items = []
+        items: list[tuple[str, str | int]] = []
         for item in raw:
             if isinstance(item, str):
                 items.append(("", item))

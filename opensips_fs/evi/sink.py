@@ -21,6 +21,8 @@ import time
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIServer
 
 __all__ = ["UdpSink", "TcpSink", "HttpSink", "split_documents"]
 
@@ -46,6 +48,9 @@ def split_documents(buffer: str):
 
 
 class _Sink:
+    host: str
+    port: int
+
     def __init__(self):
         self.payloads: list[bytes] = []   # one per datagram / document / request
         self.times: list[float] = []
@@ -175,14 +180,13 @@ class HttpSink(_Sink):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, path: str = "/events"):
         super().__init__()
-        from gevent.pywsgi import WSGIServer
         self.path = path
         self.status = "200 OK"
         self.requests: list[dict] = []
         self._server_class = WSGIServer
         self.host = host
         self.port = port
-        self._server = None
+        self._server: WSGIServer | None = None
         self.resume()
 
     @property
@@ -203,11 +207,10 @@ class HttpSink(_Sink):
 
     def resume(self):
         listener = self._listen()
-        from gevent.pool import Pool
         # a pool, so that stop() also kills the keep-alive connections
-        self._server = self._server_class(listener, self._app, spawn=Pool(1000),
-                                          log=None, error_log=None)
-        self._server.start()
+        server = self._server = self._server_class(listener, self._app, spawn=Pool(1000),
+                                                   log=None, error_log=None)
+        server.start()
 
     def pause(self):
         if self._server is not None:

@@ -26,6 +26,8 @@ _BATCH_BYTES = 256 * 1024
 
 class StreamDestination(Destination):
     transport = "tcp"
+    # evi/delivery.py's Destination declares _conn untyped (None)
+    _conn: gsocket.socket | None  # type: ignore[assignment]
 
     def __init__(self, key, label, queue_size, counters, address):
         super().__init__(key, label, queue_size, counters)
@@ -41,7 +43,9 @@ class StreamDestination(Destination):
 
     def _peer_closed(self) -> bool:
         """Read (and ignore) what the peer sent; True when it closed."""
-        raw = self._conn._sock  # the real socket: gevent's recv would wait
+        conn = self._conn
+        assert conn is not None  # deliver() checks it
+        raw = conn._sock  # type: ignore[attr-defined]  # the real socket: gevent's recv would wait
         while True:
             try:
                 data = raw.recv(65536, socket.MSG_DONTWAIT)
@@ -59,7 +63,7 @@ class StreamDestination(Destination):
             self._connect()
         if not self.inflight:
             queue = self.queue
-            batch = []
+            batch: list[bytes] = []
             size = 0
             while queue and len(batch) < self.batch and size < _BATCH_BYTES:
                 payload = queue.popleft()
@@ -67,6 +71,7 @@ class StreamDestination(Destination):
                 size += len(payload)
             self.inflight = batch
         data = b"".join(self.inflight)
+        assert self._conn is not None  # connected above
         try:
             self._conn.sendall(data)
         except OSError:

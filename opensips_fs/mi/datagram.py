@@ -52,8 +52,8 @@ class MiDatagramServer:
     def __init__(self, mi_datagram_settings, registry, stats: Stats):
         self.socket_name = mi_datagram_settings.socket_name
         self.registry = registry
-        self._sock = None
-        self._reader = None
+        self._sock: socket.socket | None = None
+        self._reader: gevent.Greenlet | None = None
         self._pool = Pool(CONCURRENCY)
         self._family, self._bind_to = parse_socket_name(self.socket_name)
         self._requests = stats.counter("mi", "datagram_requests")
@@ -94,9 +94,11 @@ class MiDatagramServer:
                     pass
 
     def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None  # start() bound it before spawning this loop
         while True:
             try:
-                data, source = self._sock.recvfrom(MAX_DATAGRAM)
+                data, source = sock.recvfrom(MAX_DATAGRAM)
             except OSError as err:
                 log.error("MI datagram receive failed: %s", err)
                 gevent.sleep(0.1)
@@ -106,14 +108,15 @@ class MiDatagramServer:
 
     def _answer(self, data: bytes, source) -> None:
         reply = self.registry.handle(data)
-        if reply is None or not source:
+        sock = self._sock
+        if reply is None or not source or sock is None:
             return
         if reply is PARSE_ERROR_REPLY:
             reply = PARSE_ERROR_TEXT
         elif len(reply) > MAX_REPLY:
             reply = INTERNAL_ERROR_TEXT
         try:
-            self._sock.sendto(reply, source)
+            sock.sendto(reply, source)
         except OSError as err:
             self._send_failures.value += 1
             log.warning("MI datagram reply to %s failed: %s", source, err)

@@ -91,15 +91,18 @@ class MiFifoServer:
 
     def _read_loop(self) -> None:
         parser = FifoParser()
+        fd = self._fd
+        assert fd is not None  # start() opened it before spawning this loop
         while True:
             try:
                 if parser.pending:
                     data = None
-                    with gevent.Timeout(self.idle_flush, False):
-                        data = nb_read(self._fd, READ_SIZE)
+                    # False: a silent timeout (gevent's documented form; the stubs lack it)
+                    with gevent.Timeout(self.idle_flush, False):  # type: ignore[arg-type]
+                        data = nb_read(fd, READ_SIZE)
                     items = parser.feed(data) if data is not None else parser.flush()
                 else:
-                    items = parser.feed(nb_read(self._fd, READ_SIZE))
+                    items = parser.feed(nb_read(fd, READ_SIZE))
             except OSError as err:
                 log.error("reading the MI FIFO %s failed: %s", self.path, err)
                 return
@@ -132,6 +135,7 @@ class MiFifoServer:
                     log.error("cannot open reply FIFO %s: %s", path, err.strerror)
                     return
                 gevent.sleep(OPEN_RETRY_DELAY)
+        assert fd is not None  # the loop either opened it or returned
         try:
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 self._reply_failures.value += 1

@@ -104,9 +104,9 @@ class FifoParser:
         """Drop `consumed` bytes and wait for the next request."""
         del self._buf[:consumed]
         self._state = "start"     # start, name, json, skip-line, skip-json
-        self._name = None
+        self._name: str | None = None
         self._refused = False
-        self._kind = None         # "container", "string", "scalar" once known
+        self._kind: str | None = None  # "container", "string", "scalar" once known
         self._depth = 0
         self._in_string = False
         self._escaped_until = -1
@@ -116,7 +116,7 @@ class FifoParser:
         buf = self._buf
         state = self._state
         if state == "start":
-            skip = _SPACE.match(buf).end()
+            skip = _SPACE.match(buf).end()  # type: ignore[union-attr]  # `*` always matches
             if skip == len(buf):
                 buf.clear()
                 return False

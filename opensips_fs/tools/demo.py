@@ -45,15 +45,22 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> 
     return False
 
 
-def plan(config_path: str, calls_per_second: float, evi: str, verbose: bool) -> list[tuple]:
-    """The (name, argv) of each process, in start order, from the demo config."""
+Step = tuple[str, list[str], "tuple[str, int] | None"]
+
+
+def plan(config_path: str, calls_per_second: float, evi: str, verbose: bool) -> list[Step]:
+    """The (name, argv, address it listens on or None) of each process, in
+    start order, from the demo config."""
     cfg = cfgmod.load(config_path)
     if cfg.freeswitch_scripting is None or not cfg.freeswitch_scripting.fs_subscribe:
         raise SystemExit(f"{config_path}: the demo needs an fs_subscribe modparam")
-    if cfg.mi_http is None:
+    httpd = cfg.httpd
+    if cfg.mi_http is None or httpd is None:
         raise SystemExit(f"{config_path}: the demo needs httpd + mi_http (evi_print uses MI)")
     target = fsurl.parse(cfg.freeswitch_scripting.fs_subscribe[0].url)
-    mi_url = f"http://{cfg.httpd.ip}:{cfg.httpd.port}/{cfg.mi_http.root.strip('/')}"
+    if target.password is None:
+        raise SystemExit(f"{config_path}: the demo's fs_subscribe URL needs a password")
+    mi_url = f"http://{httpd.ip}:{httpd.port}/{cfg.mi_http.root.strip('/')}"
     python = sys.executable
     return [
         ("simulator", [python, "-c", "import sys; from opensips_fs.sim.cli import main; "
@@ -64,7 +71,7 @@ def plan(config_path: str, calls_per_second: float, evi: str, verbose: bool) -> 
          (target.host, target.port)),
         ("opensips-fs", [python, "-m", "opensips_fs", "-f", config_path,
                          "-l", "info" if verbose else "notice"],
-         (cfg.httpd.ip, cfg.httpd.port)),
+         (httpd.ip, httpd.port)),
         ("evi_print", [python, "-m", "opensips_fs.tools.evi_print", evi, "--mi", mi_url],
          None),
     ]
