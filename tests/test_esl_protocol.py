@@ -290,7 +290,8 @@ def test_garbage_without_colons_gives_headerless_frames_not_a_crash():
 
 
 def test_blank_lines_between_frames_are_skipped():
-    frames = FrameParser().feed(b"\n\n\nContent-Type: command/reply\nReply-Text: +OK\n\n\nContent-Type: auth/request\n\n")
+    frames = FrameParser().feed(b"\n\n\nContent-Type: command/reply\nReply-Text: +OK\n\n"
+                                b"\nContent-Type: auth/request\n\n")
     assert [f.content_type for f in frames] == ["command/reply", "auth/request"]
 
 
@@ -312,7 +313,8 @@ def test_disconnect_notice_kinds():
 
 
 def test_many_frames_in_one_read_all_returned_at_once():
-    hb = json.loads((GOLDEN / "10_event_json_subset_heartbeat.json").read_text())["observations"]["heartbeat_body_text"].encode()
+    recording = json.loads((GOLDEN / "10_event_json_subset_heartbeat.json").read_text())
+    hb = recording["observations"]["heartbeat_body_text"].encode()
     burst = _event_frame(hb) * 1000
     frames = FrameParser().feed(burst)
     assert len(frames) == 1000 and frames[-1].body == hb

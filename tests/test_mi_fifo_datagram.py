@@ -114,7 +114,8 @@ def test_fifo_opensips_cli_liveness_open_close(fifo):
     for _ in range(3):
         os.close(os.open(fifo.path, os.O_WRONLY))
     reply = fifo_request(fifo, "r1", b'{"jsonrpc":"2.0","method":"version","id":"7"}')
-    assert reply.startswith(b'{"jsonrpc":"2.0","result":{"Server":"OpenSIPS (4.1.0-dev (') and reply.endswith(b'"id":"7"}')
+    assert reply.startswith(b'{"jsonrpc":"2.0","result":{"Server":"OpenSIPS (4.1.0-dev (')
+    assert reply.endswith(b'"id":"7"}')
     assert b"\n" not in reply
 
 
@@ -127,14 +128,15 @@ def test_fifo_several_requests_in_one_write_each_on_its_reply(fifo, tmp_path):
     write_fifo(fifo, data)
     for i, path in enumerate(paths):
         assert read_reply(path) == (b'{"jsonrpc":"2.0","result":{"Help":"lists all available MI commands",'
-                                b'"Exported by":"core"},"id":%d}' % i)
+                                    b'"Exported by":"core"},"id":%d}' % i)
 
 
 def test_fifo_request_split_over_writes(fifo):
     reply_path = mkfifo_reply(Path(fifo.reply_dir), "split")
     fd = os.open(fifo.path, os.O_WRONLY)
     try:
-        for part in (b":spl", b"it:{\"jsonrpc\":", b"\"2.0\",\"method\":\"which\",\"params\"", b":[\"fs_list\"],\"id\":1}"):
+        for part in (b":spl", b"it:{\"jsonrpc\":", b"\"2.0\",\"method\":\"which\",\"params\"",
+                     b":[\"fs_list\"],\"id\":1}"):
             os.write(fd, part)
             gevent.sleep(0.02)
     finally:

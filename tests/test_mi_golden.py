@@ -29,8 +29,10 @@ pytestmark = pytest.mark.timeout(30)
 FS_NAMES = {"fs_list", "fs_subscribe", "fs_unsubscribe", "fs_reload", "freeswitch_esl", "fs_status"}
 PRE_HANDLER_DATA = {"Too few or too many parameters", "Named parameters do not match"}
 
-EMU_202 = b"HTTP/1.1 202 Accepted\r\nDate: <masked>\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
-EMU_400 = b"HTTP/1.1 400 Bad Request\r\nDate: <masked>\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+EMU_202 = (b"HTTP/1.1 202 Accepted\r\nDate: <masked>\r\nConnection: close\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n")
+EMU_400 = (b"HTTP/1.1 400 Bad Request\r\nDate: <masked>\r\nConnection: close\r\n"
+           b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n")
 EMU_405 = (b"HTTP/1.1 405 Method Not Allowed\r\nDate: <masked>\r\nConnection: close\r\nAllow: POST\r\n"
            b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n")
 EMU_404 = b"HTTP/1.1 404 Not Found\r\nDate: <masked>\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"

@@ -67,7 +67,8 @@ def test_ambiguous_names(registry):
 
 def test_alias_of_two_commands_is_ambiguous():
     registry = MiRegistry(Stats())
-    registry.register([MiCommand("a", "x", "dup", [[]], lambda p: "A"), MiCommand("b", "y", "dup", [[]], lambda p: "B")])
+    registry.register([MiCommand("a", "x", "dup", [[]], lambda p: "A"),
+                       MiCommand("b", "y", "dup", [[]], lambda p: "B")])
     assert error_of(call(registry, "dup"))["data"] == "supported names: a:x, b:y"
 
 
@@ -166,7 +167,8 @@ def test_notification_runs_but_answers_nothing(registry):
 def test_which_with_command(registry):
     assert call(registry, "which", ["fs_list"])["result"] == [[]]
     assert call(registry, "which", {"command": "fs_subscribe"})["result"] == [["freeswitch_url", "events"]]
-    assert call(registry, "which", ["event_subscribe"])["result"] == [["event", "socket"], ["event", "socket", "expire"]]
+    assert call(registry, "which", ["event_subscribe"])["result"] == [["event", "socket"],
+                                                                      ["event", "socket", "expire"]]
     assert call(registry, "which", ["subscribers_list"])["result"] == [[], ["event"], ["event", "socket"]]
     assert call(registry, "which", ["freeswitch_scripting:"])["result"] == [
         "freeswitch_scripting:subscribe", "freeswitch_scripting:unsubscribe", "freeswitch_scripting:list",

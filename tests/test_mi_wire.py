@@ -21,6 +21,8 @@ from opensips_fs.mi.jsonrpc import (
 
 # -- jsonrpc -----------------------------------------------------------------------
 
+INVALID_REQUEST = b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":'  # + the id
+
 
 @pytest.mark.parametrize("body, method, params, request_id", [
     (b'{"jsonrpc":"2.0","method":"m","id":1}', "m", None, 1),
@@ -61,12 +63,18 @@ def test_parse_valid(body, method, params, request_id):
     (b'{"jsonrpc":"2.0","method":"m","id":[1]}', INVALID_REQUEST_NULL_ID),
     (b'{"jsonrpc":"2.0","method":"m","id":false}', INVALID_REQUEST_NULL_ID),
     (b'{"jsonrpc":"1.0","method":"m"}', INVALID_REQUEST_NULL_ID),
-    (b'{"jsonrpc":"1.0","method":"m","id":8}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":8}'),
-    (b'{"jsonrpc":2.0,"method":"m","id":"a"}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":"a"}'),
-    (b'{"method":"m","id":9}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":9}'),
-    (b'{"jsonrpc":"2.0","id":10}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":10}'),
-    (b'{"jsonrpc":"2.0","method":5,"id":11}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":11}'),
-    (b'{"jsonrpc":"2.0","method":"m","params":"x","id":12}', b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":12}'),
+    (b'{"jsonrpc":"1.0","method":"m","id":8}',
+     INVALID_REQUEST + b'8}'),
+    (b'{"jsonrpc":2.0,"method":"m","id":"a"}',
+     INVALID_REQUEST + b'"a"}'),
+    (b'{"method":"m","id":9}',
+     INVALID_REQUEST + b'9}'),
+    (b'{"jsonrpc":"2.0","id":10}',
+     INVALID_REQUEST + b'10}'),
+    (b'{"jsonrpc":"2.0","method":5,"id":11}',
+     INVALID_REQUEST + b'11}'),
+    (b'{"jsonrpc":"2.0","method":"m","params":"x","id":12}',
+     INVALID_REQUEST + b'12}'),
     (b'{"jsonrpc":"2.0","method":"m","params":null,"id":null}', INVALID_REQUEST_NULL_ID),
 ])
 def test_parse_errors(body, reply):
@@ -81,8 +89,9 @@ def test_non_utf8_round_trips():
 
 
 def test_encoding_member_order_and_escapes():
-    assert encode_error(-32602, "Invalid params", "Bad type for parameter 'x'", "i") == \
-        b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params","data":"Bad type for parameter \'x\'"},"id":"i"}'
+    assert encode_error(-32602, "Invalid params", "Bad type for parameter 'x'", "i") == (
+        b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params",'
+        b'"data":"Bad type for parameter \'x\'"},"id":"i"}')
     assert encode_success({"b": 1, "a": "\x01/\x7f\n"}, None) == \
         b'{"jsonrpc":"2.0","result":{"b":1,"a":"\\u0001/\x7f\\n"},"id":null}'
 

@@ -260,7 +260,7 @@ def test_fs_status(stack):
     assert "ClueCon" not in json.dumps(one) and "admin" not in json.dumps(one)
     assert result(s.mi("freeswitch_scripting:status", {})) == result(s.mi("fs_status"))
     assert error(s.mi("fs_status", [url(s, 8022, "")])) == {"code": 404,
-                                                             "message": "Socket not found"}
+                                                            "message": "Socket not found"}
     assert s.app.manager.find("127.0.0.1", s.port_map[8022]) is None
     assert error(s.mi("fs_status", ["::"])) == {"code": 500, "message": "Internal Error"}
 

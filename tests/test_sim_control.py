@@ -150,7 +150,8 @@ def test_cli_options_reach_each_box_settings():
 def test_cli_two_boxes_control_and_sigterm():
     proc = subprocess.Popen(_sim_exe() + [
         "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
-        "--heartbeat", "0", "--hostname", "fakefs", "--core-uuid", "2a1b4c3d-0000-4000-8000-00000000c0de", "--user", "admin@fakefs:pw", "--user-api", "status"],
+        "--heartbeat", "0", "--hostname", "fakefs", "--core-uuid", "2a1b4c3d-0000-4000-8000-00000000c0de",
+        "--user", "admin@fakefs:pw", "--user-api", "status"],
         stdout=subprocess.PIPE, text=True)
     try:
         ports, control = [], None

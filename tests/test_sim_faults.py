@@ -147,7 +147,8 @@ def test_slow_consumer_is_killed_at_a_frame_boundary():
         frames = slow.frames
         assert frames[-1].raw == (b"Content-Type: text/disconnect-notice\nContent-Length: 39\n\n"
                                   b"killed listener because of lost events\n")
-        assert {f.content_type for f in frames[:-1]} == {"text/event-plain"}, [f for f in frames if f.content_type != "text/event-plain"][:3]
+        assert {f.content_type for f in frames[:-1]} == {"text/event-plain"}, \
+            [f for f in frames if f.content_type != "text/event-plain"][:3]
         assert slow.buf == b""
 
 
