@@ -2,6 +2,7 @@
 #
 #   make run     create .venv if needed, install, run on etc/opensips-fs.cfg (Ctrl-C stops)
 #   make test    same venv with the test extras, run the test suite (TESTS=tests/test_x.py)
+#   make lint    same venv with the test and lint extras, run flake8 and mypy (settings in setup.cfg)
 #   make check   check the configuration file (CONFIG=...)
 #   make demo    simulator + opensips-fs + an E_FREESWITCH printer, until Ctrl-C
 #   make clean   remove the venv and build leftovers (keeps var/, the SQLite data)
@@ -21,11 +22,12 @@ CPS         ?= 2
 BIN        := $(VENV)/bin
 RUN_STAMP  := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+LINT_STAMP := $(VENV)/.installed-lint
 DEPS       := setup.cfg setup.py
 PIP        := $(BIN)/python -m pip install --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help run test check demo clean
+.PHONY: help run test lint check demo clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -53,12 +55,21 @@ $(TEST_STAMP): $(DEPS) | $(BIN)/python
 	$(PIP) -e '.[test]'
 	@touch $@ $(RUN_STAMP)
 
+$(LINT_STAMP): $(DEPS) | $(BIN)/python
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -e '.[test,lint]'
+	@touch $@ $(TEST_STAMP) $(RUN_STAMP)
+
 run: $(RUN_STAMP)
 	@mkdir -p var
 	exec $(BIN)/opensips-fs -f $(CONFIG) $(ARGS)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) $(TESTS)
+
+lint: $(LINT_STAMP)
+	$(BIN)/python -m flake8
+	$(BIN)/python -m mypy
 
 check: $(RUN_STAMP)
 	$(BIN)/opensips-fs -c -f $(CONFIG)
@@ -67,5 +78,5 @@ demo: $(RUN_STAMP)
 	exec $(BIN)/python -m opensips_fs.tools.demo --calls-per-second $(CPS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
