@@ -35,7 +35,8 @@ from . import url as fsurl
 from .logs import LOG_FORMATS, mask_password
 
 __all__ = [
-    "Config", "ConfigError", "EventHttpSettings", "EventXmlRpcSettings", "EviTransportSettings",
+    "Config", "ConfigError", "EventHttpSettings", "EventRabbitmqSettings", "EventXmlRpcSettings",
+    "EviTransportSettings",
     "FreeswitchSettings", "HttpdSettings", "IGNORED_MODULES", "LOG_LEVELS",
     "MODULES", "MiDatagramSettings", "MiFifoSettings", "MiHttpSettings",
     "ScriptingSettings", "SubscribeParam", "load", "loads", "parse_log_level", "split_udp",
@@ -157,6 +158,18 @@ class EventHttpSettings(EviTransportSettings):
     verify_cert: bool = True                # https: check the server certificate
 
 
+@dataclass
+class EventRabbitmqSettings(EviTransportSettings):
+    heartbeat: int = 0                      # s; 0: no AMQP heartbeats (OpenSIPS's default)
+    connect_timeout: int = 500              # ms; TCP connect, TLS and AMQP handshake (each)
+    timeout: int = 0                        # ms; a publish unconfirmed this long: reconnect (0: none)
+    use_tls: bool = False                   # tls_domain= sockets allowed (OpenSIPS's switch)
+    tls_ca_file: str | None = None          # ours: CA bundle the broker is verified with
+    tls_cert_file: str | None = None        # ours: client certificate (with tls_key_file)
+    tls_key_file: str | None = None
+    verify_cert: bool = True                # ours: 0 accepts any broker certificate
+
+
 # --------------------------------------------------------------------------
 # Log levels
 
@@ -209,6 +222,7 @@ class Config:
     event_stream: EviTransportSettings | None = None
     event_xmlrpc: EventXmlRpcSettings | None = None
     event_http: EventHttpSettings | None = None
+    event_rabbitmq: EventRabbitmqSettings | None = None
 
     def evi_transports(self) -> dict[str, EviTransportSettings]:
         """The loaded ``event_*`` modules and their settings."""
@@ -426,9 +440,13 @@ MODULES: dict[str, _Module] = {
     "event_stream": _Module(EviTransportSettings, dict(_evi_params)),
     "event_xmlrpc": _Module(EventXmlRpcSettings, dict(_evi_params, use_struct_param=_int)),
     "event_http": _Module(EventHttpSettings, dict(_evi_params, verify_cert=_bool)),
+    "event_rabbitmq": _Module(EventRabbitmqSettings, dict(
+        _evi_params, heartbeat=_ranged(0, 65535), connect_timeout=_ranged(1),
+        timeout=_ranged(0), use_tls=_bool, tls_ca_file=_path, tls_cert_file=_path,
+        tls_key_file=_path, verify_cert=_bool)),
 }
 
-EVI_MODULES = ("event_datagram", "event_stream", "event_xmlrpc", "event_http")
+EVI_MODULES = ("event_datagram", "event_stream", "event_xmlrpc", "event_http", "event_rabbitmq")
 
 IGNORED_MODULES = {
     "db_sqlite": "the db_url scheme picks the SQL driver",

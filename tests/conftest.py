@@ -9,3 +9,14 @@ and mi_support.py (the MI test registry)."""
 from gevent import monkey
 
 monkey.patch_all()
+
+import pytest  # noqa: E402  (after the patching, as everything else)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_broker(tmp_path_factory):
+    """One private RabbitMQ broker for the whole run (rabbitmq_support.py)."""
+    import rabbitmq_support
+    broker = rabbitmq_support.broker_for_tests(tmp_path_factory.mktemp("rabbitmq"))
+    yield broker
+    broker.close()

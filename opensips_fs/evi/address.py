@@ -2,7 +2,7 @@
 
 Supports `udp:host:port`, `unix:/path`, `tcp:host:port[/method]` and its
 3.0 alias `jsonrpc:`, `xmlrpc:host:port[/path]:method`, and `http://` /
-`https://` URLs. `parse_socket` is pure text work; `resolve` (the only part
+`https://` URLs, and `rabbitmq:` (parsed in `rabbitmq_address`). `parse_socket` is pure text work; `resolve` (the only part
 touching the network: a DNS lookup at subscribe time, as OpenSIPS does) turns
 the host into the address the destination sends to.
 
@@ -29,6 +29,7 @@ MODULE_OF = {
     "xmlrpc": "event_xmlrpc",
     "http": "event_http",
     "https": "event_http",
+    "rabbitmq": "event_rabbitmq",
 }
 
 
@@ -70,6 +71,9 @@ def parse_socket(text: str) -> Target | None:
     transport, sep, rest = text.partition(":")
     if not sep or transport not in MODULE_OF:
         return None
+    if transport == "rabbitmq":
+        from .rabbitmq_address import parse_rabbitmq   # it builds on Target
+        return parse_rabbitmq(rest)
     if transport == "udp":
         hp = _host_port(rest)
         if hp is None:
@@ -126,11 +130,12 @@ def resolve(target: Target):
     """The address to send to: an IPv4 (host, port) or a unix path.
 
     Raises OSError when the host does not resolve (-> 400 at subscribe time).
-    http(s) keeps the host name (TLS needs it; the connection resolves it).
+    http(s) and rabbitmq keep the host name (TLS needs it; the connection
+    resolves it).
     """
     if target.transport == "unix":
         return target.host
-    if target.transport in ("http", "https"):
+    if target.transport in ("http", "https", "rabbitmq"):
         _socket.getaddrinfo(target.host, target.port, type=_socket.SOCK_STREAM)
         return (target.host, target.port)
     return (_socket.gethostbyname(target.host), target.port)

@@ -24,6 +24,7 @@ from .address import Target, parse_socket, resolve
 from .datagram import DatagramDestination
 from .delivery import Destination, EviCounters
 from .http import HttpDestination
+from .rabbitmq import RabbitmqDestination, label_of
 from .stream import StreamDestination
 from .xmlrpc import XmlRpcDestination, request, request_params
 
@@ -202,6 +203,9 @@ class EviRegistry:
         target = parse_socket(socket_text)
         if target is None or target.module not in self.transports:
             raise MiError(400, "Bad parameter value")
+        if getattr(target, "tls_domain", None) is not None and \
+                not self.transports[target.module].use_tls:
+            raise MiError(400, "Bad parameter value")   # as OpenSIPS: use_tls needed
         now = int(self.clock())
         for sub in event.subscribers:
             if sub.target.match == target.match:
@@ -230,6 +234,9 @@ class EviRegistry:
         elif transport in ("http", "https"):
             key = (transport, target.host, target.port, target.userinfo)
             label = f"{transport}://{target.host}:{target.port}"
+        elif transport == "rabbitmq":
+            key = ("rabbitmq", target)   # one connection per subscriber socket
+            label = label_of(target)
         elif transport == "unix":
             key = ("unix", address)
             label = f"unix:{address}"
@@ -246,6 +253,9 @@ class EviRegistry:
             elif transport in ("http", "https"):
                 dest = HttpDestination(key, label, size, self.counters, target,
                                        verify_cert=self._verify_cert)
+            elif transport == "rabbitmq":
+                dest = RabbitmqDestination(key, label, size, self.counters, target,
+                                           self.transports[target.module])
             else:
                 dest = DatagramDestination(key, label, size, self.counters, address)
             dest.on_retired = self._retired
