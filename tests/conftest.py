@@ -3,8 +3,10 @@ before anything imports a socket, exactly as the `opensips-fs` entry point does.
 
 Helpers shared by several test modules live beside it, in modules whose
 names do not start with ``test_`` (pytest collects none of them): golden.py
-(where the golden transcripts are: the in-repo copy under ``tests/golden/``)
-and mi_support.py (the MI test registry)."""
+(where the golden transcripts are: the in-repo copy under ``tests/golden/``),
+mi_support.py (the MI test registry) and rabbitmq_support.py (the RabbitMQ
+broker of the `rabbitmq_broker` fixture below, started once per run, and an
+AMQP consumer)."""
 
 from gevent import monkey
 

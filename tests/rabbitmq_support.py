@@ -17,6 +17,7 @@ import time
 
 import gevent
 import pika
+import pika.exceptions
 import pytest
 
 import golden
@@ -71,13 +72,21 @@ class Consumer:
     def delete_exchange(self, name: str) -> None:
         self._ch().exchange_delete(name)
 
+    def _get(self, queue: str):
+        """One basic.get; a connection the broker dropped is opened anew."""
+        try:
+            return self._ch().basic_get(queue, auto_ack=True)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelWrongStateError):
+            self.connection = None
+            return self._ch().basic_get(queue, auto_ack=True)
+
     def messages(self, queue: str, count: int, timeout: float = 10.0) -> list:
         """Up to `count` messages of `queue` (waiting up to `timeout` for them),
         each (body, properties, method); acked."""
         got = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
-            method, properties, body = self._ch().basic_get(queue, auto_ack=True)
+            method, properties, body = self._get(queue)
             if method is None:
                 gevent.sleep(0.02)
                 continue
@@ -88,7 +97,7 @@ class Consumer:
         """Every message of `queue` until none came for `settle` seconds."""
         got, quiet_since = [], time.monotonic()
         while time.monotonic() - quiet_since < settle:
-            method, properties, body = self._ch().basic_get(queue, auto_ack=True)
+            method, properties, body = self._get(queue)
             if method is None:
                 gevent.sleep(0.02)
                 continue
@@ -97,6 +106,9 @@ class Consumer:
         return got
 
     def close(self) -> None:
-        if self.connection is not None and self.connection.is_open:
-            self.connection.close()
-        self.connection = None
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass    # the broker went away meanwhile

@@ -45,7 +45,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
 from .confirms import ConfirmLedger
-from .delivery import Destination
+from .delivery import BACKOFF_FIRST, BACKOFF_MAX, Destination
 from .rabbitmq_address import RabbitTarget, wire_name
 
 __all__ = ["RabbitmqDestination", "CONFIRM_WINDOW", "label_of"]
@@ -121,6 +121,8 @@ class RabbitmqDestination(Destination):
         self._properties = {"delivery_mode": 2} if target.persistent else {}
         self._progress = Event()
         self._waiting = False
+        self._relink_delay = 0.0
+        self._relink_at = 0.0
 
     # -- producer side ----------------------------------------------------
     def put(self, payload) -> None:
@@ -220,15 +222,24 @@ class RabbitmqDestination(Destination):
             self._broken(link, exc)
 
     def _broken(self, link: _Link, exc: BaseException) -> None:
-        """The reader or the watchdog found the link dead: tell the sender."""
+        """The link died (seen by the reader, the watchdog or the sender):
+        count and log it once, hand its unconfirmed messages back for
+        publishing first, and let the sender reconnect after a backoff."""
         if link.broken is not None:
             return
         link.broken = describe(exc)
         link.abort()
-        if self._conn is link:
-            # published again first on the next connection
-            self.inflight = self.ledger.take_unconfirmed() + self.inflight
-            self._wake()
+        if self._conn is not link:
+            return
+        self._conn = None
+        self.inflight = self.ledger.take_unconfirmed() + self.inflight
+        self.send_errors += 1
+        self.counters.errors.value += 1
+        self._note(link.broken)
+        self.state = "backoff"
+        self._relink_delay = min(BACKOFF_MAX, (self._relink_delay * 2) or BACKOFF_FIRST)
+        self._relink_at = time.monotonic() + self._relink_delay
+        self._wake()
 
     def _wake(self) -> None:
         self._progress.set()
@@ -247,6 +258,7 @@ class RabbitmqDestination(Destination):
 
     # -- broker replies (reader greenlet) ---------------------------------
     def _on_ack(self, tag, multiple) -> None:
+        self._relink_delay = 0.0     # the broker takes our messages again
         settled = self.ledger.acked(tag, multiple)
         if settled.delivered:
             self._delivered(settled.delivered)
@@ -276,9 +288,10 @@ class RabbitmqDestination(Destination):
     # -- sender -----------------------------------------------------------
     def deliver(self) -> None:
         link = self._conn
-        if link is not None and link.broken is not None:
-            raise OSError(link.broken)
         if link is None:
+            pause = self._relink_at - time.monotonic()
+            if pause > 0:       # a link just died: do not hammer the broker
+                gevent.sleep(pause)
             try:
                 link = self._open()
             except (OSError, amqp.exceptions.AMQPError, ssl.SSLError) as exc:
@@ -316,7 +329,7 @@ class RabbitmqDestination(Destination):
                                           exchange=exchange, routing_key=routing_key,
                                           mandatory=True)
                 except (OSError, amqp.exceptions.AMQPError) as exc:
-                    self._broken(link, exc)   # no-op when the reader saw it first
-                    raise OSError(link.broken) from None
+                    self._broken(link, exc)   # counted once, even if the reader saw it first
+                    return published
                 published += 1
         return published
