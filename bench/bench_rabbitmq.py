@@ -26,6 +26,7 @@ down (recorded: 5 of 5); it has no confirms, so it cannot know.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -83,7 +84,9 @@ class Rig:
         self.broker = Broker.start(workdir / "broker")
         self.gen = subprocess.Popen([relay.PYTHON, relay.__file__, "--generator", "--sockets", "1"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        port = __import__("json").loads(self.gen.stdout.readline())["ports"][0]
+        assert self.gen.stdin is not None and self.gen.stdout is not None
+        self.gen_in, self.gen_out = self.gen.stdin, self.gen.stdout
+        port = json.loads(self.gen_out.readline())["ports"][0]
         self.mi_port = relay.free_port()
         lines = ['log_level=1', 'log_stderror=yes',
                  'loadmodule "freeswitch.so"', 'loadmodule "freeswitch_scripting.so"',
@@ -111,10 +114,9 @@ class Rig:
         self.seq = 0
 
     def _ask(self, cmd):
-        import json
-        self.gen.stdin.write(json.dumps(cmd) + "\n")
-        self.gen.stdin.flush()
-        return json.loads(self.gen.stdout.readline())
+        self.gen_in.write(json.dumps(cmd) + "\n")
+        self.gen_in.flush()
+        return json.loads(self.gen_out.readline())
 
     def emit(self, count: int, rate: float):
         seq0, self.seq = self.seq, self.seq + count

@@ -15,7 +15,6 @@ are replaced by the test broker, a port where nothing listens and our sink.
 
 import json
 
-import gevent
 import pytest
 
 import golden

@@ -22,7 +22,7 @@ channel numbers from 1 again).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 __all__ = ["ConfirmLedger", "Confirmation", "Verdict"]
@@ -40,7 +40,7 @@ class Confirmation:
     verdict: Verdict
     delivered: int = 0           # acked and routed: count as sent
     returned: int = 0            # acked but unroutable (basic.return came first)
-    resend: list | None = None   # nacked: payloads to publish again, in order
+    resend: list = field(default_factory=list)   # nacked: payloads to publish again, in order
 
 
 class ConfirmLedger:

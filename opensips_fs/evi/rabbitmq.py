@@ -123,6 +123,7 @@ class RabbitmqDestination(Destination):
         self._waiting = False
         self._relink_delay = 0.0
         self._relink_at = 0.0
+        self._link: _Link | None = None     # the current connection
 
     # -- producer side ----------------------------------------------------
     def put(self, payload) -> None:
@@ -183,7 +184,7 @@ class RabbitmqDestination(Destination):
         link.greenlets.append(gevent.spawn(self._read, link))
         if s.heartbeat or s.timeout:
             link.greenlets.append(gevent.spawn(self._watch, link))
-        self._conn = link
+        self._link = link
         self.state = "connected"
         return link
 
@@ -229,9 +230,9 @@ class RabbitmqDestination(Destination):
             return
         link.broken = describe(exc)
         link.abort()
-        if self._conn is not link:
+        if self._link is not link:
             return
-        self._conn = None
+        self._link = None
         self.inflight = self.ledger.take_unconfirmed() + self.inflight
         self.send_errors += 1
         self.counters.errors.value += 1
@@ -247,7 +248,7 @@ class RabbitmqDestination(Destination):
         self._wakeup.set()
 
     def close(self) -> None:
-        link, self._conn = self._conn, None
+        link, self._link = self._link, None
         # whatever the broker did not confirm is published again first
         self.inflight = self.ledger.take_unconfirmed() + self.inflight
         if link is not None:
@@ -287,7 +288,7 @@ class RabbitmqDestination(Destination):
 
     # -- sender -----------------------------------------------------------
     def deliver(self) -> None:
-        link = self._conn
+        link = self._link
         if link is None:
             pause = self._relink_at - time.monotonic()
             if pause > 0:       # a link just died: do not hammer the broker

@@ -81,6 +81,16 @@ def unescape(text: str) -> str | None:
     return out.decode("utf-8", "surrogateescape")
 
 
+def _unescaped(text: str | None) -> str | None:
+    """unescape() of an optional part; ValueError on a bad escape."""
+    if text is None:
+        return None
+    plain = unescape(text)
+    if plain is None:
+        raise ValueError(text)
+    return plain
+
+
 def wire_name(text: str) -> bytes:
     """The bytes put on the wire for a name (unescaped bytes kept as they were)."""
     return text.encode("utf-8", "surrogateescape")
@@ -95,7 +105,8 @@ def _port(text: str) -> int | None:
 
 def _params(text: str):
     """`exchange=X;persistent;tls_domain=Y` -> (exchange, persistent, tls) or None."""
-    exchange, persistent, tls_domain = "", False, None
+    exchange: str | None = ""
+    persistent, tls_domain = False, None
     for item in text.split(";"):
         if item.startswith("exchange=") and len(item) > len("exchange="):
             exchange = unescape(item[len("exchange="):])
@@ -158,16 +169,16 @@ def parse_rabbitmq(rest: str) -> RabbitTarget | None:
             return None   # no routing key
         routing_key, params = path, ("", False, None)
     exchange, persistent, tls_domain = params
-    texts = [unescape(t) if t is not None else None
-             for t in (user, password, host, routing_key)]
-    if any(t is None and raw is not None
-           for t, raw in zip(texts, (user, password, host, routing_key))):
+    try:
+        user, password, host = (_unescaped(t) for t in (user, password, host))
+        routing_key = _unescaped(routing_key) or ""
+    except ValueError:
         return None
-    user, password, host, routing_key = texts
     if not host:
         return None       # OpenSIPS accepts it, then fails every raise
     if any(len(wire_name(t)) > SHORTSTR_MAX for t in (exchange, routing_key)):
         return None       # AMQP short strings: the broker would close the channel
+    port: int | None
     if port_text is None:
         port = DEFAULT_TLS_PORT if tls_domain is not None else DEFAULT_PORT
     else:

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 __all__ = ["Broker", "BrokerError", "SERVER", "available"]
 
@@ -82,7 +83,7 @@ class Broker:
         self.node = f"rmqtest{port}@localhost"
         self.server: subprocess.Popen | None = None
         self.epmd: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------
     @classmethod
