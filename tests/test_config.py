@@ -61,11 +61,35 @@ def test_loaded_modules_get_opensips_defaults(tmp_path):
         "/tmp/opensips_fifo", 0o660, "/tmp/")
     assert cfg.mi_datagram.socket_name == "udp:127.0.0.1:8080"
     assert (cfg.mi_datagram.host, cfg.mi_datagram.port) == ("127.0.0.1", 8080)
-    for name in ("event_datagram", "event_stream", "event_xmlrpc", "event_http"):
+    for name in ("event_datagram", "event_stream", "event_xmlrpc", "event_http", "event_rabbitmq"):
         assert getattr(cfg, name).queue_size == 100000
     assert cfg.event_http.verify_cert is True
+    r = cfg.event_rabbitmq        # OpenSIPS's defaults, then ours
+    assert (r.heartbeat, r.connect_timeout, r.timeout, r.use_tls) == (0, 500, 0, False)
+    assert (r.tls_ca_file, r.tls_cert_file, r.tls_key_file, r.verify_cert) == (None, None, None, True)
     assert list(cfg.evi_transports()) == [
-        "event_datagram", "event_stream", "event_xmlrpc", "event_http"]
+        "event_datagram", "event_stream", "event_xmlrpc", "event_http", "event_rabbitmq"]
+
+
+def test_event_rabbitmq_modparams(tmp_path):
+    cfg = config.loads("\n".join([
+        'loadmodule "event_rabbitmq.so"',
+        'modparam("event_rabbitmq", "heartbeat", 10)',
+        'modparam("event_rabbitmq", "connect_timeout", 2000)',
+        'modparam("event_rabbitmq", "timeout", 3000)',
+        'modparam("event_rabbitmq", "use_tls", 1)',
+        'modparam("event_rabbitmq", "tls_ca_file", "certs/ca.pem")',
+        'modparam("event_rabbitmq", "verify_cert", 0)']) + "\n", str(tmp_path / "x.cfg"))
+    r = cfg.event_rabbitmq
+    assert (r.heartbeat, r.connect_timeout, r.timeout, r.use_tls, r.verify_cert) == (
+        10, 2000, 3000, True, False)
+    assert r.tls_ca_file == str(tmp_path / "certs" / "ca.pem")   # relative to the config
+    for bad in ('modparam("event_rabbitmq", "heartbeat", 65536)',
+                'modparam("event_rabbitmq", "connect_timeout", 0)',
+                'modparam("event_rabbitmq", "timeout", -1)'):
+        with pytest.raises(config.ConfigError) as error:
+            config.loads('loadmodule "event_rabbitmq.so"\n' + bad + "\n", str(tmp_path / "x.cfg"))
+        assert "out of range" in str(error.value)
 
 
 def test_full_config_with_every_syntax_form(tmp_path):
