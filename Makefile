@@ -1,6 +1,7 @@
 # opensips-fs
 #
 #   make run     create .venv if needed, install, run on etc/opensips-fs.cfg (Ctrl-C stops)
+#                (EXTRAS=mysql, EXTRAS=postgres or EXTRAS=mysql,postgres: the DB drivers too)
 #   make test    same venv with the test extras, run the test suite (TESTS=tests/test_x.py)
 #   make lint    same venv with the test and lint extras, run flake8 and mypy (settings in setup.cfg)
 #   make check   check the configuration file (CONFIG=...)
@@ -18,9 +19,11 @@ ARGS        ?=
 PYTEST_ARGS ?= -q
 TESTS       ?= tests
 CPS         ?= 2
+EXTRAS      ?=
 
+comma      := ,
 BIN        := $(VENV)/bin
-RUN_STAMP  := $(VENV)/.installed-run
+RUN_STAMP  := $(VENV)/.installed-run$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
 TEST_STAMP := $(VENV)/.installed-test
 LINT_STAMP := $(VENV)/.installed-lint
 DEPS       := setup.cfg setup.py
@@ -47,7 +50,7 @@ $(BIN)/python:
 # the package-data test) need them; a new venv may carry old ones.
 $(RUN_STAMP): $(DEPS) | $(BIN)/python
 	$(PIP) --upgrade pip setuptools wheel
-	$(PIP) -e .
+	$(PIP) -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	@touch $@
 
 $(TEST_STAMP): $(DEPS) | $(BIN)/python

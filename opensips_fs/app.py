@@ -150,6 +150,23 @@ class App:
         self.transports.append((what, address, server))
         self._running.append((f"{what} on {address}", server))
 
+    def reload(self, why: str = "reload requested") -> bool:
+        """Reload the `freeswitch` table as MI `fs_reload` does (SIGHUP);
+        logs the outcome, never raises. False when nothing was reloaded."""
+        if not self._up or self._stopped:
+            log.warning("%s: the service is not running, nothing reloaded", why)
+            return False
+        if self.scripting is None or not self.scripting.has_db():
+            log.log(logs.NOTICE, "%s: no freeswitch_scripting db_url, nothing to reload", why)
+            return False
+        log.log(logs.NOTICE, "%s: reloading the freeswitch table", why)
+        try:
+            self.scripting.reload()
+        except Exception as exc:    # MiError: the reason is logged by reload itself
+            log.error("%s: reload failed (%s), the old data set is kept", why, exc)
+            return False
+        return True
+
     def shutdown(self) -> None:
         """Ask the owner of the app (the command line) to stop it: what MI
         `kill` and the signal handlers call."""

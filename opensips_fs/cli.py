@@ -1,12 +1,13 @@
 """The ``opensips-fs`` command (also ``python -m opensips_fs``).
 
     opensips-fs -f FILE            run in the foreground, logs on stderr
-    opensips-fs -c -f FILE         check the config: exit 0 if good, 1 (error on stderr) if not
+    opensips-fs -c -f FILE         check the config (and the DB driver / SQLite folder it
+                                   needs): exit 0 if good, 1 (error on stderr) if not
     opensips-fs -l LEVEL -f FILE   override log_level (-3..4 or error/warning/notice/info/debug)
     opensips-fs --version | -V
 
 SIGTERM and SIGINT stop the service cleanly (listeners and connections
-closed, exit 0). A room that cannot start (an address in use, a FIFO path
+closed, exit 0); SIGHUP runs `fs_reload` (the systemd unit's ExecReload). A room that cannot start (an address in use, a FIFO path
 that is not writable) ends the start with a message naming it, exit 1.
 
 Only the standard library is imported at module level: gevent must patch it
@@ -68,16 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         signals_seen.append(signal.Signals(signum).name)
         stop_requested.set()
 
+    running: list = []      # the App, once built: what SIGHUP reloads
+
+    def on_hangup() -> None:
+        for app in running:
+            gevent.spawn(app.reload, "SIGHUP")
+
     handlers = [gevent.signal_handler(signum, on_signal, signum)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGHUP, on_hangup))
     try:
-        return _run(argv, stop_requested, signals_seen)
+        return _run(argv, stop_requested, signals_seen, running)
     finally:
         for handler in handlers:
             handler.cancel()
 
 
-def _run(argv, stop_requested, signals_seen: list[str]) -> int:
+def _run(argv, stop_requested, signals_seen: list[str], running: list) -> int:
     import logging
 
     import gevent
@@ -101,10 +109,15 @@ def _run(argv, stop_requested, signals_seen: list[str]) -> int:
     for note in config.notes:
         log.log(logs.NOTICE, "%s", note)
     if args.check:
+        problem = _local_problem(config)
+        if problem:
+            print(f"{config.path}: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"{config.path}: config file ok, exiting...", file=sys.stderr)
         return EXIT_OK
 
     app = App(config, shutdown_requested=stop_requested)
+    running.append(app)
     try:
         app.start()
     except StartupError as exc:
@@ -125,6 +138,20 @@ def _run(argv, stop_requested, signals_seen: list[str]) -> int:
         stopper.kill(block=False)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _local_problem(config) -> str | None:
+    """What the config needs from this host and does not find (no network):
+    the database driver, the SQLite file's folder."""
+    from .db import DbError, check_db_url
+    scripting = config.freeswitch_scripting
+    if scripting is None or not scripting.db_url:
+        return None
+    try:
+        check_db_url(scripting.db_url, config.dir)
+    except DbError as exc:
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,11 @@ missing. Every call is bounded by `timeout` seconds (driver timeouts, plus a
 gevent timeout around the cooperative ones), so a slow or dead server gives a
 `DbError` instead of a stalled service.
 
+`check_local(db_url)` checks what can be checked without the network (what
+`opensips-fs -c` and the start-up run): the driver of the scheme imports
+(the error names the pip extra that installs it) and an SQLite file's folder
+exists or can be created.
+
 `row_subscription(row)` validates one row the way opensips-fs loads it: a row
 without password, ip or events is refused with `BadRow` (OpenSIPS aborts the
 whole reload there; we skip the row), empty CSV fields are dropped.
@@ -31,7 +36,7 @@ from .logs import mask_password
 from .url import DEFAULT_PORT
 
 __all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbUrl", "DbVersionError", "FsDatabase",
-           "FsRow", "RowSubscription", "parse_db_url", "row_subscription"]
+           "FsRow", "RowSubscription", "check_db_url", "check_local", "parse_db_url", "row_subscription"]
 
 log = logging.getLogger("opensips_fs.db")
 
@@ -186,6 +191,58 @@ def _mask(url) -> str:
     return mask_password(str(url or ""))
 
 
+# ------------------------------------------------------ checks without network
+
+# engine -> (driver modules tried in order, the pip extra that installs one)
+_DRIVERS = {"mysql": (("pymysql", "MySQLdb"), "mysql"), "postgres": (("psycopg2",), "postgres")}
+
+
+def check_local(url: DbUrl) -> None:
+    """Raise `DbError` when `url` cannot work on this host whatever the
+    network does: its driver does not import, or (SQLite) the file is a
+    folder or its folder can be neither found nor created."""
+    if url.engine == "sqlite":
+        _check_sqlite_path(url.database)
+        return
+    modules, extra = _DRIVERS[url.engine]
+    problems = []
+    for module in modules:
+        try:
+            __import__(module)
+            return
+        except ImportError as exc:
+            problems.append(f"{module}: {exc}")
+    raise DbError(f"db_url {url.masked()} needs the {modules[0]} driver, which cannot be "
+                  f"imported ({'; '.join(problems)}): pip install 'opensips-fs[{extra}]'")
+
+
+def check_db_url(db_url: str, base_dir: str | None = None) -> None:
+    """`check_local` on an OpenSIPS db_url (raises `DbError`)."""
+    check_local(parse_db_url(db_url, base_dir))
+
+
+def _check_sqlite_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise DbError(f"db_url sqlite://{path}: {path} is a folder, not a database file")
+    folder = os.path.dirname(path) or "."
+    existing = folder
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise DbError(f"db_url sqlite://{path}: cannot create folder {folder}: "
+                      f"{existing} is not a folder")
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DbError(f"db_url sqlite://{path}: the file is not readable and writable")
+        return
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "create the database file in" if existing == folder else f"create folder {folder} in"
+        raise DbError(f"db_url sqlite://{path}: cannot {what} {existing}: permission denied")
+
+
 # ------------------------------------------------------------------ database
 
 _psycogreen_done = False
@@ -228,6 +285,14 @@ class FsDatabase:
     @property
     def engine(self) -> str:
         return self.url.engine
+
+    def masked(self) -> str:
+        """The URL for logs and status replies (password masked)."""
+        return self.url.masked()
+
+    def check_local(self) -> None:
+        """`check_local` on this database's URL (raises `DbError`)."""
+        check_local(self.url)
 
     # -- public API -------------------------------------------------------
 

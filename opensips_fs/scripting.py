@@ -20,14 +20,25 @@ answers the MI commands:
   old set and answers `500 Internal Error`.
 * `freeswitch_esl` [OURS]: runs one ESL command on any socket and returns the
   api body or the Reply-Text (FSS.md §7.2).
-* `fs_status` [OURS]: the manager's view of each socket.
+* `fs_status` [OURS]: the manager's view of each socket, and the database's
+  state (`db_status`).
+
+A table that cannot be read at start-up (server down, network not up yet) is
+no reason to run empty for good: the first load is retried with backoff (1 s,
+doubling, at most `DB_RETRY_MAX`) until it succeeds or an `fs_reload` does
+it; the rows it brings are added *below* what MI calls and `fs_subscribe`
+modparams subscribed meanwhile — the order they would have had with the
+database up at start. A driver that is not installed, or an SQLite folder
+that cannot be created, stops the start-up instead (nothing to wait for).
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
+import time
 
+import gevent
 import gevent.lock
 
 from . import url as fsurl
@@ -35,6 +46,8 @@ from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
 from .esl.connection import EslError, EslTimeout
 from .esl.manager import EslNoPassword
+from .logs import NOTICE
+from .mi import StartupError
 from .mi.commands import MiCommand, MiError
 
 __all__ = ["MAX_COMMAND_BYTES", "Entry", "Scripting", "SubscriptionSet", "normalize_command"]
@@ -43,6 +56,9 @@ log = logging.getLogger("opensips_fs.scripting")
 
 MODULE = "freeswitch_scripting"
 MAX_COMMAND_BYTES = ScriptingSettings.esl_cmd_max_size
+
+DB_RETRY_FIRST = 1.0     # s before the first retry of a failed start-up load
+DB_RETRY_MAX = 30.0      # s, the longest gap between two retries
 
 INTERNAL_ERROR = (500, "Internal Error")
 NO_DB = (-32000, "Server error", "Command handler returned null")
@@ -171,6 +187,13 @@ class Scripting:
                 col_events=settings.db_col_events, timeout=db_timeout)
         self._reload_lock = gevent.lock.Semaphore()
         self._raise = evi.raise_freeswitch if evi is not None else _no_evi
+        # the database's state, for fs_status, /ready and the metrics
+        self.db_loaded = False
+        self.db_last_load: float | None = None       # time of the last successful load
+        self.db_last_error: str | None = None
+        self.db_start_attempts = 0
+        self._db_retry_at: float | None = None       # monotonic time of the next retry
+        self._retrier: gevent.Greenlet | None = None
         group = MODULE
         self._reloads = stats.counter(group, "db_reloads")
         self._reload_failures = stats.counter(group, "db_reload_failures")
@@ -178,19 +201,20 @@ class Scripting:
         self._esl_commands = stats.counter(group, "esl_commands")
         self._esl_failures = stats.counter(group, "esl_command_failures")
         stats.gauge(group, "fs_list_entries", lambda: len(self.set.entries))
+        if self.db is not None:
+            stats.gauge(group, "db_loaded", lambda: int(self.db_loaded))
 
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
-        self.manager.event_sink = self.on_event
         if self.db is not None:
             try:
-                if self.db.engine == "sqlite":
-                    self.db.ensure_schema()
-                self.reload()
-            except (DbError, MiError) as exc:
-                log.error("initial load of table %s failed, starting with no DB "
-                          "subscriptions: %s", self.settings.db_table, _reason(exc))
+                self.db.check_local()
+            except DbError as exc:
+                raise StartupError(str(exc)) from None
+        self.manager.event_sink = self.on_event
+        if self.db is not None and not self._start_load():
+            self._retrier = gevent.spawn(self._retry_start_load)
         for param in self.settings.fs_subscribe:
             try:
                 self.subscribe_modparam(param.url)
@@ -198,6 +222,9 @@ class Scripting:
                 log.error("%s:%s: fs_subscribe ignored: %s", param.file, param.line, exc)
 
     def stop(self) -> None:
+        if self._retrier is not None:
+            self._retrier.kill()
+            self._retrier = None
         if self.manager.event_sink == self.on_event:
             self.manager.event_sink = None
         old, self.set = self.set, SubscriptionSet()
@@ -261,49 +288,122 @@ class Scripting:
     # -- reload -------------------------------------------------------------
 
     def reload(self) -> str:
+        """MI `fs_reload`: replace the whole set with the table's rows."""
         if self.db is None:
             raise MiError(*NO_DB)
         with self._reload_lock:
-            self._reloads.value += 1
-            try:
-                rows = self.db.load()
-            except DbError as exc:
-                self._reload_failures.value += 1
+            self._load(replace=True)
+        return "OK"
+
+    def _start_load(self) -> bool:
+        """The start-up load (also each of its retries): the rows go below
+        the current entries. False (logged, counted) when it failed."""
+        self.db_start_attempts += 1
+        try:
+            with self._reload_lock:
+                if self.db_loaded:      # an fs_reload got there first
+                    return True
+                if self.db.engine == "sqlite":
+                    self.db.ensure_schema()
+                self._load(replace=False)
+            return True
+        except DbError as exc:          # ensure_schema
+            self._reload_failures.value += 1
+            self.db_last_error = str(exc)
+        except MiError:                 # _load logged and counted it
+            pass
+        return False
+
+    def _retry_start_load(self) -> None:
+        delay = DB_RETRY_FIRST
+        log.error("initial load of table %s failed, running without DB subscriptions "
+                  "and retrying (every %g s at most): %s", self.settings.db_table,
+                  DB_RETRY_MAX, self.db_last_error)
+        while not self.db_loaded:
+            self._db_retry_at = time.monotonic() + delay
+            gevent.sleep(delay)
+            self._db_retry_at = None
+            if self._start_load():
+                break
+            delay = min(delay * 2, DB_RETRY_MAX)
+            log.warning("table %s still cannot be loaded (attempt %d, next in %g s): %s",
+                        self.settings.db_table, self.db_start_attempts, delay,
+                        self.db_last_error)
+        log.log(NOTICE, "table %s loaded after %d attempt(s)", self.settings.db_table,
+                self.db_start_attempts)
+        self._retrier = None
+
+    def _load(self, replace: bool) -> None:
+        """Read the table and apply its rows (caller holds the reload lock):
+        `replace` swaps the whole set (fs_reload), else the rows are added
+        below the current entries (the start-up load)."""
+        self._reloads.value += 1
+        try:
+            rows = self.db.load()
+        except DbError as exc:
+            self._reload_failures.value += 1
+            self.db_last_error = str(exc)
+            if replace:
                 log.error("failed to reload DB data, keeping old data set: %s", exc)
-                raise internal_error() from None
-            subs = []
-            for row in rows:
-                try:
-                    subs.append(row_subscription(row, self.db.columns))
-                except BadRow as exc:
-                    self._rows_skipped.value += 1
-                    log.warning("table %s: row id %s skipped: %s", self.settings.db_table,
-                                row.id, exc)
-            if not rows:
-                log.info("table %s is empty, clearing all sockets", self.settings.db_table)
-            new = SubscriptionSet()
+            raise internal_error() from None
+        subs = []
+        for row in rows:
             try:
-                for sub in subs:
-                    socket = self.manager.find(sub.host, sub.port)
-                    if socket is None:
-                        socket = self.manager.get(sub.host, sub.port, sub.username, sub.password)
-                    entry = Entry(socket, _unique(sub.events))
-                    new.entries.insert(0, entry)
-                    self._acquire(entry)
-            except Exception:
-                log.exception("reload aborted, keeping old data set")
-                self._release(new.entries)
-                self._reload_failures.value += 1
-                raise internal_error() from None
-            # nothing yields from here on: credentials (used from the next
-            # connection attempt), swap and release happen as one step
-            for sub, entry in zip(subs, reversed(new.entries)):
-                entry.socket.update_credentials(sub.username, sub.password, from_db=True)
+                subs.append(row_subscription(row, self.db.columns))
+            except BadRow as exc:
+                self._rows_skipped.value += 1
+                log.warning("table %s: row id %s skipped: %s", self.settings.db_table,
+                            row.id, exc)
+        if not rows and replace:
+            log.info("table %s is empty, clearing all sockets", self.settings.db_table)
+        new = SubscriptionSet()
+        try:
+            for sub in subs:
+                socket = self.manager.find(sub.host, sub.port)
+                if socket is None:
+                    socket = self.manager.get(sub.host, sub.port, sub.username, sub.password)
+                entry = Entry(socket, _unique(sub.events))
+                new.entries.insert(0, entry)
+                self._acquire(entry)
+        except Exception:
+            log.exception("reload aborted, keeping old data set")
+            self._release(new.entries)
+            self._reload_failures.value += 1
+            self.db_last_error = "reload aborted (see the log)"
+            raise internal_error() from None
+        # nothing yields from here on: credentials (used from the next
+        # connection attempt), swap and release happen as one step
+        for sub, entry in zip(subs, reversed(new.entries)):
+            entry.socket.update_credentials(sub.username, sub.password, from_db=True)
+        if replace:
             old, self.set = self.set, new
             self._release(old.entries)
-            log.info("loaded %d socket subscription(s) from table %s", len(new.entries),
-                     self.settings.db_table)
-            return "OK"
+        else:
+            self.set.entries.extend(new.entries)
+        self.db_loaded = True
+        self.db_last_load = time.time()
+        self.db_last_error = None
+        log.info("loaded %d socket subscription(s) from table %s", len(new.entries),
+                 self.settings.db_table)
+
+    def has_db(self) -> bool:
+        """True when a db_url is configured (fs_reload has a table to read)."""
+        return self.db is not None
+
+    def db_status(self) -> dict | None:
+        """The database's state (None without db_url): what fs_status shows."""
+        if self.db is None:
+            return None
+        retry = self._db_retry_at
+        return {
+            "url": self.db.masked(),
+            "table": self.settings.db_table,
+            "loaded": self.db_loaded,
+            "last_load": self.db_last_load,
+            "last_error": self.db_last_error,
+            "start_attempts": self.db_start_attempts,
+            "next_retry_in": None if retry is None else round(max(0.0, retry - time.monotonic()), 3),
+        }
 
     @staticmethod
     def _acquire(entry: Entry) -> None:
@@ -345,7 +445,10 @@ class Scripting:
 
     def status(self, url_text: str | None = None) -> dict:
         if url_text is None:
-            return {"Sockets": [s.status() for s in self.manager.sockets()]}
+            reply = {"Sockets": [s.status() for s in self.manager.sockets()]}
+            if self.db is not None:
+                reply["Database"] = self.db_status()
+            return reply
         parsed = _parse_url(url_text, "fs_status")
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is None:
@@ -438,9 +541,3 @@ def _unique(names) -> list[str]:
         if name not in out:
             out.append(name)
     return out
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, MiError):
-        return f"{exc.code} {exc.message}"
-    return str(exc)

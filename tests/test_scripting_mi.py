@@ -249,7 +249,9 @@ def test_concurrent_freeswitch_esl_calls_each_get_their_own_reply(stack):
 @pytest.mark.timeout(20)
 def test_fs_status(stack):
     s = stack()
-    assert result(s.mi("fs_status")) == {"Sockets": []}
+    empty = result(s.mi("fs_status"))
+    assert list(empty) == ["Sockets", "Database"] and empty["Sockets"] == []
+    assert empty["Database"]["loaded"] is True and empty["Database"]["last_error"] is None
     assert result(s.mi("fs_subscribe", {"freeswitch_url": url(s, 8021, "admin:ClueCon@"),
                                         "events": ["DTMF"]})) == "OK"
     s.sims[8021].wait_clients(0)

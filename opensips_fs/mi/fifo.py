@@ -1,7 +1,13 @@
 """MI over a FIFO (`mi_fifo`): the transport only moves bytes.
 
 At start the server FIFO `fifo_name` is (re)created with `fifo_mode` and kept
-open read-write, so the empty open/close opensips-cli does before every
+open read-write — unless a FIFO at that path already has a reader: another
+process (an OpenSIPS, another opensips-fs) serves it, and the start fails
+with an error naming the path instead of stealing its clients. A FIFO is
+removed at stop only while it is still the one this server made (same
+device and inode), never one that replaced it.
+
+The FIFO is kept open read-write, so the empty open/close opensips-cli does before every
 request never produces an end of file. A reader greenlet feeds what it reads
 to `fifoframe.FifoParser`; the requests completed by one read are run in
 order by one greenlet (so a slow command does not hold up other clients),
@@ -53,6 +59,7 @@ class MiFifoServer:
         self.registry = registry
         self.idle_flush = IDLE_FLUSH
         self._fd: int | None = None
+        self._made: tuple[int, int] | None = None   # (st_dev, st_ino) of the FIFO we made
         self._reader: gevent.Greenlet | None = None
         self._requests = stats.counter("mi", "fifo_requests")
         self._rejected = stats.counter("mi", "fifo_rejected")
@@ -65,10 +72,17 @@ class MiFifoServer:
             if os.path.lexists(self.path):
                 if os.path.isdir(self.path) and not os.path.islink(self.path):
                     raise StartupError(f"mi_fifo: {self.path} is a directory")
+                if _served(self.path):
+                    raise StartupError(
+                        f"mi_fifo: FIFO {self.path} is already served by another process "
+                        "(an OpenSIPS or another opensips-fs?): not replacing it; set another "
+                        "fifo_name or stop that process")
                 os.unlink(self.path)
             os.mkfifo(self.path, self.mode)
             os.chmod(self.path, self.mode)
             self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+            made = os.fstat(self._fd)
+            self._made = (made.st_dev, made.st_ino)
         except OSError as err:
             raise StartupError(f"mi_fifo: cannot create FIFO {self.path}: {err.strerror or err}") from None
         self._reader = gevent.spawn(self._read_loop)
@@ -83,7 +97,11 @@ class MiFifoServer:
             os.close(self._fd)
             self._fd = None
             try:
-                os.unlink(self.path)
+                now = os.lstat(self.path)
+                if (now.st_dev, now.st_ino) == self._made:
+                    os.unlink(self.path)
+                else:
+                    log.warning("MI FIFO %s was replaced by another file: left in place", self.path)
             except OSError:
                 pass
 
@@ -150,3 +168,16 @@ class MiFifoServer:
             log.error("cannot write reply FIFO %s: %s", path, err)
         finally:
             _close_now(fd)
+
+
+def _served(path: str) -> bool:
+    """True when `path` is a FIFO that some process has open for reading:
+    a non-blocking open for writing succeeds only then (ENXIO otherwise)."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    _close_now(fd)
+    return True
