@@ -7,8 +7,9 @@
     opensips-fs --version | -V
 
 SIGTERM and SIGINT stop the service cleanly (listeners and connections
-closed, exit 0); SIGHUP runs `fs_reload` (the systemd unit's ExecReload). A room that cannot start (an address in use, a FIFO path
-that is not writable) ends the start with a message naming it, exit 1.
+closed, exit 0); SIGHUP runs `fs_reload` (the systemd unit's ExecReload).
+A room that cannot start (an address in use, a FIFO path that is not
+writable) ends the start with a message naming it, exit 1.
 
 Only the standard library is imported at module level: gevent must patch it
 (``monkey.patch_all()``, first thing in `main`) before any room is imported.
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     running: list = []      # the App, once built: what SIGHUP reloads
 
-    def on_hangup() -> None:
+    def on_hangup(signum: int) -> None:
         for app in running:
             gevent.spawn(app.reload, "SIGHUP")
 
     handlers = [gevent.signal_handler(signum, on_signal, signum)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
-    handlers.append(gevent.signal_handler(signal.SIGHUP, on_hangup))
+    handlers.append(gevent.signal_handler(signal.SIGHUP, on_hangup, signal.SIGHUP))
     try:
         return _run(argv, stop_requested, signals_seen, running)
     finally:

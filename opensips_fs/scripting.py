@@ -298,13 +298,16 @@ class Scripting:
     def _start_load(self) -> bool:
         """The start-up load (also each of its retries): the rows go below
         the current entries. False (logged, counted) when it failed."""
+        db = self.db
+        if db is None:
+            return True
         self.db_start_attempts += 1
         try:
             with self._reload_lock:
                 if self.db_loaded:      # an fs_reload got there first
                     return True
-                if self.db.engine == "sqlite":
-                    self.db.ensure_schema()
+                if db.engine == "sqlite":
+                    db.ensure_schema()
                 self._load(replace=False)
             return True
         except DbError as exc:          # ensure_schema
@@ -337,9 +340,12 @@ class Scripting:
         """Read the table and apply its rows (caller holds the reload lock):
         `replace` swaps the whole set (fs_reload), else the rows are added
         below the current entries (the start-up load)."""
+        db = self.db
+        if db is None:
+            raise MiError(*NO_DB)
         self._reloads.value += 1
         try:
-            rows = self.db.load()
+            rows = db.load()
         except DbError as exc:
             self._reload_failures.value += 1
             self.db_last_error = str(exc)
@@ -349,7 +355,7 @@ class Scripting:
         subs = []
         for row in rows:
             try:
-                subs.append(row_subscription(row, self.db.columns))
+                subs.append(row_subscription(row, db.columns))
             except BadRow as exc:
                 self._rows_skipped.value += 1
                 log.warning("table %s: row id %s skipped: %s", self.settings.db_table,
@@ -445,7 +451,7 @@ class Scripting:
 
     def status(self, url_text: str | None = None) -> dict:
         if url_text is None:
-            reply = {"Sockets": [s.status() for s in self.manager.sockets()]}
+            reply: dict = {"Sockets": [s.status() for s in self.manager.sockets()]}
             if self.db is not None:
                 reply["Database"] = self.db_status()
             return reply
