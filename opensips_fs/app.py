@@ -7,7 +7,7 @@ Start-up order (each room gets what the earlier ones built):
 3. `evi.registry.EviRegistry` — with the loaded ``event_*`` transports;
 4. `scripting.Scripting` — only if ``freeswitch_scripting`` is loaded (it
    sets the manager's event sink, loads the DB and the fs_subscribe params);
-5. `mi.commands.MiRegistry` — core + statistics + EVI + scripting commands;
+5. `mi.registry.MiRegistry` — core + statistics + EVI + scripting commands;
 6. the MI transports: HTTP (``httpd`` + ``mi_http``), FIFO, datagram.
 
 `stop()` stops what was started, in reverse order, and never raises. A room
@@ -31,7 +31,7 @@ from .config import Config
 from .esl.manager import EslManager
 from .evi.registry import EviRegistry
 from .mi import StartupError
-from .mi.commands import MiRegistry
+from .mi.registry import MiRegistry
 from .mi.core import CoreContext, core_commands, statistics_commands
 from .mi.datagram import MiDatagramServer
 from .mi.fifo import MiFifoServer

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from opensips_fs.mi.commands import MiCommand, MiRegistry
+from opensips_fs.mi.commands import MiCommand
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.mi.core import CoreContext, core_commands, statistics_commands
 from opensips_fs.stats import Stats
 
@@ -78,7 +79,8 @@ def build_registry(stats: Stats | None = None, started_at: float | None = None):
 
 def httpd_settings(**overrides):
     values = dict(ip="127.0.0.1", port=0, auth_realm="OpenSIPS MI", auth_username=None,
-                  auth_password=None, tls_cert_file=None, tls_key_file=None, conn_timeout=30)
+                  auth_password=None, tls_cert_file=None, tls_key_file=None, conn_timeout=30,
+                  max_connections=None)
     values.update(overrides)
     return SimpleNamespace(**values)
 

@@ -20,7 +20,7 @@ from opensips_fs.config import EviTransportSettings
 from opensips_fs.evi.registry import PUBLISHED_EVENTS, EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
-from opensips_fs.mi.commands import MiRegistry
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
 
 GOLDEN = golden.golden_dir("opensips")

@@ -9,7 +9,7 @@ from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransp
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
-from opensips_fs.mi.commands import MiRegistry
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(20)

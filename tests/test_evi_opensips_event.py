@@ -17,7 +17,7 @@ from opensips_fs import config
 from opensips_fs.app import App
 from opensips_fs.config import EviTransportSettings, HttpdSettings, MiHttpSettings
 from opensips_fs.evi.registry import EviRegistry
-from opensips_fs.mi.commands import MiRegistry
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats

@@ -18,7 +18,8 @@ from typing import Callable
 
 from .. import __version__
 from ..stats import Counter, Gauge, Stats
-from .commands import MiCommand, MiError, MiRegistry, Params, invalid_params
+from .commands import MiCommand, MiError, Params, invalid_params
+from .registry import MiRegistry
 
 __all__ = ["CoreContext", "core_commands", "statistics_commands", "server_string"]
 
@@ -27,6 +28,10 @@ UNKNOWN_COMMAND = MiError(404, "unknown MI command")
 STATISTICS_NOT_FOUND = MiError(404, "Statistics Not Found")
 NO_HELP = "not available for this command"
 HELP_USAGE = "Usage: help mi_cmd - returns information about 'mi_cmd'"
+# OpenSIPS's levels: -3 alert .. 4 debug. OpenSIPS takes any integer; a level
+# outside them is refused here (it would only be clamped).
+LOG_LEVEL_MIN, LOG_LEVEL_MAX = -3, 4
+LOG_LEVEL_OUT_OF_RANGE = invalid_params(f"Log level out of range ({LOG_LEVEL_MIN}..{LOG_LEVEL_MAX})")
 
 
 def server_string() -> str:
@@ -140,6 +145,8 @@ class _CoreHandlers:
                 {"PID": pid, "Log level": level, "Type": kind} for _, kind in self._process_rows()
             ]}
         level = params.int("level")
+        if not LOG_LEVEL_MIN <= level <= LOG_LEVEL_MAX:
+            raise LOG_LEVEL_OUT_OF_RANGE
         if "pid" in params:
             if params.int("pid") != os.getpid():
                 raise invalid_params("Bad PID")

@@ -16,7 +16,7 @@ step rescans the input; the control-character pass is one regex sweep).
 Plan: `parse_request(body)` returns a `Request` or raises `RequestError`
 carrying the exact reply bytes (-32700 / -32600). `encode_success`,
 `encode_error` build reply bytes with OpenSIPS's member order. Dispatching
-the method is not done here (see `commands.MiRegistry`).
+the method is not done here (see `registry.MiRegistry`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "RequestError",
     "c_string",
     "encode_error",
+    "encode_id",
     "encode_success",
     "number_to_int",
     "parse_request",
@@ -232,7 +233,7 @@ def parse_request(body: bytes) -> Request:
     return Request(c_string(method), params, request_id)
 
 
-def _encode_id(request_id) -> bytes:
+def encode_id(request_id) -> bytes:
     if request_id is None:
         return b"null"
     if isinstance(request_id, int):
@@ -241,11 +242,11 @@ def _encode_id(request_id) -> bytes:
 
 
 def encode_success(result, request_id) -> bytes:
-    return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + b',"id":' + _encode_id(request_id) + b"}"
+    return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + b',"id":' + encode_id(request_id) + b"}"
 
 
 def encode_error(code: int, message: str, data, request_id) -> bytes:
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return b'{"jsonrpc":"2.0","error":' + jsonenc.dumps(error) + b',"id":' + _encode_id(request_id) + b"}"
+    return b'{"jsonrpc":"2.0","error":' + jsonenc.dumps(error) + b',"id":' + encode_id(request_id) + b"}"

@@ -1,0 +1,267 @@
+"""The MI command registry: name resolution and the request pipeline.
+
+`MiRegistry.handle(body)` answers one JSON-RPC request body, for every
+transport. What jsonrpcserver does and what is ours:
+
+* **jsonrpcserver** runs the method (`run_dispatcher`, the one function that
+  touches its internals): its dispatcher's `call` step calls the method with
+  the parsed envelope as its *context*, turns a raised error into an error
+  result and validates the `Success` / `Error` the method returns. Its
+  lookup is our method mapping (`_Methods`), and its argument check binds
+  nothing here (every runner takes any arguments), so both are done once
+  per request body and kept (`_prepare`) instead of once per request.
+* **ours, parsing and validation** (jsonrpc.py): jsonrpcserver's
+  `json.loads` + JSON-schema check cannot reproduce OpenSIPS — first JSON
+  value only, case-insensitive envelope members, first duplicate wins, raw
+  control characters, batches refused, id truncation/saturation, the exact
+  `-32600` id echo rule and messages ("Invalid Request", not jsonrpcserver's
+  "Invalid request" with a `data`). So the body is parsed and validated
+  first and jsonrpcserver receives the already-validated envelope.
+* **ours, name resolution and recipes**: 4.x `module:cmd` names, 3.x
+  aliases, ambiguity, recipe matching by count and names — jsonrpcserver's
+  Python-signature binding has no notion of them, and its -32601 carries a
+  `data` OpenSIPS does not send. The method mapping therefore answers every
+  name with a callable: the command runner, or one returning the resolution
+  error.
+* **ours, printing**: the reply members in OpenSIPS' order, nothing for a
+  notification, `jsonenc` (cJSON bytes) instead of `json.dumps`, ids
+  echoed as OpenSIPS does.
+
+Fast path: clients that poll send the same body again and again; what a
+body needs besides running the command (the validated envelope, the runner,
+jsonrpcserver's request, the reply's closing bytes) is a pure function of
+the body and the registered commands, so it is kept for small bodies whose
+params are scalars (`PREPARED_ENTRIES` of them; registering clears them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Callable
+
+from jsonrpcserver import Error, Success
+from jsonrpcserver.dispatcher import call
+from jsonrpcserver.request import Request as JsonRpcRequest
+from jsonrpcserver.sentinels import NODATA, NOID
+
+from .. import jsonenc
+from ..stats import Stats
+from .commands import HANDLER_RETURNED_NULL, MiCommand, MiError, match_recipe
+from .jsonrpc import PARSE_ERROR_REPLY, Request, RequestError, encode_error, encode_id, parse_request
+
+__all__ = ["MiRegistry", "run_dispatcher"]
+
+log = logging.getLogger(__name__)
+
+PREPARED_ENTRIES = 512
+PREPARED_MAX_BODY = 1024
+
+
+class _Resolution:
+    """What a method name resolves to: a command, or an error."""
+
+    __slots__ = ("command", "error")
+
+    def __init__(self, command: MiCommand | None = None, error: MiError | None = None):
+        self.command = command
+        self.error = error
+
+
+_NOT_FOUND = _Resolution(error=MiError(-32601, "Method not found"))
+
+
+class _Methods(Mapping):
+    """The `methods` mapping handed to jsonrpcserver: every name maps to a
+    callable — the command's runner, or one answering the resolution error
+    (OpenSIPS' -32601 carries no `data`, jsonrpcserver's own one would)."""
+
+    def __init__(self, registry: "MiRegistry"):
+        self._registry = registry
+
+    def __getitem__(self, name: str):
+        return self._registry._runner(name)
+
+    def __iter__(self):
+        return iter(self._registry.which_names())
+
+    def __len__(self) -> int:
+        return len(self._registry.which_names())
+
+
+class MiRegistry:
+    """All MI commands, and the request pipeline (module docstring)."""
+
+    def __init__(self, stats: Stats | None = None):
+        self.stats = stats if stats is not None else Stats()
+        self._commands: list[MiCommand] = []
+        self._by_canonical: dict[str, MiCommand] = {}
+        self._by_local: dict[str, list[MiCommand]] = {}
+        self._by_alias: dict[str, list[MiCommand]] = {}
+        self._runners: dict[str, Callable] = {}
+        self._which: list[str] = []
+        self._methods = _Methods(self)
+        self._prepared: dict[bytes, tuple] = {}
+        self._requests = self.stats.counter("mi", "requests")
+        self._errors = self.stats.counter("mi", "error_replies")
+        self._parse_errors = self.stats.counter("mi", "parse_errors")
+        self._invalid = self.stats.counter("mi", "invalid_requests")
+        self._notifications = self.stats.counter("mi", "notifications")
+        self._commands_run = self.stats.counter("mi", "commands_run")
+        self._handler_failures = self.stats.counter("mi", "handler_failures")
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, commands: Iterable[MiCommand]) -> None:
+        for command in commands:
+            if command.canonical in self._by_canonical:
+                raise ValueError(f"MI command {command.canonical} registered twice")
+            self._commands.append(command)
+            self._by_canonical[command.canonical] = command
+            self._by_local.setdefault(command.name, []).append(command)
+            if command.alias:
+                self._by_alias.setdefault(command.alias, []).append(command)
+        self._runners.clear()
+        self._prepared.clear()
+        flat = dict.fromkeys(c.flat for c in self._commands)
+        self._which = list(flat) + [c.canonical for c in self._commands if c.canonical not in flat]
+
+    def commands(self) -> list[MiCommand]:
+        return list(self._commands)
+
+    def which_names(self) -> list[str]:
+        """Flat names, then canonical names (MI.md §2.3)."""
+        return list(self._which)
+
+    # -- name resolution ----------------------------------------------------
+
+    def _resolve(self, name: str) -> _Resolution:
+        if ":" in name:
+            if name[0] == ":" or name[-1] == ":":
+                return _NOT_FOUND
+            command = self._by_canonical.get(name)
+            return _Resolution(command) if command else _NOT_FOUND
+        locals_ = self._by_local.get(name, [])
+        if len(locals_) == 1:
+            return _Resolution(locals_[0])
+        aliased = self._by_alias.get(name, [])
+        if not locals_ and len(aliased) == 1:
+            return _Resolution(aliased[0])
+        if not locals_ and not aliased:
+            return _NOT_FOUND
+        names = [c.canonical for c in locals_]
+        names += [c.canonical for c in aliased if c.canonical not in names]
+        return _Resolution(error=MiError(-32001, "Method ambiguous", "supported names: " + ", ".join(names)))
+
+    def resolve(self, name: str) -> MiCommand | None:
+        """The command `name` designates (flat, local or canonical), or None
+        when it is unknown or ambiguous."""
+        return self._resolve(name).command
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _runner(self, name: str) -> Callable:
+        runner = self._runners.get(name)
+        if runner is not None:
+            return runner
+        resolution = self._resolve(name)
+        if resolution.command is None:
+            error = resolution.error
+
+            def runner(_request, *_args, **_kwargs):
+                return Error(error.code, error.message, error.data if error.data is not None else NODATA)
+        else:
+            command = resolution.command
+
+            def runner(request: Request, *_args, **_kwargs):
+                return self._run(command, request.params)
+
+            # Only found names are cached: unknown ones must not grow the cache.
+            self._runners[name] = runner
+        return runner
+
+    def _run(self, command: MiCommand, params):
+        try:
+            result = command.handler(match_recipe(command, params))
+        except MiError as error:
+            return Error(error.code, error.message, error.data if error.data is not None else NODATA)
+        except Exception:
+            self._handler_failures.value += 1
+            log.exception("MI command %s failed", command.canonical)
+            result = None
+        finally:
+            self._commands_run.value += 1
+        if result is None:
+            return Error(-32000, "Server error", HANDLER_RETURNED_NULL)
+        return Success(result)
+
+    def handle(self, body: bytes) -> bytes | None:
+        """Answer one request body: the reply bytes, or None for a
+        notification (nothing to send). Never raises."""
+        try:
+            return self._handle(body)
+        except Exception:  # a bug of ours must not take a transport down
+            log.exception("MI request failed")
+            self._errors.value += 1
+            return encode_error(-32000, "Server error", None, None)
+
+    def _handle(self, body: bytes) -> bytes | None:
+        self._requests.value += 1
+        prepared = self._prepared.get(body)
+        if prepared is None:
+            try:
+                prepared = self._prepare(body)
+            except RequestError as error:
+                if error.reply is PARSE_ERROR_REPLY:
+                    self._parse_errors.value += 1
+                else:
+                    self._invalid.value += 1
+                self._errors.value += 1
+                return error.reply
+        request, runner, id_suffix = prepared
+        result, error = run_dispatcher(runner, request)
+        if id_suffix is None:
+            self._notifications.value += 1
+            return None
+        if error is None:
+            return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + id_suffix
+        self._errors.value += 1
+        return encode_error(*error, request.id)
+
+    def _prepare(self, body: bytes) -> tuple:
+        """(validated envelope, runner, the reply's closing bytes or None
+        for a notification); kept for small bodies with scalar params."""
+        request = parse_request(body)
+        runner = self._methods[request.method]   # jsonrpcserver's method lookup
+        id_suffix = None if request.is_notification else b',"id":' + encode_id(request.id) + b"}"
+        prepared = (request, runner, id_suffix)
+        if len(body) <= PREPARED_MAX_BODY and _scalar_params(request.params):
+            if len(self._prepared) >= PREPARED_ENTRIES:
+                self._prepared.clear()
+            self._prepared[body] = prepared
+        return prepared
+
+
+def _scalar_params(params) -> bool:
+    """No params, or only strings and numbers (nothing a handler could change)."""
+    if params is None:
+        return True
+    values = params.values() if isinstance(params, dict) else params
+    return all(type(v) in (str, int, float, bool) or v is None for v in values)
+
+
+def run_dispatcher(method: Callable, envelope: Request) -> tuple:
+    """Run `method` through jsonrpcserver's dispatcher: (result, None) or
+    (None, (code, message, data or None)).
+
+    Its `call` step calls the method with the envelope as its context,
+    turns a raised `JsonRpcError` or exception into an error result and
+    validates the `Success` / `Error` the method returned. The one place
+    that knows jsonrpcserver's request and result types (an Either holding a
+    `SuccessResult` or an `ErrorResult`)."""
+    request_id = NOID if envelope.is_notification else envelope.id
+    outcome = call(JsonRpcRequest(envelope.method, [], request_id), envelope, method)
+    if hasattr(outcome, "_value"):
+        return outcome._value.result, None
+    error = outcome._error
+    return None, (error.code, error.message, None if error.data is NODATA else error.data)
