@@ -6,6 +6,7 @@
 #   make lint    same venv with the test and lint extras, run flake8 and mypy (settings in setup.cfg)
 #   make check   check the configuration file (CONFIG=...)
 #   make demo    simulator + opensips-fs + an E_FREESWITCH printer, until Ctrl-C
+#   make bench-mi  MI benchmark (HTTP, FIFO, datagram) against BASELINE (a checkout)
 #   make clean   remove the venv and build leftovers (keeps var/, the SQLite data)
 #
 # The venv is (re)installed only when setup.cfg or setup.py change (stamp
@@ -20,6 +21,8 @@ PYTEST_ARGS ?= -q
 TESTS       ?= tests
 CPS         ?= 2
 EXTRAS      ?=
+BASELINE    ?=
+BENCH_ARGS  ?=
 
 comma      := ,
 BIN        := $(VENV)/bin
@@ -30,7 +33,7 @@ DEPS       := setup.cfg setup.py
 PIP        := $(BIN)/python -m pip install --disable-pip-version-check -q
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint check demo clean
+.PHONY: help run test lint check demo bench-mi clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -79,6 +82,12 @@ check: $(RUN_STAMP)
 
 demo: $(RUN_STAMP)
 	exec $(BIN)/python -m opensips_fs.tools.demo --calls-per-second $(CPS) $(ARGS)
+
+# BASELINE=/path/to/another/checkout adds its figures and the ratios; the
+# bench lock keeps two benchmarks from running at once on a shared machine.
+bench-mi: $(RUN_STAMP)
+	flock $(or $(BENCH_LOCK),/tmp/opensips-fs-bench.lock) $(BIN)/python bench/bench_mi.py \
+	    $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache

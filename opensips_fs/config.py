@@ -111,6 +111,7 @@ class HttpdSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     conn_timeout: int = 30                  # s, idle keep-alive
+    max_connections: int | None = None      # open MI HTTP connections (ours); None: automatic
 
     @property
     def address(self) -> str:
@@ -428,6 +429,7 @@ MODULES: dict[str, _Module] = {
         "tls_cert_file": _path,
         "tls_key_file": _path,
         "conn_timeout": _ranged(1),
+        "max_connections": _ranged(1),
     }),
     "mi_http": _Module(MiHttpSettings, {"root": _str}, requires="httpd"),
     "mi_fifo": _Module(MiFifoSettings, {

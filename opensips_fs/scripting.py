@@ -85,10 +85,13 @@ class Entry:
 
 class SubscriptionSet:
     """The ordered entries. Pure bookkeeping: the caller applies the returned
-    changes (references, subscriptions) to the sockets."""
+    changes (references, subscriptions) to the sockets. Once the set is in
+    use, entries change only through `add` and `remove` (`as_list` keeps its
+    answer until they do)."""
 
     def __init__(self, entries=None):
         self.entries: list[Entry] = list(entries or [])
+        self._listing: dict | None = None
 
     def first(self, socket) -> Entry | None:
         """The newest entry of `socket` (MI calls only ever touch that one)."""
@@ -110,6 +113,7 @@ class SubscriptionSet:
         the entry if there is none. Empty names and names already in the entry
         are skipped; each new name is prepended. Returns (entry created, names
         added in order of arrival)."""
+        self._listing = None
         entry = self.first(socket)
         created = entry is None
         if entry is None:
@@ -126,6 +130,7 @@ class SubscriptionSet:
         """Unsubscribe `names` from the socket's first entry. An entry left
         without events leaves the set (also one that had none, as soon as a
         non-empty name is given). Returns (entry removed, names removed)."""
+        self._listing = None
         entry = self.first(socket)
         if entry is None:
             return False, []
@@ -141,8 +146,12 @@ class SubscriptionSet:
         return dropped, removed
 
     def as_list(self) -> dict:
-        return {"Sockets": [{"if": _socket_name(e.socket), "Events": list(e.events)}
-                            for e in self.entries]}
+        """`fs_list`'s result. Built once per change of the set (polled by
+        many clients): the caller must not modify it."""
+        if self._listing is None:
+            self._listing = {"Sockets": [{"if": _socket_name(e.socket), "Events": list(e.events)}
+                                         for e in self.entries]}
+        return self._listing
 
 
 def _socket_name(socket) -> str:

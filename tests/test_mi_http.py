@@ -374,3 +374,115 @@ def test_client_that_never_reads_is_cut_off():
         lazy.close()
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_connection_cap_closes_the_oldest_idle_connection():
+    """At max_connections, a new client is served: the connection idle the
+    longest is closed to make room (and counted)."""
+    srv = start(max_connections=8)
+    idle = []
+    try:
+        for i in range(8):
+            idle.append(socket.create_connection(srv.address, timeout=3))
+            gevent.sleep(0.01)
+        gevent.sleep(0.1)
+        assert http_exchange(srv.address, post(VERSION), timeout=3).endswith(b'"id":1}')
+        assert idle[0].recv(100) == b""               # the oldest made room
+        idle[1].settimeout(0.2)
+        with pytest.raises(socket.timeout):           # the others are still open
+            idle[1].recv(100)
+        idle[1].sendall(post(VERSION, close=False))   # and still served
+        idle[1].settimeout(3)
+        assert read_http_response(idle[1], bytearray()).endswith(b'"id":1}')
+        assert srv.stats.counter("mi", "http_idle_closed_for_room").value == 1
+        (open_now,) = [s for s in srv.stats if s.name == "http_open_connections"]
+        assert open_now.value <= 8
+    finally:
+        for sock in idle:
+            sock.close()
+        srv.stop()
+
+
+def test_connection_cap_refuses_when_no_connection_is_idle():
+    """Every connection in the middle of a request: a new one is refused
+    (closed at once, counted) rather than going over the cap."""
+    srv = start(max_connections=4)
+    busy = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(srv.address, timeout=3)
+            sock.sendall(b"POST /mi HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+            busy.append(sock)
+        gevent.sleep(0.1)
+        with socket.create_connection(srv.address, timeout=3) as extra:
+            try:
+                assert extra.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        assert srv.stats.counter("mi", "http_connections_refused").value == 1
+    finally:
+        for sock in busy:
+            sock.close()
+        srv.stop()
+
+
+def _start_service(tmp_path, lines, fd_limit):
+    """The real service (python -m opensips_fs) under an fd limit; returns
+    (process, MI HTTP port, log path)."""
+    import resource
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = tmp_path / "limits.cfg"
+    cfg.write_text("\n".join(["log_level=2", "log_stderror=yes", 'loadmodule "httpd.so"',
+                              'modparam("httpd", "ip", "127.0.0.1")', f'modparam("httpd", "port", {port})',
+                              'loadmodule "mi_http.so"', *lines]) + "\n")
+    log_path = tmp_path / "service.log"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
+    process = subprocess.Popen([sys.executable, "-m", "opensips_fs", "-f", str(cfg)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"), preexec_fn=limit)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, port, log_path
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("service did not start: " + log_path.read_text())
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("cap", [None, 1000])
+def test_more_clients_than_descriptors_keeps_mi_reachable(tmp_path, cap):
+    """fd limit 128, 200 idle connections: with the automatic cap (half the
+    fd limit) or a cap above the limit (EMFILE: the oldest idle connection
+    is closed, accepting backs off), a new client is answered, and the log
+    has no traceback and at most a few lines about it."""
+    lines = [] if cap is None else [f'modparam("httpd", "max_connections", {cap})']
+    process, port, log_path = _start_service(tmp_path, lines, fd_limit=128)
+    idle = []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(2.5)
+        for _ in range(3):
+            reply = http_exchange(("127.0.0.1", port), post(VERSION), timeout=5)
+            assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b'"id":1}')
+        assert process.poll() is None
+    finally:
+        for sock in idle:
+            sock.close()
+        process.terminate()
+        process.wait(timeout=10)
+    text = log_path.read_text()
+    assert "Traceback" not in text
+    assert text.count("Too many open files") <= 3

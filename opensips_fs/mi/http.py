@@ -1,7 +1,7 @@
-"""MI over HTTP (`httpd` + `mi_http`): a gevent TCP server that only frames bytes.
+"""MI over HTTP (`httpd` + `mi_http`): routing of the requests to MI and friends.
 
-One greenlet per connection reads bytes, lets `httpwire.RequestParser` cut
-them into requests, routes each one and writes the reply (MI.md §6.1):
+`httpserver.HttpConnections` accepts, frames and answers connections (limits,
+time-outs, keep-alive); this module decides what each request gets:
 
 * `POST /<root>` and `POST /<root>/…` run MI (`registry.handle`): 200 with
   the JSON-RPC reply (errors included), 202 + `Content-Length: 0` for a
@@ -14,10 +14,10 @@ them into requests, routes each one and writes the reply (MI.md §6.1):
 
 Keep-alive with TCP_NODELAY; an idle connection is closed after
 `conn_timeout` seconds, a request must arrive whole within `conn_timeout` of
-its first byte (slow senders get 408 and are cut off), and a reply write that
+its first byte (slow senders get 408 and are cut off), a reply write that
 stalls for `conn_timeout` (a client that stopped reading) ends the
-connection. After each reply the connection's greenlet yields, so that one
-fast keep-alive client cannot starve the others.
+connection, and at most `max_connections` are open (the oldest idle one
+makes room for a new one).
 """
 
 from __future__ import annotations
@@ -30,21 +30,12 @@ import re
 import time
 from typing import Callable
 
-import gevent
-from gevent import socket, ssl
-from gevent.server import StreamServer
+from gevent import ssl
 
 from ..stats import Stats
 from . import StartupError
-from .httpwire import (
-    CONTINUE,
-    CONTINUE_RESPONSE,
-    NEED_DATA,
-    HttpError,
-    HttpRequest,
-    RequestParser,
-    encode_response,
-)
+from .httpserver import HttpConnections, listen
+from .httpwire import HttpRequest, encode_response, json_ok_head
 
 __all__ = ["MiHttpServer", "prometheus_text"]
 
@@ -52,8 +43,6 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 MAX_BODY = 1 << 20
-RECV_SIZE = 65536
-FAIRNESS_BATCH = 16      # requests served in a row before yielding to other connections
 HEALTH_BODY = b'{"status":"ok"}'
 
 # A route answers (status, content type, body) for a request.
@@ -86,7 +75,6 @@ class MiHttpServer:
         self.stats = stats
         root = (mi_http_settings.root if mi_http_settings is not None else "mi").strip("/")
         self.root_path = "/" + root
-        self.max_body = max_body
         self.timeout = float(httpd_settings.conn_timeout)
         self.routes: dict[str, Route] = {"/health": self._health, "/metrics": self._metrics}
         self.routes.update(extra_routes or {})
@@ -98,13 +86,11 @@ class MiHttpServer:
         realm = httpd_settings.auth_realm or "OpenSIPS MI"
         self._challenge = (("WWW-Authenticate", f'Basic realm="{realm}"'),)
         self._tls = self._tls_context()
-        self._server: StreamServer | None = None
-        self._requests = stats.counter("mi", "http_requests")
+        self._root_prefix = self.root_path + "/"
+        self.connections = HttpConnections(self._respond, stats, timeout=self.timeout, max_body=max_body,
+                                           max_connections=httpd_settings.max_connections, tls=self._tls)
         self._rejected = stats.counter("mi", "http_rejected")
-        self._connections = stats.counter("mi", "http_connections")
-        self._timeouts = stats.counter("mi", "http_timeouts")
-        self._open = 0
-        stats.gauge("mi", "http_open_connections", lambda: self._open)
+        self._listening = False
 
     def _tls_context(self):
         cert = self.settings.tls_cert_file
@@ -121,117 +107,41 @@ class MiHttpServer:
     # -- life cycle -----------------------------------------------------------
 
     @property
+    def max_body(self) -> int:
+        return self.connections.max_body
+
+    @max_body.setter
+    def max_body(self, value: int) -> None:
+        self.connections.max_body = value
+
+    @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if not self._listening:
             return (self.settings.ip, self.settings.port)
-        return self._server.address[:2]
+        return self.connections.address
 
     def start(self) -> "MiHttpServer":
         where = f"{self.settings.ip}:{self.settings.port}"
         try:
-            listener = socket.socket(socket.AF_INET6 if ":" in self.settings.ip else socket.AF_INET)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.settings.ip, self.settings.port))
-            listener.listen(1024)
+            listener = listen(self.settings.ip, self.settings.port)
         except OSError as err:
             raise StartupError(f"httpd: cannot listen on {where}: {err.strerror or err}") from None
-        self._server = StreamServer(listener, self._serve)
-        self._server.start()
+        self.connections.start(listener)
+        self._listening = True
         log.info("MI HTTP listening on %s:%s%s", *self.address, self.root_path)
         return self
 
     def stop(self, timeout: float = 1.0) -> None:
-        if self._server is not None:
-            self._server.stop(timeout=timeout)
-            self._server = None
-
-    # -- one connection -------------------------------------------------------
-
-    def _serve(self, sock, address) -> None:
-        self._connections.value += 1
-        self._open += 1
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                sock.settimeout(self.timeout)
-                sock = self._tls.wrap_socket(sock, server_side=True)
-            self._converse(sock)
-        except (OSError, ssl.SSLError, gevent.Timeout):
-            pass
-        finally:
-            self._open -= 1
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _converse(self, sock) -> None:
-        parser = RequestParser(max_body=self.max_body)
-        recv = sock.recv
-        sendall = sock.sendall
-        timeout = self.timeout
-        deadline = None  # set while a request is partially received
-        served = 0
-        while True:
-            try:
-                event = parser.next_event()
-            except HttpError as err:
-                self._rejected.value += 1
-                log.debug("HTTP %s from client: %s", err.status, err.detail)
-                sendall(encode_response(err.status, close=True))
-                return
-            if event is NEED_DATA:
-                if parser.in_progress:
-                    if deadline is None:
-                        deadline = time.monotonic() + timeout
-                    wait = deadline - time.monotonic()
-                    if wait <= 0:
-                        self._timeouts.value += 1
-                        sendall(encode_response(408, close=True))
-                        return
-                else:
-                    deadline = None
-                    wait = timeout
-                sock.settimeout(wait)
-                try:
-                    data = recv(RECV_SIZE)
-                except socket.timeout:
-                    if parser.in_progress:
-                        self._timeouts.value += 1
-                        sendall(encode_response(408, close=True))
-                    return
-                if not data:
-                    return
-                parser.feed(data)
-                continue
-            if event is CONTINUE:
-                sendall(CONTINUE_RESPONSE)
-                continue
-            deadline = None
-            self._requests.value += 1
-            reply, keep_open = self._respond(event)
-            sock.settimeout(timeout)   # a client that stops reading is cut off too
-            # One send() takes a small reply whole; gevent's sendall() would
-            # first ask the kernel for the buffer size (a syscall) every time.
-            sent = sock.send(reply)
-            if sent < len(reply):
-                sendall(memoryview(reply)[sent:])
-            if not keep_open:
-                return
-            # A client that pipelines (or answers faster than we loop) would
-            # always find its next request ready and never let go of the
-            # hub: give the other connections their turn now and then (every
-            # request would cost a hub switch on the one-client path).
-            served += 1
-            if served % FAIRNESS_BATCH == 0:
-                gevent.sleep(0)
+        if self._listening:
+            self.connections.stop()
+            self._listening = False
 
     # -- routing --------------------------------------------------------------
 
     def _respond(self, request: HttpRequest) -> tuple[bytes, bool]:
         close = not request.keep_alive
         path = request.path
-        if path == self.root_path or path.startswith(self.root_path + "/"):
+        if path == self.root_path or path.startswith(self._root_prefix):
             if self._auth is not None and not self._authorized(request):
                 return self._unauthorized(close)
             return self._mi(request, close)
@@ -264,7 +174,9 @@ class MiHttpServer:
         reply = self.registry.handle(request.body)
         if reply is None:
             return encode_response(202, content_type=JSON, close=close), not close
-        return encode_response(200, reply, content_type=JSON, close=close), not close
+        if close:
+            return encode_response(200, reply, content_type=JSON, close=True), False
+        return json_ok_head(len(reply)) + reply, True
 
     def _authorized(self, request: HttpRequest) -> bool:
         scheme, _, token = (request.header("authorization") or "").partition(" ")

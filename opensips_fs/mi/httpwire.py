@@ -39,6 +39,7 @@ __all__ = [
     "RequestParser",
     "encode_response",
     "http_date",
+    "json_ok_head",
 ]
 
 NEED_DATA = "NEED_DATA"
@@ -58,7 +59,7 @@ _HEX = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 1024
 HEAD_CACHE_ENTRIES = 256
 HEAD_CACHE_MAX_BYTES = 1024
-_head_cache: dict = {}  # (head bytes, max_body) -> parsed head
+_head_cache: dict = {}  # head bytes -> parsed head
 
 
 class HttpError(Exception):
@@ -75,10 +76,10 @@ class HttpRequest:
 
     __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
 
-    def __init__(self, method, target, version, headers, body, keep_alive):
+    def __init__(self, method, target, version, headers, body, keep_alive, path=None):
         self.method = method
         self.target = target
-        self.path = target.split("?", 1)[0]
+        self.path = target.split("?", 1)[0] if path is None else path
         self.version = version
         self.headers = headers
         self.body = body
@@ -147,6 +148,9 @@ class RequestParser:
 
     def next_event(self):
         if self._head is None:
+            request = self._whole_known_request()
+            if request is not None:
+                return request
             if not self._read_head():
                 return NEED_DATA
         if self._continue_pending:
@@ -156,10 +160,38 @@ class RequestParser:
         body = self._read_chunked() if self._chunked else self._read_body()
         if body is None:
             return NEED_DATA
-        method, target, version, headers, keep_alive = self._head
+        method, target, version, headers, keep_alive, path = self._head
         self._head = None
         self._scan_from = self._pos
-        return HttpRequest(method, target, version, headers, body, keep_alive)
+        return HttpRequest(method, target, version, headers, body, keep_alive, path)
+
+    def _whole_known_request(self) -> HttpRequest | None:
+        """The common case in one go: a whole request is buffered, with a
+        header block seen before (cached), a Content-Length body and no
+        `Expect`. None sends the caller down the general path."""
+        buf = self._buf
+        pos = self._pos
+        end = buf.find(b"\r\n\r\n", self._scan_from if self._scan_from > pos else pos)
+        if end <= pos or end - pos > self.max_head:
+            return None
+        parsed = _head_cache.get(bytes(buf[pos:end]))
+        if parsed is None:
+            return None
+        head, chunked, length, continue_wanted = parsed
+        start = end + 4
+        stop = start + length
+        if chunked or continue_wanted or length > self.max_body or stop > len(buf):
+            return None
+        body = bytes(buf[start:stop])
+        if stop == len(buf):
+            buf.clear()
+            stop = 0
+        elif stop > 65536 and stop * 2 > len(buf):
+            del buf[:stop]
+            stop = 0
+        self._pos = self._scan_from = stop
+        method, target, version, headers, keep_alive, path = head
+        return HttpRequest(method, target, version, headers, body, keep_alive, path)
 
     def _body_complete_soon(self) -> bool:
         if self._chunked:
@@ -190,16 +222,19 @@ class RequestParser:
 
     def _parse_head(self, head: bytes) -> None:
         # Keep-alive clients repeat the same header block: parsing is a pure
-        # function of its bytes, so small heads are parsed once.
-        key = (head, self.max_body)
-        parsed = _head_cache.get(key)
+        # function of its bytes, so small heads are parsed once (the body
+        # limit, which may differ between parsers, is checked each time).
+        parsed = _head_cache.get(head)
         if parsed is None:
-            parsed = _parse_head_bytes(head, self.max_body)
+            parsed = _parse_head_bytes(head)
             if len(head) <= HEAD_CACHE_MAX_BYTES:
                 if len(_head_cache) >= HEAD_CACHE_ENTRIES:
                     _head_cache.clear()
-                _head_cache[key] = parsed
+                _head_cache[head] = parsed
         self._head, self._chunked, self._length, self._continue_pending = parsed
+        if self._length > self.max_body:
+            self._head = None
+            raise HttpError(413, "body too large")
         if self._chunked:
             self._chunks = bytearray()
             self._chunk_state = "size"
@@ -272,7 +307,7 @@ class RequestParser:
         return end
 
 
-def _parse_head_bytes(head: bytes, max_body: int):
+def _parse_head_bytes(head: bytes):
     """(head tuple, chunked, content length, 100-continue wanted) or HttpError."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -318,7 +353,7 @@ def _parse_head_bytes(head: bytes, max_body: int):
     elif lengths:
         if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
             raise HttpError(400, "bad Content-Length")
-        if len(lengths[0]) > 12 or int(lengths[0]) > max_body:
+        if len(lengths[0]) > 12:
             raise HttpError(413, "body too large")
         length = int(lengths[0])
     if version == "1.1":
@@ -326,7 +361,9 @@ def _parse_head_bytes(head: bytes, max_body: int):
     else:
         keep_alive = "keep-alive" in connection and "close" not in connection
     continue_wanted = expect == "100-continue" and version == "1.1" and (chunked or length > 0)
-    head_tuple = (method.decode("ascii"), target.decode("latin-1"), version, tuple(headers), keep_alive)
+    target_text = target.decode("latin-1")
+    head_tuple = (method.decode("ascii"), target_text, version, tuple(headers), keep_alive,
+                  target_text.split("?", 1)[0])
     return head_tuple, chunked, length, continue_wanted
 
 
@@ -340,6 +377,20 @@ def http_date() -> str:
         _date_cache[0] = now
         _date_cache[1] = formatdate(now, usegmt=True)
     return _date_cache[1]
+
+
+_ok_head_cache = [0, b""]
+
+
+def json_ok_head(length: int) -> bytes:
+    """The head `encode_response(200, body, content_type="application/json")`
+    puts before a body of `length` bytes (keep-alive), built once per second."""
+    now = int(time.time())
+    if _ok_head_cache[0] != now:
+        _ok_head_cache[0] = now
+        _ok_head_cache[1] = (f"HTTP/1.1 200 OK\r\nDate: {http_date()}\r\n"
+                             "Content-Type: application/json\r\nContent-Length: ").encode("latin-1")
+    return b"%s%d\r\n\r\n" % (_ok_head_cache[1], length)
 
 
 def encode_response(status: int, body: bytes = b"", *, content_type: str | None = None,
