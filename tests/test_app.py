@@ -101,6 +101,21 @@ def test_mi_log_level_drives_the_logging_setup(running):
     assert logs.get_level() == -1
 
 
+def test_mi_log_level_out_of_range_is_refused(running):
+    """OpenSIPS's levels are -3 (alert) .. 4 (debug): anything else is an
+    Invalid params error and leaves the level as it was."""
+    app = running(HTTP_ONLY)
+    port = http_port(app)
+    logs.set_level(3)
+    refused = {"code": -32602, "message": "Invalid params", "data": "Log level out of range (-3..4)"}
+    for params in ([5], [-4], {"level": 100}, [2147483647], [-2147483648], [5, os.getpid()]):
+        assert mi(port, "log_level", params)["error"] == refused
+        assert logs.get_level() == 3
+    assert mi(port, "log_level", [-3])["result"] == {"New global log level": -3}
+    assert mi(port, "log_level", [4, os.getpid()])["result"] == {"Log level": 4}
+    assert logs.get_level() == 4
+
+
 def test_mi_kill_asks_the_owner_to_stop(running):
     app = running(HTTP_ONLY)
     assert not app.shutdown_requested.is_set()

@@ -136,3 +136,25 @@ def test_cli_fs_list(app, transport):
 def test_opensips_mi_fs_list(app, transport):
     replies = opensips_mi(app, transport, [["fs_list", []], ["fs_list", {}]], reply_dir=app.replies)
     assert replies == [{"result": {"Sockets": []}}, {"result": {"Sockets": []}}]
+
+
+def test_datagram_fs_list_too_big_is_a_clear_error(app):
+    """fs_list over 65 KB through opensips-cli's datagram transport: a clear
+    error instead of "could not decode json ... Is OpenSIPS running?"."""
+    names = [f"CUSTOM_EVENT_NAME_{i:05d}" for i in range(3000)]
+
+    def mi_http(method, params):
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
+        request = (b"POST /mi HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                   % len(body)) + body
+        return http_exchange(app.http.address, request)
+
+    assert mi_http("fs_subscribe", ["fs://:ClueCon@127.0.0.1:9", names]).endswith(b'"result":"OK","id":1}')
+    try:
+        result = cli(app, "datagram", "fs_list")
+        assert result.returncode != 0
+        assert "-32000: Server error (reply too large for a datagram" in result.stderr
+        assert "could not decode" not in result.stderr
+    finally:
+        assert mi_http("fs_unsubscribe", ["fs://127.0.0.1:9", names]).endswith(b'"result":"OK","id":1}')
+    assert json.loads(cli(app, "datagram", "fs_list").stdout) == {"Sockets": []}

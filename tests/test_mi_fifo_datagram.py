@@ -3,6 +3,7 @@ golden/opensips/mi_other_transports.json, replayed, plus the [EMU] cases."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -18,6 +19,7 @@ from opensips_fs.mi import StartupError
 from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.stats import Stats
+from opensips_fs.mi.commands import MiCommand
 from mi_support import build_registry, latin1, load_golden, mkfifo_reply
 
 pytestmark = pytest.mark.timeout(20)
@@ -166,6 +168,25 @@ def test_fifo_never_writes_a_regular_file(fifo):
     assert fifo.stats.counter("mi", "fifo_reply_failures").value == 1
 
 
+def test_fifo_reply_never_follows_a_symlink(fifo, tmp_path):
+    """A link planted in the reply folder cannot redirect a reply to a FIFO
+    elsewhere: the reply is not written, the failure is counted."""
+    elsewhere = tmp_path / "elsewhere"
+    os.mkfifo(elsewhere, 0o600)
+    (Path(fifo.reply_dir) / "planted").symlink_to(elsewhere)
+    fd = os.open(elsewhere, os.O_RDONLY | os.O_NONBLOCK)   # a reader is there, waiting
+    try:
+        write_fifo(fifo, b':planted:{"jsonrpc":"2.0","method":"version","id":1}')
+        gevent.sleep(0.3)
+        assert real_select([fd], [], [], 0)[0] == []    # no writer ever came
+        assert fifo.stats.counter("mi", "fifo_reply_failures").value == 1
+    finally:
+        os.close(fd)
+    # a real reply FIFO is still answered
+    assert fifo_request(fifo, "real", b'{"jsonrpc":"2.0","method":"which","params":["ps"],"id":2}') == \
+        b'{"jsonrpc":"2.0","result":[[]],"id":2}'
+
+
 def test_fifo_notification_opens_and_closes(fifo):
     assert fifo_request(fifo, "n1", b'{"jsonrpc":"2.0","method":"version"}') == b""
 
@@ -213,6 +234,7 @@ def test_fifo_replaces_stale_file(tmp_path):
 def udp():
     stats = Stats()
     server = MiDatagramServer(SimpleNamespace(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
+    server.stats = stats
     yield server
     server.stop()
 
@@ -240,10 +262,23 @@ def test_datagram_bad_id_and_batch(udp):
     assert udp_request(udp, b'[{"jsonrpc":"2.0","method":"version","id":1}]') == [bad]
 
 
-def test_datagram_oversize_reply(udp):
-    udp.registry.register([__import__("opensips_fs.mi.commands", fromlist=["MiCommand"]).MiCommand(
-        "test", "big", None, [[]], lambda p: "x" * 70000)])
-    assert udp_request(udp, b'{"jsonrpc":"2.0","method":"big","id":1}') == [b"500 Internal error"]
+def test_datagram_oversize_reply_is_a_clear_error(udp):
+    """A reply over one datagram: a JSON-RPC error with the request's id
+    saying so (OpenSIPS sends a text clients cannot decode), counted."""
+    udp.registry.register([MiCommand("test", "big", None, [[]], lambda p: "x" * 70000)])
+    for request_id in (1, 'a,"id":2'):
+        echoed = json.dumps(request_id, separators=(",", ":")).encode()
+        body = b'{"jsonrpc":"2.0","method":"big","id":%s}' % echoed
+        too_big = len(b'{"jsonrpc":"2.0","result":"' + b"x" * 70000 + b'","id":' + echoed + b"}")
+        (reply,) = udp_request(udp, body)
+        assert reply == (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"Server error","data":'
+                         b'"reply too large for a datagram (%d bytes, at most 65457): use MI HTTP or FIFO"},'
+                         b'"id":%s}' % (too_big, echoed))
+        assert json.loads(reply)["id"] == request_id
+    assert udp.stats.counter("mi", "datagram_oversize_replies").value == 2
+    # a reply that fits is sent as it is
+    assert udp_request(udp, b'{"jsonrpc":"2.0","method":"which","params":["ps"],"id":3}') == \
+        [b'{"jsonrpc":"2.0","result":[[]],"id":3}']
 
 
 def test_unix_datagram(tmp_path):

@@ -3,8 +3,13 @@
 `socket_name` is `udp:<ip>:<port>` or a unix socket path (optionally
 prefixed `unix:`). One request per datagram, one reply datagram sent to the
 request's source (MI.md §6.3): compact JSON; nothing for a notification;
-the 15-byte text `400 Parse_error` for invalid JSON and `500 Internal error`
-for a reply too big for one datagram, as OpenSIPS does. Each datagram is
+the 15-byte text `400 Parse_error` for invalid JSON, as OpenSIPS does. A
+reply too big for one datagram (over 65,457 bytes, OpenSIPS's buffer — e.g.
+`fs_list` with many sockets) is replaced by a JSON-RPC error with the
+request's id saying so, where OpenSIPS sends the text `500 Internal error`
+that clients cannot decode (opensips-cli: "could not decode json ... Is
+OpenSIPS running?"); it is counted (`datagram_oversize_replies`) and
+logged. Each datagram is
 answered by its own greenlet (a bounded pool), so a slow command does not
 hold up the others.
 """
@@ -21,15 +26,25 @@ from gevent.pool import Pool
 from ..config import split_udp
 from ..stats import Stats
 from . import StartupError
-from .jsonrpc import PARSE_ERROR_REPLY
+from .jsonrpc import PARSE_ERROR_REPLY, encode_error
 
-__all__ = ["MiDatagramServer", "parse_socket_name"]
+__all__ = ["MAX_REPLY", "MiDatagramServer", "oversize_reply", "parse_socket_name"]
 
 log = logging.getLogger(__name__)
 
 PARSE_ERROR_TEXT = b"400 Parse_error"
-INTERNAL_ERROR_TEXT = b"500 Internal error"
 MAX_REPLY = 65457          # OpenSIPS' reply buffer
+_ID_MEMBER = b',"id":'
+
+
+def oversize_reply(reply: bytes) -> bytes:
+    """The error sent instead of `reply` (one of ours, too big for a
+    datagram): same id. The id is the reply's last member, and `,"id":`
+    cannot occur inside a JSON string (its quotes would be escaped)."""
+    request_id = reply[reply.rfind(_ID_MEMBER) + len(_ID_MEMBER):-1]
+    return encode_error(-32000, "Server error",
+                        f"reply too large for a datagram ({len(reply)} bytes, at most {MAX_REPLY}): "
+                        "use MI HTTP or FIFO", None)[:-len(b"null}")] + request_id + b"}"
 MAX_DATAGRAM = 65535
 CONCURRENCY = 256
 
@@ -58,6 +73,7 @@ class MiDatagramServer:
         self._family, self._bind_to = parse_socket_name(self.socket_name)
         self._requests = stats.counter("mi", "datagram_requests")
         self._send_failures = stats.counter("mi", "datagram_send_failures")
+        self._oversize = stats.counter("mi", "datagram_oversize_replies")
 
     @property
     def address(self):
@@ -114,7 +130,10 @@ class MiDatagramServer:
         if reply is PARSE_ERROR_REPLY:
             reply = PARSE_ERROR_TEXT
         elif len(reply) > MAX_REPLY:
-            reply = INTERNAL_ERROR_TEXT
+            self._oversize.value += 1
+            log.warning("MI datagram reply to %r is %d bytes, over %d: error sent instead",
+                        source, len(reply), MAX_REPLY)
+            reply = oversize_reply(reply)
         try:
             sock.sendto(reply, source)
         except OSError as err:

@@ -16,7 +16,8 @@ each reply written to its own reply FIFO `reply_dir/<reply_name>` (MI.md
 the client has not opened it for reading yet), one compact line without a
 newline, then closed. A notification opens and closes the reply FIFO with
 nothing written. Only an existing FIFO is written to, never another kind of
-file.
+file, and never through a symbolic link (`O_NOFOLLOW`: a link planted in the
+reply folder cannot redirect a reply elsewhere).
 """
 
 from __future__ import annotations
@@ -145,12 +146,13 @@ class MiFifoServer:
         fd = None
         for attempt in range(OPEN_RETRIES + 1):
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
                 break
             except OSError as err:
                 if err.errno not in (errno.ENXIO, errno.ENOENT) or attempt == OPEN_RETRIES:
                     self._reply_failures.value += 1
-                    log.error("cannot open reply FIFO %s: %s", path, err.strerror)
+                    reason = "a symbolic link, not followed" if err.errno == errno.ELOOP else err.strerror
+                    log.error("cannot open reply FIFO %s: %s", path, reason)
                     return
                 gevent.sleep(OPEN_RETRY_DELAY)
         assert fd is not None  # the loop either opened it or returned
