@@ -164,7 +164,8 @@ class FifoClient:
         self.path = os.path.join(reply_dir, self.name)
         os.mkfifo(self.path, 0o600)
         self.request = b":" + self.name.encode() + b":" + body + b"\n"
-        self.fd = None
+        self.fd = -1
+        self.got = False
 
     def start(self):
         # Open the reply FIFO before asking, so the server finds a reader.
@@ -189,6 +190,7 @@ class FifoClient:
 
 
 def python_client(transport, target, body, connections, duration, queue):
+    clients: list
     if transport == "dgram":
         clients = [DatagramClient(target, body) for _ in range(connections)]
     else:
@@ -207,7 +209,7 @@ def python_client(transport, target, body, connections, duration, queue):
 
 
 def run_python_client(transport, target, body, connections, duration):
-    queue = multiprocessing.Queue()
+    queue: multiprocessing.Queue = multiprocessing.Queue()
     process = multiprocessing.Process(target=python_client,
                                       args=(transport, target, body, connections, duration, queue))
     process.start()
@@ -342,7 +344,7 @@ def main() -> None:
         args.duration, args.repeat = 2.0, 1
     cases = [c for c in CASES if not args.cases or args.cases in c[0]]
 
-    trees = [("current", None, ROOT)]
+    trees: list[tuple[str, Path | None, Path]] = [("current", None, ROOT)]
     if args.baseline:
         trees.insert(0, ("baseline", args.baseline.resolve(), args.baseline.resolve()))
     print(f"MI benchmark, {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
@@ -351,14 +353,14 @@ def main() -> None:
         print(f"  {label}: {tree} ({git_describe(tree)})")
     print(f"  {SOCKETS} sockets subscribed; {args.repeat} rounds of {args.duration:g} s per case; medians")
 
-    results = {label: {c[0]: [] for c in cases} for label, _, _ in trees}
+    results: dict = {label: {c[0]: [] for c in cases} for label, _, _ in trees}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sim = Simulator()
         services = {}
         try:
-            for label, tree, _ in trees:
-                services[label] = Service(tree, sim, workdir, label)
+            for label, code_tree, _ in trees:
+                services[label] = Service(code_tree, sim, workdir, label)
             for round_ in range(args.repeat):
                 for case in cases:
                     for label, _, _ in trees:
@@ -371,8 +373,8 @@ def main() -> None:
     def median(rows, i):
         return statistics.median(r[i] for r in rows)
 
-    header = f"{'case':<30} " + " ".join(f"{label + ' req/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'cpu us':>6}"
-                                        for label, _, _ in trees)
+    header = f"{'case':<30} " + " ".join(
+        f"{label + ' req/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'cpu us':>6}" for label, _, _ in trees)
     if args.baseline:
         header += f" {'ratio':>6} {'target':>9} {'cpu/req ratio':>13}"
     print(header)

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PARSE_ERROR_TEXT = b"400 Parse_error"
 MAX_REPLY = 65457          # OpenSIPS' reply buffer
+MAX_DATAGRAM = 65535
+CONCURRENCY = 256
 _ID_MEMBER = b',"id":'
 
 
@@ -45,8 +47,6 @@ def oversize_reply(reply: bytes) -> bytes:
     return encode_error(-32000, "Server error",
                         f"reply too large for a datagram ({len(reply)} bytes, at most {MAX_REPLY}): "
                         "use MI HTTP or FIFO", None)[:-len(b"null}")] + request_id + b"}"
-MAX_DATAGRAM = 65535
-CONCURRENCY = 256
 
 
 def parse_socket_name(name: str):

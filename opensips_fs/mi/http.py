@@ -27,7 +27,6 @@ import binascii
 import hmac
 import logging
 import re
-import time
 from typing import Callable
 
 from gevent import ssl
@@ -186,7 +185,7 @@ class MiHttpServer:
             given = base64.b64decode(token.strip(), validate=True)
         except (binascii.Error, ValueError):
             return False
-        return hmac.compare_digest(given, self._auth)
+        return self._auth is not None and hmac.compare_digest(given, self._auth)
 
     def _unauthorized(self, close: bool) -> tuple[bytes, bool]:
         self._rejected.value += 1

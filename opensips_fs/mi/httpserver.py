@@ -71,7 +71,9 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
     return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))
-READ, WRITE = 1, 2
+
+
+READ, WRITE = 1, 2  # libev I/O watcher events
 
 # The standard library's socket class even when gevent has patched the module:
 # connections are served on plain non-blocking sockets and our own watchers.
@@ -207,6 +209,7 @@ class HttpConnections:
 
     def _accept_loop(self) -> None:
         listener = self._listener
+        assert listener is not None   # start() set it before spawning us
         watcher = self._hub.loop.io(listener.fileno(), READ)
         wait = self._hub.wait
         while True:
@@ -280,7 +283,7 @@ class HttpConnections:
             # closed only once the watcher is (as gevent's own sockets do).
             self._hub.cancel_waits_close_and_then([conn.reader], _Expired, _close_quietly, conn.sock)
             return
-        if other:
+        if other and conn.greenlet is not None:
             conn.greenlet.kill(block=False)
         _close_quietly(conn.sock)
 
@@ -317,7 +320,7 @@ class HttpConnections:
             if conn.reader is not None:
                 conn.sock.send(data)
             else:
-                with gevent.Timeout(0.1, False):
+                with gevent.Timeout(0.1, False):  # type: ignore[arg-type]  # False: end quietly
                     conn.sock.sendall(data)
         except OSError:
             pass

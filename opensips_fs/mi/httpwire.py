@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from enum import Enum
 
 __all__ = [
     "CONTINUE",
@@ -60,6 +61,18 @@ _MAX_CHUNK_LINE = 1024
 HEAD_CACHE_ENTRIES = 256
 HEAD_CACHE_MAX_BYTES = 1024
 _head_cache: dict = {}  # head bytes -> parsed head
+
+
+class _Chunk(Enum):
+    """Where a chunked body's parsing stands."""
+
+    SIZE = "size"            # a chunk-size line
+    DATA = "data"            # chunk bytes
+    DATA_CRLF = "data-crlf"  # the CRLF after them
+    TRAILER = "trailer"      # trailer lines after the last chunk
+
+
+_NEXT_STEP = object()   # a chunk step is done: take the next one
 
 
 class HttpError(Exception):
@@ -109,11 +122,11 @@ class RequestParser:
         self._buf = bytearray()
         self._pos = 0            # start of the unconsumed bytes
         self._scan_from = 0      # where the next search for the head end starts
-        self._head = None        # (method, target, version, headers, keep_alive) once parsed
+        self._head: tuple | None = None   # (method, target, version, headers, keep_alive, path) once parsed
         self._length = 0         # Content-Length of the current body
         self._chunked = False
         self._chunks = bytearray()
-        self._chunk_state = "size"   # size, data, data-crlf, trailer
+        self._chunk_state = _Chunk.SIZE
         self._chunk_left = 0
         self._continue_pending = False
 
@@ -160,7 +173,9 @@ class RequestParser:
         body = self._read_chunked() if self._chunked else self._read_body()
         if body is None:
             return NEED_DATA
-        method, target, version, headers, keep_alive, path = self._head
+        head = self._head
+        assert head is not None   # set by _read_head above
+        method, target, version, headers, keep_alive, path = head
         self._head = None
         self._scan_from = self._pos
         return HttpRequest(method, target, version, headers, body, keep_alive, path)
@@ -237,7 +252,7 @@ class RequestParser:
             raise HttpError(413, "body too large")
         if self._chunked:
             self._chunks = bytearray()
-            self._chunk_state = "size"
+            self._chunk_state = _Chunk.SIZE
 
     # -- bodies ---------------------------------------------------------------
 
@@ -247,55 +262,69 @@ class RequestParser:
         return self._consume(self._length)
 
     def _read_chunked(self) -> bytes | None:
-        buf = self._buf
+        """The body once its last chunk and trailers are in, else None."""
         while True:
-            if self._chunk_state == "size":
-                end = self._find_line_end()
-                if end < 0:
-                    if len(buf) - self._pos > _MAX_CHUNK_LINE:
-                        raise HttpError(400, "chunk size line too long")
-                    return None
-                line = bytes(buf[self._pos:end]).split(b";", 1)[0].strip(b" \t")
-                if not line or len(line) > 16 or line.translate(None, _HEX):
-                    raise HttpError(400, "bad chunk size")
-                size = int(line, 16)
-                self._pos = end + 2
-                if len(self._chunks) + size > self.max_body:
-                    raise HttpError(413, "body too large")
-                if size == 0:
-                    self._chunk_state = "trailer"
-                else:
-                    self._chunk_left = size
-                    self._chunk_state = "data"
-            elif self._chunk_state == "data":
-                take = min(self._chunk_left, len(buf) - self._pos)
-                if take == 0:
-                    return None
-                self._chunks += self._consume(take)
-                self._chunk_left -= take
-                if self._chunk_left == 0:
-                    self._chunk_state = "data-crlf"
-            elif self._chunk_state == "data-crlf":
-                if len(buf) - self._pos < 2:
-                    return None
-                if not buf.startswith(b"\r\n", self._pos):
-                    raise HttpError(400, "bad chunk end")
-                self._pos += 2
-                self._chunk_state = "size"
-            else:  # trailer section: lines up to an empty one, ignored
-                end = self._find_line_end()
-                if end < 0:
-                    if len(buf) - self._pos > self.max_head:
-                        raise HttpError(431, "trailers too large")
-                    return None
-                empty = end == self._pos
-                self._pos = end + 2
-                if empty:
-                    body = bytes(self._chunks)
-                    self._chunks = bytearray()
-                    self._chunk_state = "size"
-                    return body
+            result = self._chunk_steps[self._chunk_state](self)
+            if result is not _NEXT_STEP:
+                return result
 
+    def _chunk_size(self):
+        buf = self._buf
+        end = self._find_line_end()
+        if end < 0:
+            if len(buf) - self._pos > _MAX_CHUNK_LINE:
+                raise HttpError(400, "chunk size line too long")
+            return None
+        line = bytes(buf[self._pos:end]).split(b";", 1)[0].strip(b" \t")
+        if not line or len(line) > 16 or line.translate(None, _HEX):
+            raise HttpError(400, "bad chunk size")
+        size = int(line, 16)
+        self._pos = end + 2
+        if len(self._chunks) + size > self.max_body:
+            raise HttpError(413, "body too large")
+        if size == 0:
+            self._chunk_state = _Chunk.TRAILER
+        else:
+            self._chunk_left = size
+            self._chunk_state = _Chunk.DATA
+        return _NEXT_STEP
+
+    def _chunk_data(self):
+        take = min(self._chunk_left, len(self._buf) - self._pos)
+        if take == 0:
+            return None
+        self._chunks += self._consume(take)
+        self._chunk_left -= take
+        if self._chunk_left == 0:
+            self._chunk_state = _Chunk.DATA_CRLF
+        return _NEXT_STEP
+
+    def _chunk_end(self):
+        if len(self._buf) - self._pos < 2:
+            return None
+        if not self._buf.startswith(b"\r\n", self._pos):
+            raise HttpError(400, "bad chunk end")
+        self._pos += 2
+        self._chunk_state = _Chunk.SIZE
+        return _NEXT_STEP
+
+    def _chunk_trailer(self):
+        """Trailer lines up to an empty one, ignored; then the body."""
+        end = self._find_line_end()
+        if end < 0:
+            if len(self._buf) - self._pos > self.max_head:
+                raise HttpError(431, "trailers too large")
+            return None
+        empty = end == self._pos
+        self._pos = end + 2
+        if not empty:
+            return _NEXT_STEP
+        body = bytes(self._chunks)
+        self._chunks = bytearray()
+        self._chunk_state = _Chunk.SIZE
+        return body
+
+    _chunk_steps: dict = {}   # filled below: _Chunk -> step method
 
     def _find_line_end(self) -> int:
         """The CRLF ending the line at `_pos`, or -1; a line still coming in
@@ -307,25 +336,55 @@ class RequestParser:
         return end
 
 
-def _parse_head_bytes(head: bytes):
-    """(head tuple, chunked, content length, 100-continue wanted) or HttpError."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
+RequestParser._chunk_steps = {
+    _Chunk.SIZE: RequestParser._chunk_size,
+    _Chunk.DATA: RequestParser._chunk_data,
+    _Chunk.DATA_CRLF: RequestParser._chunk_end,
+    _Chunk.TRAILER: RequestParser._chunk_trailer,
+}
+
+
+_VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, str]:
+    parts = line.split(b" ")
     if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
         raise HttpError(400, "bad request line")
     method, target, proto = parts
-    if proto == b"HTTP/1.1":
-        version = "1.1"
-    elif proto == b"HTTP/1.0":
-        version = "1.0"
-    elif proto.startswith(b"HTTP/"):
-        raise HttpError(505, "unsupported HTTP version")
-    else:
+    version = _VERSIONS.get(proto)
+    if version is None:
+        if proto.startswith(b"HTTP/"):
+            raise HttpError(505, "unsupported HTTP version")
         raise HttpError(400, "bad request line")
+    return method, target, version
+
+
+def _body_framing(lengths: list[str], codings: list[str]) -> tuple[bool, int]:
+    """(chunked, Content-Length) from the framing headers."""
+    if codings and lengths:
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    if codings:
+        if codings != ["chunked"]:
+            raise HttpError(501, "unsupported transfer coding")
+        return True, 0
+    if not lengths:
+        return False, 0
+    if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
+        raise HttpError(400, "bad Content-Length")
+    if len(lengths[0]) > 12:
+        raise HttpError(413, "body too large")
+    return False, int(lengths[0])
+
+
+def _parse_head_bytes(head: bytes):
+    """(head tuple, chunked, content length, 100-continue wanted) or HttpError."""
+    lines = head.split(b"\r\n")
+    method, target, version = _request_line(lines[0])
     headers = []
-    lengths = []
-    codings = []
-    connection = []
+    lengths: list[str] = []
+    codings: list[str] = []
+    connection: list[str] = []
     expect = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
@@ -342,20 +401,7 @@ def _parse_head_bytes(head: bytes):
             connection += [c.strip().lower() for c in text.split(",")]
         elif key == "expect":
             expect = text.lower()
-    if codings and lengths:
-        raise HttpError(400, "both Content-Length and Transfer-Encoding")
-    chunked = False
-    length = 0
-    if codings:
-        if codings != ["chunked"]:
-            raise HttpError(501, "unsupported transfer coding")
-        chunked = True
-    elif lengths:
-        if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
-            raise HttpError(400, "bad Content-Length")
-        if len(lengths[0]) > 12:
-            raise HttpError(413, "body too large")
-        length = int(lengths[0])
+    chunked, length = _body_framing(lengths, codings)
     if version == "1.1":
         keep_alive = "close" not in connection
     else:
@@ -367,7 +413,7 @@ def _parse_head_bytes(head: bytes):
     return head_tuple, chunked, length, continue_wanted
 
 
-_date_cache = [0, ""]
+_date_cache: list = [0, ""]
 
 
 def http_date() -> str:
@@ -379,7 +425,7 @@ def http_date() -> str:
     return _date_cache[1]
 
 
-_ok_head_cache = [0, b""]
+_ok_head_cache: list = [0, b""]
 
 
 def json_ok_head(length: int) -> bytes:

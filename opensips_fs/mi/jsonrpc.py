@@ -93,7 +93,7 @@ _DECODER = json.JSONDecoder(
     parse_constant=_reject_constant,
     parse_int=_parse_int,
 )
-_LEADING_SPACE = re.compile(r"[\x00-\x20]*")
+_LEADING_SPACE_CHARS = "".join(map(chr, range(0x21)))   # cJSON skips every byte <= 0x20
 # Control characters other than the four JSON whitespaces.
 _OTHER_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # Quotes, backslashes and runs of control bytes: the only characters the
@@ -129,7 +129,7 @@ def _controls_to_spaces(text: str) -> str:
 
 def decode_first_value(text: str) -> Any:
     """The first JSON value of `text`; raises ValueError if there is none."""
-    start = _LEADING_SPACE.match(text).end()
+    start = len(text) - len(text.lstrip(_LEADING_SPACE_CHARS))
     try:
         return _DECODER.raw_decode(text, start)[0]
     except ValueError:
@@ -203,6 +203,7 @@ def parse_request(body: bytes) -> Request:
     members = _envelope_members(value)
 
     valid = True
+    request_id: Any
     if "id" in members:
         raw_id = members["id"]
         if isinstance(raw_id, str):
@@ -230,6 +231,7 @@ def parse_request(body: bytes) -> Request:
         raise RequestError(encode_error(-32600, "Invalid Request", None, request_id))
     if not params:
         params = None
+    assert isinstance(method, str)   # else not valid, refused above
     return Request(c_string(method), params, request_id)
 
 

@@ -167,6 +167,7 @@ class MiRegistry:
         resolution = self._resolve(name)
         if resolution.command is None:
             error = resolution.error
+            assert error is not None   # a resolution has a command or an error
 
             def runner(_request, *_args, **_kwargs):
                 return Error(error.code, error.message, error.data if error.data is not None else NODATA)
@@ -219,14 +220,15 @@ class MiRegistry:
                 self._errors.value += 1
                 return error.reply
         request, runner, id_suffix = prepared
-        result, error = run_dispatcher(runner, request)
+        result, failure = run_dispatcher(runner, request)
         if id_suffix is None:
             self._notifications.value += 1
             return None
-        if error is None:
+        if failure is None:
             return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + id_suffix
         self._errors.value += 1
-        return encode_error(*error, request.id)
+        code, message, data = failure
+        return encode_error(code, message, data, request.id)
 
     def _prepare(self, body: bytes) -> tuple:
         """(validated envelope, runner, the reply's closing bytes or None
