@@ -23,7 +23,7 @@ from opensips_fs.evi.address import parse_socket
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import UdpSink
 from opensips_fs.jsonenc import dumps
-from opensips_fs.mi.commands import MiRegistry
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
 from rabbitmq_support import Consumer
 
