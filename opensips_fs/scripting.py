@@ -145,6 +145,11 @@ class SubscriptionSet:
             self.entries.remove(entry)
         return dropped, removed
 
+    def extend(self, entries) -> None:
+        """Add `entries` after the current ones (the DB loaded late)."""
+        self._listing = None
+        self.entries.extend(entries)
+
     def as_list(self) -> dict:
         """`fs_list`'s result. Built once per change of the set (polled by
         many clients): the caller must not modify it."""
@@ -394,7 +399,7 @@ class Scripting:
             old, self.set = self.set, new
             self._release(old.entries)
         else:
-            self.set.entries.extend(new.entries)
+            self.set.extend(new.entries)
         self.db_loaded = True
         self.db_last_load = time.time()
         self.db_last_error = None
