@@ -69,6 +69,8 @@ class FreeswitchSettings:
     esl_cmd_timeout: int = 5000             # ms
     esl_cmd_polling_itv: int = 1000         # us; accepted, no effect
     fs_no_esl_timeout: int = 86400          # s (ours; fixed in OpenSIPS)
+    esl_max_frame_size: int = 4194304       # bytes; largest ESL event or reply kept (ours)
+    esl_max_sockets: int = 1000             # ESL sockets MI calls may create (ours)
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,8 @@ MODULES: dict[str, _Module] = {
         "esl_cmd_timeout": _ranged(1),
         "esl_cmd_polling_itv": _ranged(1),
         "fs_no_esl_timeout": _ranged(1),
+        "esl_max_frame_size": _ranged(1024),
+        "esl_max_sockets": _ranged(1),
     }),
     "freeswitch_scripting": _Module(ScriptingSettings, {
         "db_url": _db_url,

@@ -44,8 +44,8 @@ import gevent.lock
 from . import url as fsurl
 from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
-from .esl.connection import EslError, EslTimeout
-from .esl.manager import EslNoPassword
+from .esl.connection import EslError, EslLoginRefused, EslReplyTooLarge, EslTimeout
+from .esl.manager import EslNoPassword, EslTooManySockets
 from .logs import NOTICE
 from .mi import StartupError
 from .mi.commands import MiCommand, MiError
@@ -257,7 +257,7 @@ class Scripting:
             raise ValueError(f"fs_subscribe URL {parsed.key} has no password")
         if _multiline(parsed.events):
             raise ValueError("fs_subscribe URL has an event name on several lines")
-        socket = self._socket(parsed, create=True)
+        socket = self._socket(parsed, create=True, limited=False)
         self._subscribe(socket, parsed, parsed.events)
 
     def subscribe(self, url_text: str, params_events) -> str:
@@ -272,12 +272,14 @@ class Scripting:
         return "OK"
 
     def _subscribe(self, socket, parsed, events) -> None:
-        self._update_credentials(socket, parsed)
+        changed = self._update_credentials(socket, parsed)
         created, added = self.set.add(socket, events)
         if created:
             socket.ref()
         for name in added:
             socket.subscribe(name)
+        if changed:
+            socket.wait_attempt()  # corrected credentials: answer once they were tried
 
     def unsubscribe(self, url_text: str, params_events) -> str:
         parsed, socket = self._resolve(url_text)
@@ -396,6 +398,10 @@ class Scripting:
         for sub, entry in zip(subs, reversed(new.entries)):
             entry.socket.update_credentials(sub.username, sub.password, from_db=True)
         if replace:
+            named = {id(entry.socket) for entry in new.entries}
+            for socket in self.manager.sockets():
+                if socket.db_provisioned and id(socket) not in named:
+                    socket.release_db_provisioning()  # its row is gone: MI URLs count again
             old, self.set = self.set, new
             self._release(old.entries)
         else:
@@ -453,6 +459,14 @@ class Scripting:
         except EslTimeout:
             self._esl_failures.value += 1
             raise MiError(504, "ESL command timeout") from None
+        except EslLoginRefused as exc:
+            self._esl_failures.value += 1
+            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
+            raise MiError(503, "FreeSWITCH refused the login") from None
+        except EslReplyTooLarge as exc:
+            self._esl_failures.value += 1
+            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
+            raise MiError(500, "ESL reply too large") from None
         except EslError as exc:  # not connected, lost while waiting, socket closed
             self._esl_failures.value += 1
             log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
@@ -488,21 +502,29 @@ class Scripting:
             raise internal_error()
         return parsed, socket
 
-    def _socket(self, parsed, create: bool):
+    def _socket(self, parsed, create: bool, limited: bool = True):
+        """The URL's socket; `create` it if needed — within `esl_max_sockets`
+        when `limited` (MI calls; not the modparams)."""
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is not None or not create:
             return socket
         try:
-            return self.manager.get(parsed.host, parsed.port, parsed.username, parsed.password)
+            return self.manager.get(parsed.host, parsed.port, parsed.username, parsed.password,
+                                    limited=limited)
         except EslNoPassword:
             raise internal_error() from None
+        except EslTooManySockets as exc:
+            log.error("refusing to create the ESL socket %s: %s", parsed.key, exc)
+            raise MiError(500, "Too many FreeSWITCH sockets") from None
 
     @staticmethod
-    def _update_credentials(socket, parsed) -> None:
+    def _update_credentials(socket, parsed) -> bool:
         """FSS.md §2.3: a URL naming a socket that is not DB-provisioned sets
-        its username (cleared if none) and, when given, its password."""
-        if not socket.db_provisioned:
-            socket.update_credentials(parsed.username, parsed.password)
+        its username (cleared if none) and, when given, its password. True if
+        they changed (a failing socket then tries them at once)."""
+        if socket.db_provisioned:
+            return False
+        return socket.update_credentials(parsed.username, parsed.password)
 
     # -- MI -------------------------------------------------------------------
 

@@ -235,17 +235,54 @@ def test_utf8_body_length_is_bytes_not_characters():
 def test_body_cap_is_configurable_and_inclusive():
     parser = FrameParser(max_body=10)
     frames = parser.feed(b"Content-Type: api/response\nContent-Length: 10\n\n0123456789")
-    assert frames[0].body == b"0123456789"
-    with pytest.raises(ProtocolError):
-        FrameParser(max_body=10).feed(b"Content-Type: api/response\nContent-Length: 11\n\n")
+    assert frames[0].body == b"0123456789" and frames[0].oversize == 0
+    frames = FrameParser(max_body=10).feed(b"Content-Type: api/response\nContent-Length: 11\n\n01234567890")
+    assert frames[0].body is None and frames[0].oversize == 11
 
 
-def test_default_cap_allows_big_events_and_rejects_more_than_64_mib():
+@pytest.mark.parametrize("cut", [1, 7, 4096, None])
+def test_oversized_body_is_read_through_without_being_held(cut):
+    """A body over the cap is counted off the stream, not buffered, and the
+    frames after it come out intact, however the bytes are cut."""
+    big = b"x" * 100_000
+    stream = (b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(big) + big
+              + b"Content-Type: api/response\nContent-Length: 5000\n\n" + b"y" * 5000
+              + _event_frame(b'{"Event-Name":"DTMF"}'))
+    parser = FrameParser(max_body=4096)
+    frames = []
+    step = cut or len(stream)
+    for i in range(0, len(stream), step):
+        frames += parser.feed(stream[i:i + step])
+    assert [(f.content_type, f.body, f.oversize) for f in frames] == [
+        ("text/event-json", None, 100_000), ("api/response", None, 5000),
+        ("text/event-json", b'{"Event-Name":"DTMF"}', 0)]
+    assert not parser.in_frame
+
+
+def test_oversized_body_costs_no_memory():
+    import tracemalloc
+
+    parser = FrameParser(max_body=64 * 1024)
+    chunk = b"z" * 65536
+    tracemalloc.start()
+    try:
+        assert parser.feed(b"Content-Type: api/response\nContent-Length: %d\n\n" % (300 * len(chunk))) == []
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(299):
+            assert parser.feed(chunk) == []
+        frames = parser.feed(chunk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert frames[0].oversize == 300 * len(chunk) and frames[0].body is None
+    assert peak - base < 256 * 1024  # the 19 MiB body was never held
+
+
+def test_default_cap_is_4_mib():
     parser = FrameParser()
-    assert parser.feed(b"Content-Length: 50000000\nContent-Type: text/event-json\n\n{") == []
+    assert parser.max_body == 4 * 1024 * 1024
+    assert parser.feed(b"Content-Length: 4194304\nContent-Type: text/event-json\n\n{") == []
     assert parser.buffered == 1 and parser.in_frame
-    with pytest.raises(ProtocolError, match="exceeds"):
-        FrameParser().feed(b"Content-Length: %d\nContent-Type: text/event-json\n\n" % (64 * 1024 * 1024 + 1))
 
 
 @pytest.mark.parametrize("value", [b"-1", b"-0", b"+5", b" ", b"", b"12a", b"0x10", b"1_0", b"\xd9\xa3",

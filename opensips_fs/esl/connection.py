@@ -12,6 +12,11 @@ commands, hand every other frame to its owner, notice when the peer is gone.
 * One reader greenlet per connection cuts frames with the sans-IO parser and
   calls `on_frame(frame)` for every frame that is not a reply; it never waits
   on anything but the socket.
+* A reply whose body is over `max_body` was never held (the parser reads it
+  through): its command fails with `EslReplyTooLarge`, the connection stays.
+  Every other frame over the cap reaches `on_frame` with `body=None`.
+* Text a peer sends that reaches a message (a refused login's Reply-Text, a
+  disconnect notice) is escaped and cut (`protocol.printable`).
 * A disconnect notice, EOF, reset, protocol error or silence beyond the
   liveness bound ends the connection: every outstanding command fails at once
   with `EslNotConnected` naming the cause, and `on_lost(conn, reason)` runs.
@@ -51,6 +56,7 @@ from .protocol import (
     auth_command,
     encode_command,
     header_value,
+    printable,
 )
 
 __all__ = [
@@ -58,8 +64,10 @@ __all__ = [
     "EslConnectError",
     "EslConnection",
     "EslError",
+    "EslLoginRefused",
     "EslNotConnected",
     "EslReply",
+    "EslReplyTooLarge",
     "EslTimeout",
     "PROBE_COMMAND",
 ]
@@ -80,8 +88,16 @@ class EslNotConnected(EslError):
     """The socket is not connected, or the connection was lost while waiting."""
 
 
+class EslLoginRefused(EslNotConnected):
+    """The socket is not connected because FreeSWITCH refuses its login."""
+
+
 class EslTimeout(EslError):
     """No reply within the command timeout."""
+
+
+class EslReplyTooLarge(EslError):
+    """The reply was over the frame size limit; it was read and discarded."""
 
 
 class EslConnectError(EslError):
@@ -194,12 +210,13 @@ class EslConnection:
             greeting = self._read_frame(sock, timeout, "auth/request greeting")
             if greeting.content_type != CT_AUTH_REQUEST:
                 raise EslConnectError(f"{self.label} did not greet with auth/request "
-                                      f"(got {greeting.content_type!r})")
+                                      f"(got '{printable(greeting.content_type)}')")
             sock.sendall(encode_command(auth_command(password, username)))
-            reply = self._read_frame(sock, timeout, "the auth reply")
+            reply = self._read_frame(sock, timeout, "a reply to the login")
             text = reply.reply_text
             if reply.content_type != CT_COMMAND_REPLY or (text or "").lower() != "+ok accepted":
-                raise EslAuthError(f"{self.label} refused the login: {text or reply.content_type!r}")
+                raise EslAuthError(f"{self.label} refused the login: "
+                                   f"{printable(text or reply.content_type or 'no Reply-Text')}")
         except BaseException:
             sock.close()
             raise
@@ -290,14 +307,13 @@ class EslConnection:
         recv = sock.recv
         feed = self._parser.feed
         on_frame = self.on_frame
-        fifo = self._fifo
-        reply_types = REPLY_TYPES
+        dispatch = self._dispatch
         monotonic = time.monotonic
         sock.settimeout(None)  # silence is watched by check_liveness(), not by a timer per read
         try:
             early, self._early = self._early, []
             for frame in early:
-                self._dispatch(frame)
+                dispatch(frame)
             while True:
                 data = recv(RECV_SIZE)
                 if not data:
@@ -306,23 +322,14 @@ class EslConnection:
                 self._last_rx = monotonic()
                 self._probe_sent = False
                 for frame in feed(data):
-                    content_type = frame.content_type
-                    if content_type == CT_EVENT_JSON:
-                        on_frame(frame)
-                    elif content_type in reply_types:
-                        if fifo:
-                            self._complete(fifo.popleft(), frame)
-                        else:
-                            on_frame(frame)
-                    elif frame.is_disconnect:
-                        text = (frame.body or b"").decode("utf-8", "replace").strip()
-                        raise _Lost(f"disconnect notice: {text or content_type}")
+                    if frame.content_type == CT_EVENT_JSON and frame.body is not None:
+                        on_frame(frame)  # the bulk of the traffic, straight to the owner
                     else:
-                        on_frame(frame)
+                        dispatch(frame)
         except _Lost as exc:
             self._lose(str(exc))
         except ProtocolError as exc:
-            self._lose(f"protocol error: {exc}")
+            self._lose(f"protocol error: {printable(str(exc))}")
         except OSError as exc:
             self._lose(f"read failed: {_describe(exc)}")
         except gevent.GreenletExit:
@@ -332,13 +339,18 @@ class EslConnection:
             self._lose(f"internal error: {exc!r}")
 
     def _dispatch(self, frame: Frame) -> None:
-        if frame.content_type in REPLY_TYPES:
+        """Every frame goes through here (events may skip it): replies complete
+        the oldest outstanding command, a disconnect notice ends the
+        connection, anything else goes to the owner."""
+        content_type = frame.content_type
+        if content_type in REPLY_TYPES:
             if self._fifo:
                 self._complete(self._fifo.popleft(), frame)
             else:
                 self.on_frame(frame)
         elif frame.is_disconnect:
-            raise _Lost("disconnect notice")
+            text = printable((frame.body or b"").strip() or content_type)
+            raise _Lost(f"disconnect notice: {text}")
         else:
             self.on_frame(frame)
 
@@ -347,7 +359,12 @@ class EslConnection:
             if waiter.user:
                 self.late_replies += 1
             return
-        waiter.reply = EslReply.from_frame(frame)
+        if frame.oversize:
+            waiter.error = EslReplyTooLarge(
+                f"the reply from {self.label} was {frame.oversize} bytes, over the "
+                f"{self._parser.max_body}-byte limit (esl_max_frame_size); it was discarded")
+        else:
+            waiter.reply = EslReply.from_frame(frame)
         waiter.done.set()
 
     def check_liveness(self, now: float | None = None) -> None:

@@ -4,8 +4,11 @@ Supports
     * server -> client frames: a header block (`Name: value` lines ended by an
       empty line), then exactly `Content-Length` body bytes when that header
       is present. Any chunking of the byte stream: several frames per chunk,
-      frames split anywhere, 64 MiB bodies (configurable cap). Blank lines
-      between frames are skipped.
+      frames split anywhere. Blank lines between frames are skipped. A body
+      over the cap (`max_body`) is read through and discarded, never held:
+      its frame comes out with `body=None` and `oversize` set to its length,
+      so the owner can fail the command it answers or count the dropped
+      event while the connection carries on.
     * client -> server commands: `auth`, `userauth`, `event json`,
       `nixevent` and any validated command text, each ended by `\\n\\n`.
     * the event name of a `text/event-json` body without a JSON parse.
@@ -27,7 +30,7 @@ Plan
     *header* (pending bytes kept as a list of chunks; only the new chunk and
     one byte before it are searched for the blank line) or *body* (the header
     is parsed; body chunks are collected until `Content-Length` bytes are in,
-    then joined once). `event_name(body)` reads `Event-Name` by a bounded scan
+    then joined once — or, for an oversized body, only counted). `event_name(body)` reads `Event-Name` by a bounded scan
     of the start of the body and falls back to a search for the key anywhere
     at the top level (sendevent events put the client's headers first).
 """
@@ -50,9 +53,14 @@ __all__ = [
     "event_name",
     "header_value",
     "nixevent_command",
+    "printable",
 ]
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
+# FreeSWITCH events are kilobytes (a CHANNEL_* event with every channel
+# variable stays well under 64 KiB); 4 MiB leaves room for large `api`
+# replies (`show channels` is about 1 KB per channel) while one peer can make
+# a connection hold at most this much. `esl_max_frame_size` changes it.
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
 DEFAULT_MAX_HEADER = 1024 * 1024
 MAX_EVENT_NAME = 256
 
@@ -78,14 +86,15 @@ class ProtocolError(Exception):
 class Frame:
     """One server -> client frame: headers in wire order, body or None."""
 
-    __slots__ = ("_headers", "content_type", "body", "_length")
+    __slots__ = ("_headers", "content_type", "body", "_length", "oversize")
 
     def __init__(self, headers: list[tuple[str, str]] | None, content_type: str | None, body: bytes | None,
-                 length: bytes | None = None):
+                 length: bytes | None = None, oversize: int = 0):
         self._headers = headers
         self.content_type = content_type
         self.body = body
         self._length = length  # the raw Content-Length of an event frame whose headers are built on demand
+        self.oversize = oversize  # the length of a body over the cap, discarded (body is None)
 
     @property
     def headers(self) -> list[tuple[str, str]]:
@@ -127,11 +136,9 @@ def header_value(headers: Iterable[tuple[str, str]], name: str, default: str | N
     return default
 
 
-def _parse_length(raw: bytes | str, max_body: int) -> int:
-    if not raw or not raw.isdigit() or not raw.isascii():
+def _parse_length(raw: bytes | str) -> int:
+    if not raw or not raw.isdigit() or not raw.isascii() or len(raw) > 15:
         raise ProtocolError(f"bad Content-Length {_show(raw)}")
-    if len(raw) > 20 or int(raw) > max_body:
-        raise ProtocolError(f"Content-Length {_show(raw)} exceeds the {max_body}-byte limit")
     return int(raw)
 
 
@@ -141,7 +148,7 @@ def _show(raw) -> str:
     return repr(raw[:40])
 
 
-def _parse_header_block(block: bytes, max_body: int):
+def _parse_header_block(block: bytes):
     """Return (headers, content_type, content_length or None)."""
     headers = []
     content_type = None
@@ -160,8 +167,8 @@ def _parse_header_block(block: bytes, max_body: int):
                 content_type = value
         elif lname == "content-length":
             if length is None:
-                length = _parse_length(value, max_body)
-            elif _parse_length(value, max_body) != length:
+                length = _parse_length(value)
+            elif _parse_length(value) != length:
                 raise ProtocolError("conflicting Content-Length headers")
     return headers, content_type, length
 
@@ -169,7 +176,7 @@ def _parse_header_block(block: bytes, max_body: int):
 class FrameParser:
     """Incremental ESL frame parser: `feed(bytes) -> list[Frame]`."""
 
-    __slots__ = ("max_body", "max_header", "_chunks", "_pending", "_head", "_need", "_failed")
+    __slots__ = ("max_body", "max_header", "_chunks", "_pending", "_head", "_need", "_skip", "_failed")
 
     def __init__(self, max_body: int = DEFAULT_MAX_BODY, max_header: int = DEFAULT_MAX_HEADER):
         self.max_body = max_body
@@ -179,6 +186,7 @@ class FrameParser:
         # (headers, content_type) of a frame waiting for its body
         self._head: tuple[list[tuple[str, str]], str | None] | None = None
         self._need = 0  # body bytes that frame needs
+        self._skip = False  # that body is over max_body: counted, not kept
         self._failed = False
 
     @property
@@ -209,6 +217,8 @@ class FrameParser:
 
     def _feed_body(self, data: bytes) -> list[Frame]:
         missing = self._need - self._pending
+        if self._skip:
+            return self._skip_body(data, missing)
         if len(data) < missing:
             self._chunks.append(data)
             self._pending += len(data)
@@ -231,6 +241,28 @@ class FrameParser:
         if rest:
             return self._parse(bytes(rest), frames)
         return frames
+
+    def _skip_body(self, data: bytes, missing: int) -> list[Frame]:
+        if len(data) < missing:
+            self._pending += len(data)
+            return []
+        headers, content_type = self._head
+        frames = [Frame(headers, content_type, None, oversize=self._need)]
+        self._head = None
+        self._skip = False
+        self._pending = 0
+        if len(data) > missing:
+            return self._parse(bytes(data[missing:]), frames)
+        return frames
+
+    def _start_body(self, headers: list[tuple[str, str]], content_type: str | None, length: int, buf: bytes,
+                    start: int) -> None:
+        """A frame whose body is not all in `buf`: wait for the rest."""
+        self._head = (headers, content_type)
+        self._need = length
+        self._skip = length > self.max_body
+        self._chunks = [] if self._skip else [buf[start:]]
+        self._pending = len(buf) - start
 
     def _feed_header(self, data: bytes) -> list[Frame]:
         last = self._chunks[-1]
@@ -261,21 +293,21 @@ class FrameParser:
                 eol = find(b"\n", pos + 16, pos + 64)
                 if eol > 0 and startswith(_EVENT_JSON_HEAD_REST, eol):
                     raw = buf[pos + 16:eol]
-                    if not raw.isdigit() or len(raw) > 12:
+                    if not raw.isdigit() or len(raw) > 15:
                         raise ProtocolError(f"bad Content-Length {_show(raw)}")
                     length = int(raw)
-                    if length > max_body:
-                        raise ProtocolError(f"Content-Length {length} exceeds the {max_body}-byte limit")
                     start = eol + 32
                     stop = start + length
-                    if stop <= size:
+                    if stop <= size and length <= max_body:
                         append(Frame(None, CT_EVENT_JSON, buf[start:stop], raw))
                         pos = stop
                         continue
-                    self._head = ([("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR], CT_EVENT_JSON)
-                    self._need = length
-                    self._chunks = [buf[start:]]
-                    self._pending = size - start
+                    headers = [("Content-Length", raw.decode()), _EVENT_JSON_CT_PAIR]
+                    if stop <= size:
+                        append(Frame(headers, CT_EVENT_JSON, None, oversize=length))
+                        pos = stop
+                        continue
+                    self._start_body(headers, CT_EVENT_JSON, length, buf, start)
                     break
             end = find(b"\n\n", pos)
             if end < 0:
@@ -292,7 +324,7 @@ class FrameParser:
                 continue
             if end - pos > self.max_header:
                 raise ProtocolError(f"header block longer than {self.max_header} bytes")
-            headers, content_type, length = _parse_header_block(buf[pos:end], max_body)
+            headers, content_type, length = _parse_header_block(buf[pos:end])
             start = end + 2
             if length is None:
                 append(Frame(headers, content_type, None))
@@ -300,14 +332,48 @@ class FrameParser:
                 continue
             stop = start + length
             if stop > size:
-                self._head = (headers, content_type)
-                self._need = length
-                self._chunks = [buf[start:]]
-                self._pending = size - start
+                self._start_body(headers, content_type, length, buf, start)
                 break
-            append(Frame(headers, content_type, buf[start:stop]))
+            if length > max_body:
+                append(Frame(headers, content_type, None, oversize=length))
+            else:
+                append(Frame(headers, content_type, buf[start:stop]))
             pos = stop
         return frames
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x5b\x5d-\x7e\u00a0-\ud7ff\ue000-\ufffd]")
+
+
+def printable(text: str | bytes | None, limit: int = 200) -> str:
+    """Peer-supplied text made safe for one log line: control characters
+    (CR, LF, ESC…) and undecodable bytes escaped as `\\xNN`/`\\uNNNN`, cut
+    to `limit` characters with the full length noted."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    size = len(text)
+    if size > limit:
+        text = text[:limit]
+    text = _UNPRINTABLE.sub(_escape_char, text)
+    if size > limit:
+        text += f"... ({size} chars)"
+    return text
+
+
+def _escape_char(match) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    if 0xdc80 <= code <= 0xdcff:  # an undecodable byte (surrogateescape)
+        return f"\\x{code - 0xdc00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 # ---------------------------------------------------------------------------
