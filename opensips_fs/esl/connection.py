@@ -207,12 +207,12 @@ class EslConnection:
             _set_keepalive(sock, self.liveness_timeout)
             if on_authenticating is not None:
                 on_authenticating()
-            greeting = self._read_frame(sock, timeout, "auth/request greeting")
+            greeting = self._read_frame(sock, timeout, "the auth/request greeting")
             if greeting.content_type != CT_AUTH_REQUEST:
                 raise EslConnectError(f"{self.label} did not greet with auth/request "
                                       f"(got '{printable(greeting.content_type)}')")
             sock.sendall(encode_command(auth_command(password, username)))
-            reply = self._read_frame(sock, timeout, "a reply to the login")
+            reply = self._read_frame(sock, timeout, "the reply to the login")
             text = reply.reply_text
             if reply.content_type != CT_COMMAND_REPLY or (text or "").lower() != "+ok accepted":
                 raise EslAuthError(f"{self.label} refused the login: "
@@ -230,7 +230,7 @@ class EslConnection:
         while not self._early:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise EslConnectError(f"no {what} from {self.label} within {timeout:g} s")
+                raise EslConnectError(f"{self.label} sent nothing within {timeout:g} s while we waited for {what}")
             sock.settimeout(left)
             try:
                 data = sock.recv(RECV_SIZE)
