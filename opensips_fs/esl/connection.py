@@ -200,7 +200,7 @@ class EslConnection:
         `on_authenticating()` runs once the TCP connection is up."""
         timeout = self.connect_timeout
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+            sock = _open_socket(self.host, self.port, timeout)
         except (OSError, gevent.Timeout) as exc:
             raise EslConnectError(f"connect to {self.label} failed: {_describe(exc)}") from None
         try:
@@ -425,6 +425,26 @@ class EslConnection:
         self._lose(reason)
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=False)
+
+
+def _open_socket(host: str, port: int, timeout: float):
+    """A TCP connection to (host, port). An IP address is connected to
+    directly: no resolver call, so thousands of sockets retrying at once do
+    not queue thousands of lookups (and their memory) in the resolver's
+    thread pool."""
+    family = _stdsocket.AF_INET6 if ":" in host else _stdsocket.AF_INET
+    try:
+        _stdsocket.inet_pton(family, host)
+    except OSError:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(family, _stdsocket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _describe(exc: BaseException) -> str:

@@ -23,6 +23,8 @@ life is `socket.py`; its events' bookkeeping `subscriptions.py`.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import logging
 import time
 
@@ -52,6 +54,20 @@ DEFAULT_PORT = 8021
 STATS_GROUP = "freeswitch"
 TICK = 1.0
 UNUSED_GRACE = 2.0  # a socket from get() that nobody refs or uses within this is reaped
+TRIM_AFTER = 100  # closed sockets after which freed heap is handed back to the OS
+
+
+def _find_malloc_trim():
+    """glibc keeps freed heap for reuse; `malloc_trim(0)` gives it back to
+    the OS. None where there is no such call (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 class EslNoPassword(EslError):
@@ -135,6 +151,8 @@ class EslManager:
         self._consumers: list[EslConsumer] = []
         self._reaper: gevent.Greenlet | None = None
         self._stopped = False
+        self._closed_since_trim = 0
+        self._closed_at_last_tick = 0
         self._bad_events = LogThrottle()
         self._sink_failures = LogThrottle()
         stats.gauge(STATS_GROUP, "sockets", lambda: len(self._sockets))
@@ -196,6 +214,7 @@ class EslManager:
             del self._sockets[key]
         if not sock.closed:
             log.info("ESL %s: closing (%s)", sock.name, reason)
+            self._closed_since_trim += 1
         sock.close(reason)
 
     def deliver(self, sock: EslSocket, name: str, body: bytes) -> None:
@@ -260,6 +279,17 @@ class EslManager:
             if now - last_reap >= TICK:
                 last_reap = now
                 self.reap()
+                self._trim_after_closures()
+
+    def _trim_after_closures(self) -> None:
+        """Once many sockets went and no more went for a tick (their
+        greenlets are gone too), hand the freed heap back to the OS."""
+        closed = self._closed_since_trim
+        if closed >= TRIM_AFTER and closed == self._closed_at_last_tick:
+            closed = self._closed_since_trim = 0
+            if _malloc_trim is not None:
+                _malloc_trim(0)
+        self._closed_at_last_tick = closed
 
     def reap(self) -> None:
         """Close sockets nobody needs any more (FSS.md §7.3)."""

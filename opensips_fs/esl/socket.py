@@ -187,6 +187,7 @@ class EslSocket:
         self.login_failures = 0
         self.commands = 0
         self.command_timeouts = 0
+        self._hand_on = owner.deliver
         counters = owner.counters
         self._counters = counters
         self._c_received = counters.events_received
@@ -672,7 +673,7 @@ class EslSocket:
             return
         self.events_relayed += 1
         self._c_relayed.value += 1
-        self._owner.deliver(self, name, body)
+        self._hand_on(self, name, body)
 
     def _drop(self, n: int = 1) -> None:
         self.events_dropped += n
