@@ -137,7 +137,7 @@ names = st.sampled_from(["A", "a", "B", "C", "c", "D"])
 steps = st.lists(st.tuples(st.sampled_from(["add", "remove", "wire", "refuse", "lost"]), names), max_size=60)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(steps=steps, seed=st.integers(0, 2**16))
 def test_the_wire_follows_the_sums(steps, seed):
     """After any sequence, once every command is answered: exactly the names
@@ -155,10 +155,11 @@ def test_the_wire_follows_the_sums(steps, seed):
             for sub, text in batch:
                 verb, _, name = text.rpartition(" ")
                 reply = reply_for(name) if verb == "event json" else "+OK"
+                # FreeSWITCH keeps one subscription per name, whatever its case
                 if verb == "event json" and reply.startswith("+OK"):
-                    on_wire.add(name)
+                    on_wire.add(name.lower())
                 elif verb == "nixevent":
-                    on_wire.discard(name)
+                    on_wire.discard(name.lower())
                 subs.on_reply(sub, reply, now)
 
     for op, name in steps:
@@ -186,5 +187,5 @@ def test_the_wire_follows_the_sums(steps, seed):
     for name in wanted:
         assert subs.refs(name) == expected[name]
     # every wanted spelling group is on the wire; nothing else is
-    assert {n.lower() for n in on_wire} == {n.lower() for n in wanted}
+    assert on_wire == {n.lower() for n in wanted}
     assert len(subs) == len(wanted)
