@@ -122,6 +122,7 @@ def start_peers(n: int) -> tuple[list[subprocess.Popen], list[int]]:
         proc = subprocess.Popen([sys.executable, "-c", PEER, str(count)], stdout=subprocess.PIPE, text=True)
         procs.append(proc)
     for proc in procs:
+        assert proc.stdout is not None
         ports += [int(p) for p in proc.stdout.readline().split()]
     return procs, ports
 
@@ -192,6 +193,7 @@ while os.getppid() != 1:
 def run_unreachable(n: int) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(n)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout is not None
         ports = [int(p) for p in holder.stdout.readline().split()]
         stats = Stats()
         mgr = EslManager(FreeswitchSettings(), stats)

@@ -192,7 +192,7 @@ def run_manager(host: SimHost, n: int, per_sim: int, size: int) -> tuple["Run", 
         if count[0] >= target:
             done.set()
 
-    mgr.event_sink = sink  # type: ignore[assignment]  # esl/manager.py declares it untyped (None)
+    mgr.event_sink = sink
     mgr.start()
     socks = []
     for port in host.ports[:n]:

@@ -398,10 +398,7 @@ class Scripting:
         for sub, entry in zip(subs, reversed(new.entries)):
             entry.socket.update_credentials(sub.username, sub.password, from_db=True)
         if replace:
-            named = {id(entry.socket) for entry in new.entries}
-            for socket in self.manager.sockets():
-                if socket.db_provisioned and id(socket) not in named:
-                    socket.release_db_provisioning()  # its row is gone: MI URLs count again
+            self._release_rowless_sockets(new)
             old, self.set = self.set, new
             self._release(old.entries)
         else:
@@ -411,6 +408,14 @@ class Scripting:
         self.db_last_error = None
         log.info("loaded %d socket subscription(s) from table %s", len(new.entries),
                  self.settings.db_table)
+
+    def _release_rowless_sockets(self, new: SubscriptionSet) -> None:
+        """Sockets a DB row provisioned whose row is gone: MI URLs set their
+        credentials again (one kept open by freeswitch_esl included)."""
+        named = {id(entry.socket) for entry in new.entries}
+        for socket in self.manager.sockets():
+            if socket.db_provisioned and id(socket) not in named:
+                socket.release_db_provisioning()
 
     def has_db(self) -> bool:
         """True when a db_url is configured (fs_reload has a table to read)."""

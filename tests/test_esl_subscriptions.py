@@ -150,7 +150,6 @@ def test_the_wire_follows_the_sums(steps, seed):
     now = 0.0
 
     def run(reply_for):
-        nonlocal now
         while batch := subs.next_commands(now):
             for sub, text in batch:
                 verb, _, name = text.rpartition(" ")

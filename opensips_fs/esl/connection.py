@@ -181,8 +181,8 @@ class EslConnection:
         self.idle_probe = min(idle_probe, liveness_timeout)
         self.busy_timeout = max(busy_timeout, liveness_timeout)
         self._parser = FrameParser(max_body=max_body)
-        self._sock = None
-        self._reader = None
+        self._sock: socket.socket | None = None
+        self._reader: gevent.Greenlet | None = None
         self._fifo: collections.deque[_Waiter] = collections.deque()
         self._send_lock = gevent.lock.Semaphore()
         self._early: list[Frame] = []
@@ -256,7 +256,8 @@ class EslConnection:
         if not self._send_lock.acquire(timeout=timeout):
             raise EslTimeout(f"could not send to {self.label} within {timeout:g} s")
         try:
-            if not self.connected:
+            sock = self._sock
+            if not self.connected or sock is None:
                 raise EslNotConnected(f"{self.label} is not connected"
                                       + (f" ({self.lost_reason})" if self.lost_reason else ""))
             waiter = _Waiter(user)
@@ -265,7 +266,7 @@ class EslConnection:
             if timer is not None:
                 timer.start()
             try:
-                self._sock.sendall(data)
+                sock.sendall(data)
             except gevent.Timeout as exc:
                 if exc is not timer:
                     raise
@@ -288,6 +289,7 @@ class EslConnection:
             raise EslTimeout(f"no reply from {self.label} within {timeout:g} s")
         if waiter.error is not None:
             raise waiter.error
+        assert waiter.reply is not None  # done without an error: the reply is there
         return waiter.reply
 
     def command(self, text: str, timeout: float) -> EslReply:
@@ -304,6 +306,7 @@ class EslConnection:
 
     def _read_loop(self) -> None:
         sock = self._sock
+        assert sock is not None  # open() set it before starting this reader
         recv = sock.recv
         feed = self._parser.feed
         on_frame = self.on_frame

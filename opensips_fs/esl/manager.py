@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import logging
 import time
+from typing import Callable
 
 import gevent
 import gevent.event
@@ -146,7 +147,7 @@ class EslManager:
             busy_timeout=busy_timeout, stable_after=stable_after, max_gap=max_gap,
             failure_reminder=failure_reminder)
         self.counters = EslCounters(stats)
-        self.event_sink = None
+        self.event_sink: Callable[[EslSocket, str, bytes], None] | None = None
         self._sockets: dict[tuple[str, int], EslSocket] = {}
         self._consumers: list[EslConsumer] = []
         self._reaper: gevent.Greenlet | None = None

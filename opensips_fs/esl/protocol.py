@@ -246,6 +246,7 @@ class FrameParser:
         if len(data) < missing:
             self._pending += len(data)
             return []
+        assert self._head is not None  # set by _start_body()
         headers, content_type = self._head
         frames = [Frame(headers, content_type, None, oversize=self._need)]
         self._head = None

@@ -40,7 +40,7 @@ import gevent.event
 import orjson
 
 from ..logs import NOTICE
-from ..stats import Stats
+from ..stats import Counter, Stats
 from .connection import (
     EslAuthError,
     EslConnectError,
@@ -107,13 +107,23 @@ def backoff_gap(failures: int, max_gap: float = 60.0) -> float:
 class EslCounters:
     """The process-wide `freeswitch` statistics the sockets move."""
 
-    __slots__ = ("events_received", "events_relayed", "events_dropped", "events_queue_dropped",
-                 "reconnects", "connect_failures", "login_failures", "commands", "command_timeouts",
-                 "subscribe_rejected", "late_replies", "sink_errors", "oversized_frames")
-
     def __init__(self, stats: Stats):
-        for name in self.__slots__:
-            setattr(self, name, stats.counter(STATS_GROUP, name))
+        def counter(name: str) -> Counter:
+            return stats.counter(STATS_GROUP, name)
+
+        self.events_received = counter("events_received")
+        self.events_relayed = counter("events_relayed")
+        self.events_dropped = counter("events_dropped")
+        self.events_queue_dropped = counter("events_queue_dropped")
+        self.reconnects = counter("reconnects")
+        self.connect_failures = counter("connect_failures")
+        self.login_failures = counter("login_failures")
+        self.commands = counter("commands")
+        self.command_timeouts = counter("command_timeouts")
+        self.subscribe_rejected = counter("subscribe_rejected")
+        self.late_replies = counter("late_replies")
+        self.sink_errors = counter("sink_errors")
+        self.oversized_frames = counter("oversized_frames")
 
 
 class SocketOwner(Protocol):
@@ -573,7 +583,7 @@ class EslSocket:
             return time.monotonic() >= stable_at
         held, self._holding = self._holding, None
         deliver = self._deliver
-        for body in held:
+        for body in held or ():
             deliver(body)
         stable = False
         while conn.connected and not stop.is_set():
@@ -656,12 +666,12 @@ class EslSocket:
 
     def _deliver(self, body: bytes) -> None:
         name = event_name(body)
+        if name is None:
+            self._drop()
+            self._owner.bad_event(self, body)
+            return
         route = self._route.get(name)
         if route is None:
-            if name is None:
-                self._drop()
-                self._owner.bad_event(self, body)
-                return
             route = self._subs.wants(name.lower())
             if len(self._route) >= ROUTE_CACHE_SIZE:
                 self._route.clear()  # a peer inventing names cannot grow it

@@ -156,7 +156,8 @@ class Subscriptions:
 
     def split(self) -> tuple[list[str], list[str]]:
         """(accepted names, names not yet accepted), each first-subscribed order."""
-        active, pending = [], []
+        active: list[str] = []
+        pending: list[str] = []
         for sub in self._subs.values():
             if sub.refs > 0:
                 (active if sub.state is SubState.ACTIVE else pending).append(sub.name)
