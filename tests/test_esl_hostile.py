@@ -20,7 +20,7 @@ from opensips_fs.config import FreeswitchSettings
 from opensips_fs.esl.connection import EslReplyTooLarge
 from opensips_fs.esl.manager import EslManager
 from opensips_fs.esl.socket import ROUTE_CACHE_SIZE
-from opensips_fs.sim import FsSimulator
+from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats
 
 pytestmark = pytest.mark.timeout(40)
@@ -72,7 +72,7 @@ def make_manager(stats):
 
 @pytest.fixture
 def box():
-    with FsSimulator(password=PASSWORD, heartbeat=0) as sim:
+    with FsSimulator(SimSettings(password=PASSWORD, heartbeat=0)) as sim:
         yield sim
 
 
