@@ -1,119 +1,16 @@
 """The `opensips-fs` command as a user runs it: exit codes, config check,
 start, clean stop on SIGTERM/SIGINT, start-up failures naming the address."""
 
-import json
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from opensips_fs import __version__
+from support.service import DEFAULT_CFG, make_config, mi_http, opensips_fs, reserved_port
 
 pytestmark = pytest.mark.timeout(30)
-
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CFG = REPO / "etc" / "opensips-fs.cfg"
-
-
-def opensips_fs(*args, timeout=15):
-    return subprocess.run([sys.executable, "-m", "opensips_fs", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-def reserved_port() -> socket.socket:
-    """A socket holding an ephemeral TCP port without listening on it, for a
-    service started in a subprocess that must be told its port: until the
-    holder is closed no other socket on the machine is handed the port (a
-    port bound then released may be taken by any test running meanwhile),
-    connections to it are refused, and the service, whose listener sets
-    SO_REUSEADDR, binds it alongside."""
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("127.0.0.1", 0))
-    return holder
-
-
-def make_config(tmp_path, http_port=0, extra=""):
-    """The default config, copied, with every fixed address moved to tmp_path
-    or to an ephemeral port (tests never touch the default ports and paths)."""
-    text = DEFAULT_CFG.read_text()
-    text = text.replace('"port", 8888', f'"port", {http_port}')
-    text = text.replace('"/tmp/opensips_fifo"', f'"{tmp_path}/fifo"')
-    text = text.replace('"reply_dir", "/tmp/"', f'"reply_dir", "{tmp_path}/"')
-    text = text.replace("udp:127.0.0.1:8080", "udp:127.0.0.1:0")
-    text = text.replace('"sqlite://../var/opensips-fs.sqlite"', '"sqlite://fs.sqlite"')
-    assert "8888" not in text.replace("127.0.0.1:8888/mi", "") and "/tmp/opensips_fifo" not in text
-    path = tmp_path / "opensips-fs.cfg"
-    path.write_text(text + extra)
-    return path
-
-
-class Service:
-    """opensips-fs running in a subprocess, stderr captured to a file."""
-
-    def __init__(self, cfg, *args):
-        self.log_path = Path(str(cfg) + ".log")
-        self.log_file = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "opensips_fs", "-f", str(cfg), *args],
-            stdout=subprocess.DEVNULL, stderr=self.log_file, cwd=REPO)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_for(self, text, timeout=10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited {self.proc.returncode} before {text!r}:\n{self.log}")
-            time.sleep(0.02)
-        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.log}")
-
-    def stop(self, signum=signal.SIGTERM, timeout=10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.log_file.close()
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log_file.close()
-
-
-@pytest.fixture
-def services():
-    started = []
-
-    def start(cfg, *args):
-        service = Service(cfg, *args)
-        started.append(service)
-        return service
-    yield start
-    for service in started:
-        service.kill()
-
-
-def mi_http(port, method, params=None, root="mi"):
-    body = {"jsonrpc": "2.0", "method": method, "id": 1}
-    if params is not None:
-        body["params"] = params
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/{root}",
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        return json.loads(reply.read())
 
 
 # ---------------------------------------------------------------- exit codes

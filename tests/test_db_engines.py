@@ -1,148 +1,22 @@
 """FsDatabase against real SQLite, PostgreSQL and MariaDB servers.
 
-PostgreSQL and MariaDB come from `.ci/start-db` (URLs in OPENSIPS_FS_TEST_POSTGRES /
-OPENSIPS_FS_TEST_MYSQL, with its printed defaults when unset). Each test works
-in a database of its own, created from the shipped `sql/<engine>.sql` script
-and dropped afterwards. A server that cannot be reached skips its tests with
-the reason, except under CI=true where that is a failure.
+Each test works in a database of its own (tests/support/db.py: created from
+the shipped `sql/<engine>.sql` script and dropped afterwards). A server that
+cannot be reached skips its tests with the reason, except under CI=true where
+that is a failure.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-import uuid
-from pathlib import Path
 
 import gevent
 import pytest
 
 from opensips_fs.db import BadRow, DbError, DbVersionError, FsDatabase, FsRow, parse_db_url
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_URLS = {
-    "postgres": "postgres://opensips:opensipsrw@127.0.0.1:5432/opensips_fs_test",
-    "mysql": "mysql://opensips:opensipsrw@127.0.0.1:3306/opensips_fs_test",
-}
-ENV_VARS = {"postgres": "OPENSIPS_FS_TEST_POSTGRES", "mysql": "OPENSIPS_FS_TEST_MYSQL"}
-ENGINES = ["sqlite", "postgres", "mysql"]
-CUSTOM_COLUMNS = {"col_username": "fs_user", "col_password": "fs_secret", "col_ip": "fs_host",
-                  "col_port": "fs_port", "col_events": "fs_events"}
-
-
-def server_url(engine: str) -> str:
-    return os.environ.get(ENV_VARS[engine]) or DEFAULT_URLS[engine]
-
-
-def unavailable(engine: str, exc: Exception):
-    reason = (f"{engine} server at {parse_db_url(server_url(engine)).masked()} unreachable "
-              f"({type(exc).__name__}: {exc}); run .ci/start-db")
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def sql_statements(script: str) -> list[str]:
-    text = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
-    return [s.strip() for s in text.split(";") if s.strip()]
-
-
-def table_ddl(engine: str, table: str, cols: dict[str, str]) -> str:
-    """The freeswitch table with custom names and the OpenSIPS types (FSS.md §12)."""
-    u, p, i, o, e = (cols[k] for k in ("col_username", "col_password", "col_ip", "col_port",
-                                       "col_events"))
-    if engine == "sqlite":
-        return (f"CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
-                f"{u} CHAR(64), {p} CHAR(64) NOT NULL, {i} CHAR(20) NOT NULL, "
-                f"{o} INTEGER DEFAULT 8021 NOT NULL, {e} CHAR(255))")
-    if engine == "mysql":
-        return (f"CREATE TABLE {table} (id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL, "
-                f"{u} CHAR(64), {p} CHAR(64) NOT NULL, {i} CHAR(20) NOT NULL, "
-                f"{o} INT(11) DEFAULT 8021 NOT NULL, {e} CHAR(255)) ENGINE=InnoDB")
-    return (f"CREATE TABLE {table} (id SERIAL PRIMARY KEY NOT NULL, {u} VARCHAR(64), "
-            f"{p} VARCHAR(64) NOT NULL, {i} VARCHAR(20) NOT NULL, "
-            f"{o} INTEGER DEFAULT 8021 NOT NULL, {e} VARCHAR(255))")
-
-
-class EngineDb:
-    """A fresh database on one engine, plus a raw DB-API connection to it."""
-
-    def __init__(self, engine: str, tmp_path: Path):
-        self.engine = engine
-        self.name = f"opensips_fs_test_{uuid.uuid4().hex[:10]}"
-        if engine == "sqlite":
-            path = tmp_path / f"{self.name}.db"
-            self.url = f"sqlite://{path}"
-            self.conn = sqlite3.connect(path, isolation_level=None)
-            self.placeholder = "?"
-            return
-        base = parse_db_url(server_url(engine))
-        self.base = base
-        self.placeholder = "%s"
-        try:
-            admin = self._connect(base.database)
-        except Exception as exc:  # noqa: BLE001 - any driver error means "no server"
-            unavailable(engine, exc)
-        try:
-            admin.cursor().execute(f"CREATE DATABASE {self.name}")
-        finally:
-            admin.close()
-        port = f":{base.port}" if base.port else ""
-        self.url = f"{engine}://{base.user}:{base.password}@{base.host}{port}/{self.name}"
-        self.conn = self._connect(self.name)
-
-    def _connect(self, database: str):
-        b = self.base
-        if self.engine == "postgres":
-            import psycopg2
-            conn = psycopg2.connect(host=b.host, port=b.port or 5432, user=b.user,
-                                    password=b.password, dbname=database, connect_timeout=3)
-            conn.autocommit = True
-            return conn
-        import pymysql
-        return pymysql.connect(host=b.host, port=b.port or 3306, user=b.user, password=b.password,
-                               database=database, autocommit=True, connect_timeout=3)
-
-    def execute(self, sql: str, params=()):
-        cur = self.conn.cursor()
-        cur.execute(sql.replace("?", self.placeholder), params)
-        return cur
-
-    def run_script(self, name: str | None = None):
-        for statement in sql_statements((ROOT / "sql" / f"{name or self.engine}.sql").read_text()):
-            self.execute(statement)
-
-    def insert(self, table: str, rows, cols: dict[str, str] | None = None):
-        c = cols or {"col_username": "username", "col_password": "password", "col_ip": "ip",
-                     "col_port": "port", "col_events": "events_csv"}
-        names = ", ".join(c[k] for k in ("col_username", "col_password", "col_ip", "col_port",
-                                         "col_events"))
-        for row in rows:
-            self.execute(f"INSERT INTO {table} ({names}) VALUES (?, ?, ?, ?, ?)", row)
-
-    def set_version(self, table: str, version: int | None):
-        self.execute("DELETE FROM version WHERE table_name = ?", (table,))
-        if version is not None:
-            self.execute("INSERT INTO version (table_name, table_version) VALUES (?, ?)",
-                         (table, version))
-
-    def fs_database(self, **kwargs) -> FsDatabase:
-        return FsDatabase(self.url, **kwargs)
-
-    def close(self):
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass
-        if self.engine == "sqlite":
-            return
-        admin = self._connect(self.base.database)
-        try:
-            force = " WITH (FORCE)" if self.engine == "postgres" else ""
-            admin.cursor().execute(f"DROP DATABASE IF EXISTS {self.name}{force}")
-        finally:
-            admin.close()
+from support.db import (CUSTOM_COLUMNS, ENGINES, EngineDb, find_waiter, kill_connection, lock_table,
+                        standard_db, table_ddl, unlock_table)
 
 
 @pytest.fixture(params=ENGINES)
@@ -150,16 +24,6 @@ def engine_db(request, tmp_path):
     db = EngineDb(request.param, tmp_path)
     yield db
     db.close()
-
-
-def standard_db(engine_db: EngineDb) -> EngineDb:
-    engine_db.run_script()
-    engine_db.insert("freeswitch", [
-        (None, "ClueCon", "127.0.0.1", 8022, "CHANNEL_CREATE,CHANNEL_DESTROY"),
-        ("", "ClueCon", "127.0.0.1", 8021, "DTMF"),
-        ("admin", "ClueCon", "localhost", 0, " TALK , NOTALK "),
-    ])
-    return engine_db
 
 
 # ------------------------------------------------------------------ reading
@@ -253,56 +117,6 @@ def test_missing_version_table_is_an_error(engine_db):
 
 # ----------------------------------------------------- failures, not stalls
 
-def _lock(db: EngineDb, table: str = "freeswitch") -> None:
-    """Lock the data table from the raw connection: readers wait."""
-    if db.engine == "postgres":
-        db.conn.autocommit = False
-        db.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-    else:
-        db.execute(f"LOCK TABLES {table} WRITE")
-
-
-def _find_waiter(db: EngineDb) -> int:
-    """The id of the server-side connection that waits on the lock."""
-    if db.engine == "postgres":
-        query = ("SELECT pid FROM pg_stat_activity WHERE datname = %s "
-                 "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
-    else:
-        query = ("SELECT id FROM information_schema.processlist WHERE db = %s "
-                 "AND state LIKE 'Waiting for table%%' AND id <> CONNECTION_ID()")
-    watcher = db._connect(db.name)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            cur = watcher.cursor()
-            cur.execute(query, (db.name,))
-            found = cur.fetchall()
-            if found:
-                return found[0][0]
-            gevent.sleep(0.05)
-        raise AssertionError("the reload never waited on the lock")
-    finally:
-        watcher.close()
-
-
-def _kill(db: EngineDb, server_id: int) -> None:
-    killer = db._connect(db.name)
-    try:
-        killer.cursor().execute(
-            "SELECT pg_terminate_backend(%s)" if db.engine == "postgres" else "KILL %s",
-            (server_id,))
-    finally:
-        killer.close()
-
-
-def _unlock(db: EngineDb):
-    if db.engine == "postgres":
-        db.conn.rollback()
-        db.conn.autocommit = True
-    else:
-        db.execute("UNLOCK TABLES")
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_connection_killed_mid_read_is_an_error_and_the_hub_keeps_running(engine, tmp_path):
@@ -312,20 +126,20 @@ def test_connection_killed_mid_read_is_an_error_and_the_hub_keeps_running(engine
         fs_db = db.fs_database()
         ticks = []
         ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(100000)])
-        _lock(db)
+        lock_table(db)
         reader = gevent.spawn(fs_db.load)
-        waiter = _find_waiter(db)
+        waiter = find_waiter(db)
         ticks_while_blocked = len(ticks)
         gevent.sleep(0.2)
         assert len(ticks) > ticks_while_blocked + 5, "the hub stalled while the DB was locked"
         assert not reader.ready()
-        _kill(db, waiter)
+        kill_connection(db, waiter)
         reader.join(10)
         ticker.kill()
         assert reader.ready() and isinstance(reader.exception, DbError)
         assert "opensipsrw" not in str(reader.exception)
         assert "***" in str(reader.exception)
-        _unlock(db)
+        unlock_table(db)
         # the server is fine for the next read
         assert len(fs_db.load()) == 3
     finally:
@@ -339,14 +153,14 @@ def test_locked_table_times_out_with_a_clear_error(engine, tmp_path):
     try:
         standard_db(db)
         fs_db = db.fs_database(timeout=1)
-        _lock(db)
+        lock_table(db)
         reader = gevent.spawn(fs_db.load)
-        _find_waiter(db)
+        find_waiter(db)
         t0 = time.monotonic()
         reader.join(10)
         assert reader.ready() and isinstance(reader.exception, DbError)
         assert time.monotonic() - t0 < 5
-        _unlock(db)
+        unlock_table(db)
     finally:
         db.close()
 

@@ -12,9 +12,9 @@ import socket
 import gevent
 import pytest
 
-from test_db_engines import (CUSTOM_COLUMNS, ENGINES, EngineDb, _find_waiter, _kill, _lock,
-                             _unlock, table_ddl)
-from test_scripting_golden import Stack
+from support.db import (CUSTOM_COLUMNS, ENGINES, EngineDb, find_waiter, kill_connection, lock_table,
+                        table_ddl, unlock_table)
+from support.stack import Stack
 
 TABLE = "fs_sockets"
 
@@ -103,9 +103,9 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
         db.execute("BEGIN EXCLUSIVE")
         reload = gevent.spawn(stack.mi, "fs_reload")
     else:
-        _lock(db, TABLE)
+        lock_table(db, TABLE)
         reload = gevent.spawn(stack.mi, "fs_reload")
-        waiter = _find_waiter(db)
+        waiter = find_waiter(db)
     # meanwhile events are relayed and the MI and the ESL sockets answer
     stack.sims[8021].push_event('{"Event-Name":"DTMF","DTMF-Digit":"7"}')
     assert json.loads(sink.recvfrom(65536)[0])["params"]["body"] == \
@@ -117,9 +117,9 @@ def test_reload_lifecycle_on_each_engine(engine_db, stacks, caplog):
         reply = reload.get(timeout=10)
         db.execute("COMMIT")
     else:
-        _kill(db, waiter)
+        kill_connection(db, waiter)
         reply = reload.get(timeout=10)
-        _unlock(db)
+        unlock_table(db)
     assert reply == {"jsonrpc": "2.0", "error": {"code": 500, "message": "Internal Error"},
                      "id": 1}
     assert fs_list(stack) == start_set

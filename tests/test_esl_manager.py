@@ -6,39 +6,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import gevent
 import pytest
 
+from opensips_fs.config import FreeswitchSettings
 from opensips_fs.esl.connection import EslNotConnected, EslReply, EslTimeout
-from opensips_fs.esl.manager import EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
+from opensips_fs.esl.manager import TICK, EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.stats import Stats
+from support.waits import assert_never, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
 PASSWORD = "ClueCon"
-
-
-@dataclass
-class Settings:
-    event_heartbeat_interval: int = 1
-    esl_connect_timeout: int = 5000
-    esl_cmd_timeout: int = 5000
-    esl_cmd_polling_itv: int = 1000
-    fs_no_esl_timeout: int = 86400
-
-
-def wait_until(predicate, timeout: float = 5.0, step: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        gevent.sleep(step)
 
 
 class Collector:
@@ -67,7 +48,7 @@ def make_manager(stats):
     managers = []
 
     def make(settings=None, **kwargs):
-        mgr = EslManager(settings or Settings(), stats, **kwargs)
+        mgr = EslManager(settings or FreeswitchSettings(), stats, **kwargs)
         mgr.event_sink = Collector()
         mgr.start()
         managers.append(mgr)
@@ -149,7 +130,7 @@ def test_wrong_password_backs_off_then_new_credentials_work(make_manager, box, s
 
 
 def test_credentials_rules():
-    mgr = EslManager(Settings(), Stats())
+    mgr = EslManager(FreeswitchSettings(), Stats())
     with pytest.raises(EslNoPassword):
         mgr.get("127.0.0.1", 1)
     sock = mgr.get("fs1", None, "u", "p1")
@@ -182,12 +163,13 @@ def test_subscribe_reference_counting_exact_wire(make_manager, box):
     sock.subscribe("DTMF")
     wait_until(lambda: "DTMF" in sock.status()["events"])
     sock.unsubscribe("CHANNEL_ANSWER")  # one reference left
-    gevent.sleep(0.1)
+    # the wire is synced at once and again on every TICK: nothing within one
+    assert_never(lambda: len(client.commands) > 3, during=TICK, what="a command for a referenced event")
     assert client.commands == ["auth ClueCon", "event json CHANNEL_ANSWER", "event json DTMF"]
     sock.unsubscribe("CHANNEL_ANSWER")  # last one: nixevent, socket stays
     wait_until(lambda: "nixevent CHANNEL_ANSWER" in client.commands)
     assert sock.unsubscribe("CHANNEL_ANSWER") is False  # no reference left: ignored
-    gevent.sleep(0.1)
+    assert_never(lambda: len(client.commands) > 4, during=TICK, what="a command for an unreferenced event")
     assert client.commands == ["auth ClueCon", "event json CHANNEL_ANSWER", "event json DTMF",
                                "nixevent CHANNEL_ANSWER"]
     assert sock.status()["events"] == ["DTMF"]
@@ -223,12 +205,12 @@ def test_refused_event_retried_every_second_and_cancelled_without_nixevent(make_
     assert "NOT_A_REAL_EVENT" in status["last_error"] and "-ERR no keywords supplied" in status["last_error"]
     sock.subscribe("HEARTBEAT")  # other events are unaffected
     wait_until(lambda: sock.status()["events"] == ["HEARTBEAT"])
-    sock.unsubscribe("NOT_A_REAL_EVENT")
-    gevent.sleep(1.3)
-    assert "nixevent NOT_A_REAL_EVENT" not in client.commands
     count = client.commands.count("event json NOT_A_REAL_EVENT")
-    gevent.sleep(1.1)
-    assert client.commands.count("event json NOT_A_REAL_EVENT") == count
+    sock.unsubscribe("NOT_A_REAL_EVENT")
+    # a retry still due would go out within its gap, on the next TICK after it
+    assert_never(lambda: "nixevent NOT_A_REAL_EVENT" in client.commands
+                 or client.commands.count("event json NOT_A_REAL_EVENT") > count,
+                 during=rejected_retry_gap(1) + TICK, what="a nixevent or retry after the unsubscribe")
 
 
 def test_retry_schedules():
@@ -272,8 +254,7 @@ def test_bad_and_unsubscribed_frames_are_dropped_and_counted(make_manager, box, 
     box.push_raw(b"Content-Type: api/response\nContent-Length: 3\n\nxyz")  # stray reply
     box.push_raw(b"Content-Type: log/data\nContent-Length: 2\n\nhi")
     box.push_event(b'{"Event-Name":"CUSTOM","ok":"2"}')
-    wait_until(lambda: len(sink.events) == 2)
-    gevent.sleep(0.05)
+    wait_until(lambda: len(sink.events) == 2)  # frames are handled in order: the others are done
     assert [json.loads(b)["ok"] for _, _, b in sink.events] == ["1", "2"]
     status = sock.status()
     assert status["events_received"] == 9 and status["events_dropped"] == 7 and status["events_relayed"] == 2
@@ -340,7 +321,7 @@ def test_command_waits_for_a_new_socket_to_connect(make_manager, box):
 def test_command_on_unreachable_socket_fails_clearly(make_manager, box):
     port = box.port
     box.stop()
-    mgr = make_manager(Settings(esl_connect_timeout=500))
+    mgr = make_manager(FreeswitchSettings(esl_connect_timeout=500))
     sock = mgr.get("127.0.0.1", port, None, PASSWORD)
     t0 = time.monotonic()
     with pytest.raises(EslNotConnected, match="not connected"):
@@ -382,7 +363,7 @@ def test_freeswitch_restart_reconnects_resubscribes_fails_pending(make_manager, 
     for _ in range(5):
         box.raise_event("CUSTOM")
     wait_until(lambda: len(sink.events) == 10)
-    gevent.sleep(0.1)
+    assert_never(lambda: len(sink.events) > 10, during=TICK, what="an event delivered twice")
     seqs = sink.seqs()
     assert len(seqs) == len(set(seqs)) == 10  # nothing delivered twice
     assert stat(stats, "reconnects") == 1 and sock.status()["reconnects"] == 1
@@ -395,13 +376,14 @@ def test_events_held_until_every_subscription_is_back(make_manager, box):
     mgr = make_manager()
     sink = mgr.event_sink
     sock = connected_socket(mgr, box, "CUSTOM", "HEARTBEAT")
-    box.delay(400)  # every reply of the new connection comes 0.4 s late
+    reply_delay = 0.4
+    box.delay(int(reply_delay * 1000))  # every reply of the new connection comes late
     box.drop()
     client = wait_until(lambda: len(box.clients) == 2 and "CUSTOM" in box.clients[1].events and box.clients[1])
-    assert "HEARTBEAT" not in client.events  # its reply is still 0.4 s away
+    assert "HEARTBEAT" not in client.events  # its reply is still on its way
     for i in range(3):
         box.raise_event("CUSTOM", {"N": str(i)})
-    gevent.sleep(0.15)
+    assert_never(lambda: sink.events, during=reply_delay / 3, what="delivery before every resubscription")
     status = sock.status()
     assert sink.events == [] and status["events"] == ["CUSTOM"] and status["pending"] == ["HEARTBEAT"]
     wait_until(lambda: len(sink.events) == 3, timeout=3)
@@ -423,15 +405,17 @@ def test_disconnect_notice_triggers_immediate_reconnect(make_manager, box):
 def test_abrupt_loss_without_fin_is_detected(make_manager, box, stats):
     """The peer stops answering (no FIN, no RST): the silence bound kills the
     connection and the manager reconnects once the peer is back."""
-    mgr = make_manager(Settings(esl_connect_timeout=300), liveness_timeout=0.8, idle_probe=0.2)
+    liveness_timeout = 0.8
+    mgr = make_manager(FreeswitchSettings(esl_connect_timeout=300), liveness_timeout=liveness_timeout,
+                       idle_probe=0.2)
     sock = connected_socket(mgr, box, "HEARTBEAT")
     box.stall(1.6)
     wait_until(lambda: "no data from FreeSWITCH" in sock.last_error, timeout=3)
     wait_until(lambda: sock.connected and sock.status()["events"] == ["HEARTBEAT"], timeout=6)
     assert stat(stats, "reconnects") == 1
     # an idle but healthy connection is probed, not dropped
-    gevent.sleep(1.5)
-    assert sock.connected and stat(stats, "reconnects") == 1
+    assert_never(lambda: not sock.connected or stat(stats, "reconnects") != 1,
+                 during=2 * liveness_timeout, what="a healthy idle connection dropped")
     assert "opensips-fs-ping" in box.live_clients()[0].commands
 
 
@@ -481,16 +465,18 @@ def test_socket_only_created_is_reaped_and_never_connects(make_manager, box):
 
 
 def test_esl_used_socket_outlives_refs_then_idles_out(make_manager, box):
-    mgr = make_manager(Settings(fs_no_esl_timeout=2))
+    settings = FreeswitchSettings(fs_no_esl_timeout=2)
+    mgr = make_manager(settings)
     sock = connected_socket(mgr, box, "HEARTBEAT")
     sock.command("api echo x")
     sock.unsubscribe("HEARTBEAT")
     sock.unref()  # ESL-used: stays
-    gevent.sleep(1.2)
-    assert mgr.sockets() == [sock] and sock.connected
+    most_of_idle = 0.6 * settings.fs_no_esl_timeout
+    assert_never(lambda: mgr.sockets() != [sock] or not sock.connected, during=most_of_idle,
+                 what="an ESL-used socket closed before fs_no_esl_timeout")
     sock.command("api echo y")  # each command restarts the idle clock
-    gevent.sleep(1.2)
-    assert sock.connected
+    assert_never(lambda: not sock.connected, during=most_of_idle,
+                 what="the idle clock not restarted by a command")
     wait_until(lambda: mgr.sockets() == [], timeout=4)
     wait_until(lambda: not box.clients[0].alive)
     with pytest.raises(EslNotConnected):
@@ -502,7 +488,7 @@ def test_esl_only_socket_gives_up_after_100_attempts(make_manager, box):
 
     port = box.port
     box.stop()
-    mgr = make_manager(Settings(esl_connect_timeout=200))
+    mgr = make_manager(FreeswitchSettings(esl_connect_timeout=200))
     sock = mgr.get("127.0.0.1", port, None, PASSWORD)
     with pytest.raises(EslNotConnected):
         sock.command("api status")
@@ -583,7 +569,7 @@ def test_failing_event_sink_is_counted_and_harmless(make_manager, box, stats):
 def test_unanswered_subscription_means_a_dead_connection(make_manager, box, stats):
     """OpenSIPS blocks forever on a subscription reply; we bound it by
     esl_cmd_timeout and reconnect [EMU]."""
-    mgr = make_manager(Settings(esl_cmd_timeout=300))
+    mgr = make_manager(FreeswitchSettings(esl_cmd_timeout=300))
     sock = connected_socket(mgr, box)
     box.delay(1000)
     sock.subscribe("HEARTBEAT")

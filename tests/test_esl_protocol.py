@@ -12,7 +12,7 @@ import pytest
 from opensips_fs.esl import protocol
 from opensips_fs.esl.protocol import Frame, FrameParser, ProtocolError, event_name
 
-import golden
+from support import golden
 
 GOLDEN = golden.golden_dir("freeswitch")
 

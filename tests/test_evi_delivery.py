@@ -13,9 +13,11 @@ from gevent import socket as gsocket
 
 from opensips_fs import config
 from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
+from opensips_fs.evi.delivery import BACKOFF_MAX
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink
 from opensips_fs.stats import Stats
+from support.waits import assert_never, wait_until
 
 
 def transports(queue_size=100000) -> dict:
@@ -120,7 +122,9 @@ def test_beyond_the_bound_drops_are_counted_exactly(kind):
     try:
         received_expected = 10 + len(dest.inflight)
         assert sink.wait_for(received_expected, timeout=3)
-        gevent.sleep(0.2)
+        # a payload still to come would be (re)sent within the longest retry gap
+        assert_never(lambda: len(sink.payloads) > received_expected, during=BACKOFF_MAX,
+                     what="a payload beyond the queue bound")
         got = seqs(sink)
         assert got[-10:] == list(range(15, 25))
         assert len(got) + dest.dropped == 25
@@ -216,8 +220,7 @@ def test_oversized_datagram_is_counted_not_cut():
         evi.subscribe("E_FREESWITCH", udp.socket, 3600)
         evi.raise_freeswitch("BIG", "h", b'{"Event-Name":"BIG","x":"' + b"y" * 70000 + b'"}')
         evi.raise_freeswitch("DTMF", "h", b"{}")
-        assert udp.wait_for(1)
-        gevent.sleep(0.1)
+        assert udp.wait_for(1)  # BIG went first (in order): had it been sent, it would be payload 0
         assert len(udp.payloads) == 1 and b'"DTMF"' in udp.payloads[0]
         dest = evi.destinations()[0]
         assert dest.send_errors == 1 == stat(evi, "send_errors")
@@ -361,8 +364,8 @@ def test_http_non_2xx_is_retried_then_delivered():
     try:
         evi.subscribe("E_FREESWITCH", http.socket, 3600)
         evi.raise_freeswitch("DTMF", "h", b"{}")
-        gevent.sleep(0.3)
-        assert http.payloads == [] and len(http.requests) >= 2
+        wait_until(lambda: len(http.requests) >= 2, timeout=3, what="the refused request retried")
+        assert http.payloads == []
         http.status = "204 No Content"
         assert http.wait_for(1, timeout=2)
         dest = evi.destinations()[0]

@@ -15,7 +15,7 @@ import json
 import gevent
 import pytest
 
-import golden
+from support import golden
 from opensips_fs.config import EviTransportSettings
 from opensips_fs.evi.registry import PUBLISHED_EVENTS, EviRegistry
 from opensips_fs.evi.sink import TcpSink, UdpSink

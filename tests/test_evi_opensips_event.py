@@ -21,6 +21,7 @@ from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats
+from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,10 +50,8 @@ def start_cli(port, *extra):
 
 
 def wait_subscribed(evi, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not evi.has_subscribers("E_FREESWITCH"):
-        assert time.monotonic() < deadline, "opensips-event never subscribed"
-        gevent.sleep(0.05)
+    wait_until(lambda: evi.has_subscribers("E_FREESWITCH"), timeout, step=0.05,
+               what="opensips-event subscribed")
     return evi.events["E_FREESWITCH"].subscribers[0]
 
 

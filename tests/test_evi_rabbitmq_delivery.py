@@ -1,5 +1,5 @@
 """event_rabbitmq delivery against a real RabbitMQ broker (started once per
-run, rabbitmq_support.py), consumed with a real AMQP client (pika).
+run, tests/support/rabbitmq.py), consumed with a real AMQP client (pika).
 
 What OpenSIPS loses in the recording, we must not: a broker restart under
 load (every event arrives, duplicates counted), a missing exchange, a
@@ -21,7 +21,8 @@ from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import UdpSink
 from opensips_fs.mi.commands import MiError
 from opensips_fs.stats import Stats
-from rabbitmq_support import Consumer
+from support import rabbitmq
+from support.rabbitmq import Consumer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -272,8 +273,7 @@ def test_tls_with_our_ca_and_use_tls(rabbitmq_broker, consumer):
 
 
 def test_tls_refuses_a_broker_our_ca_does_not_know(rabbitmq_broker, consumer, tmp_path):
-    import rabbitmq_support
-    other_ca, _ = rabbitmq_support.make_cert(tmp_path)
+    other_ca, _ = rabbitmq.make_cert(tmp_path)
     consumer.queue("tls_bad_q")
     evi = registry(use_tls=True, tls_ca_file=other_ca)
     try:

@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-import golden
+from support import golden
 from opensips_fs.config import EventRabbitmqSettings, EviTransportSettings
 from opensips_fs.evi.address import parse_socket
 from opensips_fs.evi.registry import EviRegistry
@@ -25,7 +25,7 @@ from opensips_fs.evi.sink import UdpSink
 from opensips_fs.jsonenc import dumps
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
-from rabbitmq_support import Consumer
+from support.rabbitmq import Consumer
 
 pytestmark = pytest.mark.timeout(60)
 

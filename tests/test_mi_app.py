@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 
 import pytest
 
 from opensips_fs import config as configuration
 from opensips_fs.app import App
-from mi_support import (
+from support.mi import (
     fs_list_result, http_exchange, latin1, load_golden, mask_date, mkfifo_reply, read_http_response,
+    read_reply, write_fifo,
 )
-from test_mi_clients import VENV_BIN, opensips_mi
-from test_mi_fifo_datagram import read_reply, write_fifo
+from support.mi_clients import MiServers, opensips_cli, opensips_mi
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,12 +50,8 @@ modparam("mi_datagram", "socket_name", "udp:127.0.0.1:0")
         pytest.skip(f"config refuses ephemeral ports: {err}")
     service = App(cfg).start()
     servers = {what: server for what, _, server in service.transports}
-    service.http = servers["MI HTTP"]
-    service.fifo = servers["MI FIFO"]
-    service.datagram = servers["MI datagram"]
-    service.base = base
-    service.replies = replies
-    yield service
+    yield MiServers(http=servers["MI HTTP"], fifo=servers["MI FIFO"], datagram=servers["MI datagram"],
+                    reply_dir=replies, home=base)
     service.stop()
 
 
@@ -84,7 +79,7 @@ def test_other_transports(app, exchange):
     raw = latin1(exchange["request_raw"])
     if exchange["transport"] == "fifo":
         name = raw.split(b":")[1].decode()
-        path = mkfifo_reply(app.replies, name)
+        path = mkfifo_reply(app.reply_dir, name)
         try:
             write_fifo(app.fifo, raw)
             reply = read_reply(path)
@@ -106,35 +101,20 @@ def test_other_transports(app, exchange):
         assert got == expected
 
 
-def cli(app, transport, *words):
-    host, port = app.http.address
-    options = {
-        "http": [f"url: http://{host}:{port}/mi"],
-        "fifo": [f"fifo_file: {app.fifo.path}", f"fifo_file_fallback: {app.fifo.path}",
-                 f"fifo_reply_dir: {app.replies}"],
-        "datagram": ["datagram_ip: 127.0.0.1", f"datagram_port: {app.datagram.address[1]}"],
-    }[transport]
-    config = app.base / f"cli-{transport}.cfg"
-    config.write_text("\n".join(["[default]", "log_level: WARNING", f"communication_type: {transport}"]
-                                + options) + "\n")
-    return subprocess.run([str(VENV_BIN / "opensips-cli"), "-f", str(config), "-x", "mi", *words],
-                          capture_output=True, text=True, timeout=30, env=dict(os.environ, HOME=str(app.base)))
-
-
 @pytest.mark.parametrize("transport", ["http", "fifo", "datagram"])
 def test_cli_fs_list(app, transport):
-    result = cli(app, transport, "fs_list")
+    result = opensips_cli(app, transport, "fs_list")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"Sockets": []}
     # an fs_* error and array params, as users type them
-    bad = cli(app, transport, "fs_subscribe", "127.0.0.1:8029")
+    bad = opensips_cli(app, transport, "fs_subscribe", "127.0.0.1:8029")
     assert bad.returncode != 0
     assert "-32602: Invalid params (Too few or too many parameters)" in bad.stderr
 
 
 @pytest.mark.parametrize("transport", ["http", "fifo", "datagram"])
 def test_opensips_mi_fs_list(app, transport):
-    replies = opensips_mi(app, transport, [["fs_list", []], ["fs_list", {}]], reply_dir=app.replies)
+    replies = opensips_mi(app, transport, [["fs_list", []], ["fs_list", {}]])
     assert replies == [{"result": {"Sockets": []}}, {"result": {"Sockets": []}}]
 
 
@@ -151,10 +131,10 @@ def test_datagram_fs_list_too_big_is_a_clear_error(app):
 
     assert mi_http("fs_subscribe", ["fs://:ClueCon@127.0.0.1:9", names]).endswith(b'"result":"OK","id":1}')
     try:
-        result = cli(app, "datagram", "fs_list")
+        result = opensips_cli(app, "datagram", "fs_list")
         assert result.returncode != 0
         assert "-32000: Server error (reply too large for a datagram" in result.stderr
         assert "could not decode" not in result.stderr
     finally:
         assert mi_http("fs_unsubscribe", ["fs://127.0.0.1:9", names]).endswith(b'"result":"OK","id":1}')
-    assert json.loads(cli(app, "datagram", "fs_list").stdout) == {"Sockets": []}
+    assert json.loads(opensips_cli(app, "datagram", "fs_list").stdout) == {"Sockets": []}

@@ -9,24 +9,18 @@ scripting room's tests once its handler is registered (note for them:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from opensips_fs.config import MiDatagramSettings, MiFifoSettings, MiHttpSettings
 from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
-from mi_support import build_registry, httpd_settings
+from support.mi import build_registry, httpd_settings
+from support.mi_clients import TRANSPORTS, MiServers, opensips_cli, opensips_mi
 
 pytestmark = pytest.mark.timeout(60)
-
-VENV_BIN = Path(sys.executable).parent
-CLI = str(VENV_BIN / "opensips-cli")
 
 
 @pytest.fixture(scope="module")
@@ -34,39 +28,14 @@ def servers(tmp_path_factory):
     base = tmp_path_factory.mktemp("mi")
     stats = Stats()
     registry = build_registry(stats)
-    http = MiHttpServer(httpd_settings(), SimpleNamespace(root="mi"), registry, stats).start()
-    fifo = MiFifoServer(SimpleNamespace(fifo_name=str(base / "opensips_fifo"), fifo_mode=0o666,
-                                        reply_dir=str(base)), registry, stats).start()
-    datagram = MiDatagramServer(SimpleNamespace(socket_name="udp:127.0.0.1:0"), registry, stats).start()
-    yield SimpleNamespace(http=http, fifo=fifo, datagram=datagram, base=base, stats=stats)
+    http = MiHttpServer(httpd_settings(), MiHttpSettings(root="mi"), registry, stats).start()
+    fifo = MiFifoServer(MiFifoSettings(fifo_name=str(base / "opensips_fifo"), fifo_mode=0o666,
+                                       reply_dir=str(base)), registry, stats).start()
+    datagram = MiDatagramServer(MiDatagramSettings(socket_name="udp:127.0.0.1:0"), registry, stats).start()
+    yield MiServers(http=http, fifo=fifo, datagram=datagram, reply_dir=base, home=base)
     http.stop()
     fifo.stop()
     datagram.stop()
-
-
-def cli_options(servers, transport):
-    host, port = servers.http.address
-    options = {
-        "http": {"communication_type": "http", "url": f"http://{host}:{port}/mi"},
-        "fifo": {"communication_type": "fifo", "fifo_file": servers.fifo.path,
-                 "fifo_file_fallback": servers.fifo.path, "fifo_reply_dir": str(servers.base)},
-        "datagram": {"communication_type": "datagram", "datagram_ip": "127.0.0.1",
-                     "datagram_port": str(servers.datagram.address[1])},
-    }[transport]
-    return options
-
-
-def opensips_cli(servers, transport, *words):
-    config = servers.base / f"cli-{transport}.cfg"
-    lines = ["[default]", "log_level: WARNING", "output_type: pretty-print"]
-    lines += [f"{key}: {value}" for key, value in cli_options(servers, transport).items()]
-    config.write_text("\n".join(lines) + "\n")
-    env = dict(os.environ, HOME=str(servers.base))
-    return subprocess.run([CLI, "-f", str(config), "-x", "mi", *words], capture_output=True, text=True,
-                          timeout=30, env=env)
-
-
-TRANSPORTS = ["http", "fifo", "datagram"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -123,36 +92,6 @@ def test_cli_unknown_command_refused_locally(servers):
 
 
 # -- python opensips package -------------------------------------------------------------
-
-MI_SCRIPT = r"""
-import json, sys
-from opensips.mi import OpenSIPSMI, OpenSIPSMIException
-kwargs = json.loads(sys.argv[1])
-mi = OpenSIPSMI(kwargs.pop("conn"), **kwargs)
-out = []
-for method, params in json.loads(sys.argv[2]):
-    try:
-        out.append({"result": mi.execute(method, params)})
-    except OpenSIPSMIException as e:
-        out.append({"error": str(e)})
-print(json.dumps(out))
-"""
-
-
-def opensips_mi(servers, transport, calls, reply_dir=None):
-    """Run `calls` ([method, params] pairs) through the `opensips` package's
-    OpenSIPSMI in a child process; the list of replies."""
-    host, port = servers.http.address
-    kwargs = {
-        "http": {"conn": "http", "url": f"http://{host}:{port}/mi"},
-        "fifo": {"conn": "fifo", "fifo_file": servers.fifo.path, "fifo_reply_dir": str(reply_dir or servers.base)},
-        "datagram": {"conn": "datagram", "datagram_ip": "127.0.0.1", "datagram_port": servers.datagram.address[1]},
-    }[transport]
-    result = subprocess.run([sys.executable, "-c", MI_SCRIPT, json.dumps(kwargs), json.dumps(calls)],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_opensips_mi_package(servers, transport):

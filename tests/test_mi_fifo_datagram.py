@@ -8,23 +8,20 @@ import os
 import socket
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 
 import gevent
-from gevent.monkey import get_original
 import pytest
 
-from opensips_fs.config import MiDatagramSettings
+from opensips_fs.config import MiDatagramSettings, MiFifoSettings
 from opensips_fs.mi import StartupError
 from opensips_fs.mi.datagram import MiDatagramServer
 from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.stats import Stats
 from opensips_fs.mi.commands import MiCommand
-from mi_support import build_registry, latin1, load_golden, mkfifo_reply
+from support.mi import build_registry, latin1, load_golden, mkfifo_reply, read_reply, real_select, write_fifo
+from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(20)
-real_select = get_original("select", "select")
-
 PARSE_ERROR = b'{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}'
 # fs_list replies come from the scripting room's handler: those exchanges are
 # replayed through the real App in test_mi_app::test_other_transports.
@@ -46,44 +43,12 @@ def fifo(tmp_path):
     registry = build_registry(stats)
     reply_dir = tmp_path / "replies"
     reply_dir.mkdir()
-    settings = SimpleNamespace(fifo_name=str(tmp_path / "opensips_fifo"), fifo_mode=0o600,
-                               reply_dir=str(reply_dir) + "/")
+    settings = MiFifoSettings(fifo_name=str(tmp_path / "opensips_fifo"), fifo_mode=0o600,
+                              reply_dir=str(reply_dir) + "/")
     server = MiFifoServer(settings, registry, stats).start()
     server.stats = stats
     yield server
     server.stop()
-
-
-def write_fifo(server, data: bytes) -> None:
-    fd = os.open(server.path, os.O_WRONLY)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def read_reply(path, timeout: float = 5.0) -> bytes:
-    """Read a reply FIFO to EOF as clients do, without blocking the hub: a
-    non-blocking read end only polls readable once a writer has come (data,
-    or the hang-up after a writer that wrote nothing). The kernel's own
-    select() is polled: gevent's wait does not report a FIFO hang-up."""
-    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
-    chunks = []
-    try:
-        with gevent.Timeout(timeout):
-            while True:
-                if not real_select([fd], [], [], 0)[0]:
-                    gevent.sleep(0.002)
-                    continue
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    return b"".join(chunks)
-                chunks.append(data)
-    finally:
-        os.close(fd)
 
 
 def fifo_request(server, name: str, body: bytes) -> bytes:
@@ -151,9 +116,8 @@ def test_fifo_refuses_reply_names_with_path_chars(fifo, tmp_path):
     victim.write_bytes(b"untouched")
     for name in ("../victim", "a.b", "a\\b"):
         write_fifo(fifo, b":" + name.encode() + b':{"jsonrpc":"2.0","method":"version","id":1}')
-    gevent.sleep(0.2)
+    wait_until(lambda: fifo.stats.counter("mi", "fifo_rejected").value == 3, what="three requests refused")
     assert victim.read_bytes() == b"untouched"
-    assert fifo.stats.counter("mi", "fifo_rejected").value == 3
     # the server still answers afterwards
     assert fifo_request(fifo, "after", b'{"jsonrpc":"2.0","method":"which","params":["ps"],"id":2}') == \
         b'{"jsonrpc":"2.0","result":[[]],"id":2}'
@@ -163,9 +127,8 @@ def test_fifo_never_writes_a_regular_file(fifo):
     regular = Path(fifo.reply_dir) / "plainfile"
     regular.write_bytes(b"keep")
     write_fifo(fifo, b':plainfile:{"jsonrpc":"2.0","method":"version","id":1}')
-    gevent.sleep(0.2)
+    wait_until(lambda: fifo.stats.counter("mi", "fifo_reply_failures").value == 1, what="the reply refused")
     assert regular.read_bytes() == b"keep"
-    assert fifo.stats.counter("mi", "fifo_reply_failures").value == 1
 
 
 def test_fifo_reply_never_follows_a_symlink(fifo, tmp_path):
@@ -177,9 +140,8 @@ def test_fifo_reply_never_follows_a_symlink(fifo, tmp_path):
     fd = os.open(elsewhere, os.O_RDONLY | os.O_NONBLOCK)   # a reader is there, waiting
     try:
         write_fifo(fifo, b':planted:{"jsonrpc":"2.0","method":"version","id":1}')
-        gevent.sleep(0.3)
+        wait_until(lambda: fifo.stats.counter("mi", "fifo_reply_failures").value == 1, what="the reply refused")
         assert real_select([fd], [], [], 0)[0] == []    # no writer ever came
-        assert fifo.stats.counter("mi", "fifo_reply_failures").value == 1
     finally:
         os.close(fd)
     # a real reply FIFO is still answered
@@ -209,7 +171,7 @@ def test_fifo_incomplete_request_times_out_as_parse_error(fifo):
 
 def test_fifo_startup_errors(tmp_path):
     stats = Stats()
-    settings = SimpleNamespace(fifo_name=str(tmp_path / "f"), fifo_mode=0o600, reply_dir=str(tmp_path / "missing"))
+    settings = MiFifoSettings(fifo_name=str(tmp_path / "f"), fifo_mode=0o600, reply_dir=str(tmp_path / "missing"))
     with pytest.raises(StartupError, match="missing"):
         MiFifoServer(settings, build_registry(stats), stats).start()
 
@@ -218,7 +180,7 @@ def test_fifo_replaces_stale_file(tmp_path):
     stats = Stats()
     path = tmp_path / "fifo"
     path.write_text("stale")
-    settings = SimpleNamespace(fifo_name=str(path), fifo_mode=0o640, reply_dir=str(tmp_path))
+    settings = MiFifoSettings(fifo_name=str(path), fifo_mode=0o640, reply_dir=str(tmp_path))
     server = MiFifoServer(settings, build_registry(stats), stats).start()
     try:
         assert stat.S_ISFIFO(os.stat(path).st_mode)
@@ -233,7 +195,7 @@ def test_fifo_replaces_stale_file(tmp_path):
 @pytest.fixture
 def udp():
     stats = Stats()
-    server = MiDatagramServer(SimpleNamespace(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
+    server = MiDatagramServer(MiDatagramSettings(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
     server.stats = stats
     yield server
     server.stop()
@@ -284,7 +246,7 @@ def test_datagram_oversize_reply_is_a_clear_error(udp):
 def test_unix_datagram(tmp_path):
     stats = Stats()
     path = tmp_path / "mi.sock"
-    server = MiDatagramServer(SimpleNamespace(socket_name=str(path)), build_registry(stats), stats).start()
+    server = MiDatagramServer(MiDatagramSettings(socket_name=str(path)), build_registry(stats), stats).start()
     client_path = tmp_path / "client.sock"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
@@ -299,16 +261,16 @@ def test_unix_datagram(tmp_path):
 
 def test_datagram_bind_error_names_address():
     stats = Stats()
-    first = MiDatagramServer(SimpleNamespace(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
+    first = MiDatagramServer(MiDatagramSettings(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
     try:
         port = first.address[1]
-        second = MiDatagramServer(SimpleNamespace(socket_name=f"udp:127.0.0.1:{port}"), build_registry(), Stats())
+        second = MiDatagramServer(MiDatagramSettings(socket_name=f"udp:127.0.0.1:{port}"), build_registry(), Stats())
         with pytest.raises(StartupError, match=f"udp:127.0.0.1:{port}"):
             second.start()
     finally:
         first.stop()
     with pytest.raises(StartupError):
-        MiDatagramServer(SimpleNamespace(socket_name="udp:nohostport"), build_registry(), Stats())
+        MiDatagramServer(MiDatagramSettings(socket_name="udp:nohostport"), build_registry(), Stats())
 
 
 def test_datagram_empty_bracketed_host_is_refused():

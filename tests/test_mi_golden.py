@@ -17,9 +17,10 @@ import socket
 
 import pytest
 
+from opensips_fs.config import MiHttpSettings
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
-from mi_support import (
+from support.mi import (
     build_registry, fs_list_result, http_exchange, httpd_settings, latin1, load_golden, mask_date,
     read_http_response, split_response,
 )
@@ -49,7 +50,7 @@ def ok_200(body: bytes, close: bool = True) -> bytes:
 def server():
     stats = Stats()
     registry = build_registry(stats)
-    srv = MiHttpServer(httpd_settings(), __import__("types").SimpleNamespace(root="mi"), registry, stats)
+    srv = MiHttpServer(httpd_settings(), MiHttpSettings(root="mi"), registry, stats)
     srv.start()
     yield srv
     srv.stop()

@@ -14,7 +14,8 @@ from opensips_fs import __version__
 from opensips_fs.mi.commands import MiCommand, MiError, Params
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
-from mi_support import PROCESSES, build_registry
+from support.mi import PROCESSES, build_registry
+from support.waits import wait_until
 
 
 def call(registry, method, params=None, request_id=1):
@@ -246,7 +247,6 @@ def test_log_level_really_changes_python_logging():
 
 
 def test_kill_calls_shutdown_after_reply():
-    import gevent
     from opensips_fs.mi.core import CoreContext, core_commands
     stats = Stats()
     registry = MiRegistry(stats)
@@ -254,8 +254,8 @@ def test_kill_calls_shutdown_after_reply():
     registry.register(core_commands(CoreContext(time.time(), stats, lambda: [], lambda: 3, lambda level: None,
                                                 registry, shutdown=lambda: stopped.append(True))))
     assert call(registry, "kill")["result"] == "OK"
-    assert stopped == []
-    gevent.sleep(0.3)
+    assert stopped == []  # not before the reply has had time to leave
+    wait_until(lambda: stopped, timeout=2, what="the shutdown after kill")
     assert stopped == [True]
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from opensips_fs.mi.fifoframe import FifoParser, FifoRejected, FifoRequest
 from opensips_fs.mi.httpwire import CONTINUE, NEED_DATA, HttpError, RequestParser, encode_response
-from mi_support import build_registry
+from support.mi import build_registry
 from opensips_fs.mi.jsonrpc import (
     INVALID_REQUEST_NULL_ID, NOTIFICATION, PARSE_ERROR_REPLY, RequestError, encode_error, encode_success,
     parse_request,

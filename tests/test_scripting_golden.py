@@ -25,31 +25,16 @@ Deliberate differences, each applied explicitly below with its reason:
 
 from __future__ import annotations
 
-import configparser
-import fcntl
 import json
-import os
 import re
-import shlex
-import socket
-import sqlite3
-import subprocess
-import sys
-from pathlib import Path
 
 import gevent
 import pytest
 
-import golden
-from opensips_fs import config
-from opensips_fs.app import App
-from opensips_fs.esl.connection import PROBE_COMMAND
-from opensips_fs.sim import FsSimulator, SimSettings, SimUser
+from opensips_fs.sim import SimUser
 from opensips_fs.sim.commands import Command, CommandParser
-
-SIM_PORTS = (8021, 8022, 8023)
-DEAD_PORTS = (8028, 8029, 8030, 8031)  # nothing listened there when recording
-HOST_PORT = re.compile(r"127\.0\.0\.1:(80[0-9][0-9])")
+from support import golden
+from support.stack import Stack
 
 
 def load(name: str) -> dict:
@@ -69,309 +54,6 @@ def golden_commands(scenario: dict) -> dict[tuple[int, int], list[str]]:
             streams[key] = streams.get(key, b"") + w["data"].encode("latin-1")
     return {key: [c.text for c in CommandParser().feed(data) if isinstance(c, Command)]
             for key, data in streams.items()}
-
-
-# -------------------------------------------------------------- opensips-cli
-
-CLI = Path(sys.executable).parent / "opensips-cli"
-ARRAY_PARAM = {"fs_subscribe", "fs_unsubscribe", "freeswitch_scripting:subscribe",
-               "freeswitch_scripting:unsubscribe"}
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-CLI_ERROR = re.compile(r"Error executing command: (-?[0-9]+): (.*?)(?: \((.*)\))?$")
-
-
-def cli_words(body) -> list[str] | None:
-    """The opensips-cli words that send this request, or None when the CLI
-    cannot express it (it only sends strings, groups the words after the URL
-    of fs_subscribe/fs_unsubscribe into one array, and makes `events=…` an
-    array; notifications and non-string values are out of its reach)."""
-    if not isinstance(body, dict) or "id" not in body or not isinstance(body.get("method"), str):
-        return None
-    method, params = body["method"], body.get("params")
-    if params in (None, {}):
-        return [method]
-    if isinstance(params, dict):
-        words = [method]
-        for key, value in params.items():
-            if key == "events" and method in ARRAY_PARAM:
-                if not (isinstance(value, list) and value and all(
-                        isinstance(v, str) and v and not re.search(r"\s", v) for v in value)):
-                    return None
-                words.append(f"{key}={' '.join(value)}")
-            elif isinstance(value, str) and value and not re.search(r"\s", value):
-                words.append(f"{key}={value}")
-            else:
-                return None
-        return words
-    if not isinstance(params, list) or not params:
-        return None
-    if method in ARRAY_PARAM:
-        if len(params) == 2 and isinstance(params[0], str) and params[0] \
-                and isinstance(params[1], list) and params[1] \
-                and all(isinstance(v, str) and v for v in params[1]):
-            return [method, params[0], *params[1]]
-        return None
-    if all(isinstance(v, str) for v in params):
-        return [method, *params]
-    return None
-
-
-def cli_config(http_port: int, directory: Path) -> Path:
-    cfg = configparser.ConfigParser()
-    cfg["default"] = {"communication_type": "http", "url": f"http://127.0.0.1:{http_port}/mi",
-                      "log_level": "WARNING", "prompt_name": "opensips-cli",
-                      "prompt_intro": "", "prompt_emptyline_repeat_cmd": "False",
-                      "history_file": str(directory / "cli_history"),
-                      "history_file_size": "100", "output_type": "pretty-print"}
-    path = directory / "opensips-cli.cfg"
-    with open(path, "w") as f:
-        cfg.write(f)
-    return path
-
-
-def parse_cli_output(returncode_ok: bool, out: str, err: str) -> dict:
-    """What the CLI showed, as a JSON-RPC reply: result printed on stdout, or
-    `Error executing command: CODE: MESSAGE (DATA)` on stderr."""
-    for line in ANSI.sub("", err).splitlines():
-        match = CLI_ERROR.search(line)
-        if match:
-            error = {"code": int(match[1]), "message": match[2]}
-            if match[3] is not None:
-                error["data"] = match[3]
-            return {"jsonrpc": "2.0", "error": error, "id": 1}
-    assert returncode_ok and out.strip(), (out, err)
-    return {"jsonrpc": "2.0", "result": json.loads(out), "id": 1}
-
-
-class CliSession:
-    """One interactive opensips-cli process (its start-up takes most of a
-    second), fed `mi WORDS` lines; each output ends at the next prompt.
-    Words holding a newline cannot be typed on one line: those commands run
-    as one-shot `opensips-cli -x mi …` processes."""
-
-    PROMPT = b"(opensips-cli): "
-
-    def __init__(self, http_port: int, directory: Path):
-        self.config = cli_config(http_port, directory)
-        self.calls = 0
-        self.proc = subprocess.Popen([sys.executable, "-u", str(CLI), "-f", str(self.config)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            fd = pipe.fileno()
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self._read_until_prompt()
-
-    def _read(self, pipe) -> bytes:
-        try:
-            return os.read(pipe.fileno(), 65536) or b""
-        except BlockingIOError:
-            return b""
-
-    def _read_until_prompt(self) -> bytes:
-        data = b""
-        with gevent.Timeout(20, AssertionError(f"opensips-cli gave no prompt: {data!r}")):
-            while not data.endswith(self.PROMPT):
-                chunk = self._read(self.proc.stdout)
-                if chunk:
-                    data += chunk
-                else:
-                    assert self.proc.poll() is None, "opensips-cli exited"
-                    gevent.sleep(0.005)
-        return data[:-len(self.PROMPT)]
-
-    def call(self, words: list[str]) -> dict:
-        self.calls += 1
-        if any("\n" in w or "\r" in w for w in words):
-            run = subprocess.run([str(CLI), "-f", str(self.config), "-x", "mi", *words],
-                                 capture_output=True, text=True, timeout=30)
-            return parse_cli_output(run.returncode == 0, run.stdout, run.stderr)
-        self._read(self.proc.stderr)  # nothing left over
-        self.proc.stdin.write(("mi " + " ".join(shlex.quote(w) for w in words) + "\n").encode())
-        self.proc.stdin.flush()
-        out = self._read_until_prompt().decode("utf-8", "replace")
-        err = b""
-        while chunk := self._read(self.proc.stderr):
-            err += chunk
-        return parse_cli_output(True, out, err.decode("utf-8", "replace"))
-
-    def close(self):
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-# ------------------------------------------------------------------ the stack
-
-class Stack:
-    """Simulators on ephemeral ports, refused ports, and opensips-fs itself."""
-
-    def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
-                 db_rows: list | None = None, esl_cmd_timeout: int = 5000,
-                 db_params: str | None = None, extra: str = "", before_start=None,
-                 transport: str = "http"):
-        self.tmp_path = tmp_path
-        self.sims = {}
-        for golden_port in sims:
-            self.sims[golden_port] = FsSimulator(SimSettings(password="ClueCon", users=list(users))).start()
-        self.port_map = {p: box.port for p, box in self.sims.items()}
-        self._holders = []
-        for golden_port in DEAD_PORTS:  # bound, never listening: connections are refused
-            holder = socket.socket()
-            holder.bind(("127.0.0.1", 0))
-            self._holders.append(holder)
-            self.port_map[golden_port] = holder.getsockname()[1]
-        self.db_path = tmp_path / "fs.sqlite"
-        if db_rows is not None:
-            self.write_db(db_rows)
-        if before_start is not None:
-            before_start(self)
-        text = f'''
-loadmodule "freeswitch.so"
-modparam("freeswitch", "esl_cmd_timeout", {esl_cmd_timeout})
-loadmodule "freeswitch_scripting.so"
-{db_params if db_params is not None else
- f'modparam("freeswitch_scripting", "db_url", "sqlite://{self.db_path}")'}
-{self.rewrite(modparams)}
-{extra}
-loadmodule "httpd.so"
-modparam("httpd", "ip", "127.0.0.1")
-modparam("httpd", "port", 0)
-loadmodule "mi_http.so"
-modparam("mi_http", "root", "mi")
-'''
-        self.app = App(config.loads(text, str(tmp_path / "opensips-fs.cfg"))).start()
-        self.http_port = next(server for what, _, server in self.app.transports
-                              if what == "MI HTTP").address[1]
-        self.transport = transport
-        self.cli = CliSession(self.http_port, tmp_path) if transport == "cli" else None
-
-    # -- ports
-    def rewrite(self, text: str) -> str:
-        return HOST_PORT.sub(lambda m: f"127.0.0.1:{self.port_map.get(int(m[1]), int(m[1]))}",
-                             text)
-
-    def unrewrite(self, text: str) -> str:
-        back = {str(v): k for k, v in self.port_map.items()}
-        return re.sub(r"127\.0\.0\.1:([0-9]+)",
-                      lambda m: f"127.0.0.1:{back.get(m[1], m[1])}", text)
-
-    # -- DB
-    def write_db(self, rows, version: int | None = 1, table_present: bool = True):
-        conn = sqlite3.connect(self.db_path)
-        with conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS version (table_name CHAR(32) NOT NULL, "
-                         "table_version INTEGER DEFAULT 0 NOT NULL, "
-                         "CONSTRAINT version_t_name_idx UNIQUE (table_name))")
-            conn.execute("DROP TABLE IF EXISTS freeswitch")
-            conn.execute("DELETE FROM version")
-            if version is not None:
-                conn.execute("INSERT INTO version VALUES ('freeswitch', ?)", (version,))
-            if table_present:
-                conn.execute("CREATE TABLE freeswitch (id INTEGER PRIMARY KEY AUTOINCREMENT "
-                             "NOT NULL, username CHAR(64), password CHAR(64) NOT NULL, "
-                             "ip CHAR(20) NOT NULL, port INTEGER DEFAULT 8021 NOT NULL, "
-                             "events_csv CHAR(255))")
-                for row in rows:
-                    r = dict(row)
-                    r["port"] = self.port_map.get(r["port"], r["port"])
-                    conn.execute("INSERT INTO freeswitch VALUES (:id, :username, :password, :ip, "
-                                 ":port, :events_csv)", r)
-        conn.close()
-
-    # -- MI over HTTP, from the recorded request bytes
-    def send_raw(self, request_raw: str) -> tuple[int, str]:
-        head, _, body = request_raw.encode("latin-1").partition(b"\r\n\r\n")
-        body = self.rewrite(body.decode("latin-1")).encode("latin-1")
-        head = re.sub(rb"Content-Length: [0-9]+", b"Content-Length: %d" % len(body), head)
-        with socket.create_connection(("127.0.0.1", self.http_port), timeout=30) as s:
-            s.sendall(head + b"\r\n\r\n" + body)
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        status_line, _, rest = data.partition(b"\r\n")
-        _, _, reply_body = rest.partition(b"\r\n\r\n")
-        return int(status_line.split()[1]), self.unrewrite(reply_body.decode("latin-1"))
-
-    def via_cli(self, body) -> dict | None:
-        """The reply through opensips-cli, or None (HTTP transport, or a
-        request the CLI cannot express)."""
-        if self.cli is None:
-            return None
-        words = cli_words(body)
-        if words is None:
-            return None
-        return json.loads(self.unrewrite(json.dumps(self.cli.call(
-            [self.rewrite(w) for w in words]))))
-
-    def exchange(self, ex: dict, expected_body: str) -> None:
-        """One recorded request: the recorded reply must come back (over
-        HTTP the exact status and body; through the CLI the same result or
-        error, as the CLI shows them)."""
-        try:
-            body = json.loads(ex["request_body"])
-        except ValueError:
-            body = None
-        reply = self.via_cli(body)
-        if reply is None:
-            status, text = self.send_raw(ex["request_raw"])
-            assert (status, text) == (ex["status"], expected_body), ex["label"]
-            return
-        expected = json.loads(expected_body)
-        expected["id"] = 1
-        assert reply == expected, ex["label"]
-
-    def mi(self, method: str, params=None, id_=1):
-        """One MI call; ports in the reply are shown as the golden ones."""
-        body = {"jsonrpc": "2.0", "method": method, "id": id_}
-        if params is not None:
-            body["params"] = params
-        reply = self.via_cli(body) if id_ == 1 else None
-        if reply is not None:
-            return reply
-        text = json.dumps(body)
-        raw = (f"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}")
-        status, reply = self.send_raw(raw)
-        assert status == 200
-        return json.loads(reply)
-
-    # -- wire
-    def commands(self, golden_port: int, conn: int) -> list[str]:
-        clients = self.sims[golden_port].clients
-        if len(clients) < conn:
-            return []
-        return [c for c in clients[conn - 1].commands if c != PROBE_COMMAND]
-
-    def wait_commands(self, golden_port: int, conn: int, expected: list[str], timeout=5.0):
-        expected = [self.rewrite(c) for c in expected]
-        deadline = gevent.get_hub().loop.now() + timeout
-        while self.commands(golden_port, conn) != expected:
-            if gevent.get_hub().loop.now() > deadline:
-                break
-            gevent.sleep(0.02)
-        assert self.commands(golden_port, conn) == expected, (golden_port, conn)
-
-    def wait_closed(self, golden_port: int, conn: int, timeout=3.0):
-        client = self.sims[golden_port].clients[conn - 1]
-        with gevent.Timeout(timeout, AssertionError(f"{golden_port} conn {conn} still open")):
-            while client.alive:
-                gevent.sleep(0.02)
-
-    def stop(self):
-        if self.cli is not None:
-            self.cli.close()
-        self.app.stop()
-        for box in self.sims.values():
-            box.stop()
-        for holder in self._holders:
-            holder.close()
 
 
 @pytest.fixture(params=["http", "cli"])
@@ -747,11 +429,12 @@ def test_esl_timeout_phase(stacks):
     calls = [call for _, call in esl_calls(scenario)]
     assert calls == [("api status", ":ClueCon@127.0.0.1:8021"),
                      ("api version", ":ClueCon@127.0.0.1:8021")]
-    stack.sims[8021].delay(600)
+    reply_delay = 0.6  # longer than esl_cmd_timeout
+    stack.sims[8021].delay(int(reply_delay * 1000))
     assert stack.mi("freeswitch_esl", ["api status", url]) == {
         "jsonrpc": "2.0", "error": {"code": 504, "message": "ESL command timeout"}, "id": 1}
     stack.sims[8021].delay(0)
-    gevent.sleep(0.5)  # the late reply arrives and is dropped
+    gevent.sleep(reply_delay)  # the late reply arrives meanwhile and is dropped
     version = stack.mi("freeswitch_esl", ["api version", url])
     assert version["result"] == stack.sims[8021].run_api("version", "")
     stack.wait_commands(8021, 1, ["auth ClueCon", "event json BACKGROUND_JOB"]

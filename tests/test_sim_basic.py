@@ -6,7 +6,7 @@ import json
 import pytest
 
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
-from test_sim_support import EslTestClient
+from support.esl_client import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -13,7 +13,7 @@ import pytest
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.sim.cli import box_settings, build_parser
 from opensips_fs.sim.control import ControlServer
-from test_sim_support import EslTestClient
+from support.esl_client import EslTestClient
 
 pytestmark = pytest.mark.timeout(30)
 

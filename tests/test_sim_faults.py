@@ -7,7 +7,7 @@ import gevent
 import pytest
 
 from opensips_fs.sim import FsSimulator, SimSettings
-from test_sim_support import EslTestClient
+from support.esl_client import EslTestClient
 
 pytestmark = pytest.mark.timeout(20)
 

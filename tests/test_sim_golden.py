@@ -22,8 +22,8 @@ import gevent
 import pytest
 
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
-from golden import golden_dir
-from test_sim_support import EslTestClient, Frame
+from support.golden import golden_dir
+from support.esl_client import EslTestClient, Frame
 
 GOLDEN = golden_dir("freeswitch")  # in-repo recordings; a missing folder fails
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from golden import golden_dir
+from support.golden import golden_dir
 from opensips_fs.sim import calls, gen_templates
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,7 +18,8 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
-from test_cli import REPO, Service, make_config, mi_http, reserved_port, services  # noqa: F401
+from support.db import EngineDb, standard_db
+from support.service import REPO, make_config, mi_http, reserved_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,8 +122,7 @@ class Forwarder:
         self.server.stop()
 
 
-def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):  # noqa: F811
-    from test_db_engines import EngineDb, standard_db
+def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):
     db = EngineDb("postgres", tmp_path)
     try:
         standard_db(db)
@@ -173,7 +173,7 @@ def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):  # noqa: 
 
 # ------------------------------------------------------------------- the FIFO
 
-def test_a_second_service_on_the_same_fifo_refuses_to_start(tmp_path, services):  # noqa: F811
+def test_a_second_service_on_the_same_fifo_refuses_to_start(tmp_path, services):
     first = services(make_config(tmp_path))
     first.wait_for("started")
     fifo = tmp_path / "fifo"
@@ -199,7 +199,7 @@ def test_a_second_service_on_the_same_fifo_refuses_to_start(tmp_path, services):
     assert not fifo.exists()                                # ours: removed
 
 
-def test_a_stale_fifo_is_replaced(tmp_path, services):  # noqa: F811
+def test_a_stale_fifo_is_replaced(tmp_path, services):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)                                         # nobody reads it
     service = services(make_config(tmp_path))
@@ -207,7 +207,7 @@ def test_a_stale_fifo_is_replaced(tmp_path, services):  # noqa: F811
     assert service.stop() == 0 and not fifo.exists()
 
 
-def test_stop_leaves_a_fifo_that_replaced_ours(tmp_path, services):  # noqa: F811
+def test_stop_leaves_a_fifo_that_replaced_ours(tmp_path, services):
     service = services(make_config(tmp_path))
     service.wait_for("started")
     fifo = tmp_path / "fifo"
@@ -219,7 +219,7 @@ def test_stop_leaves_a_fifo_that_replaced_ours(tmp_path, services):  # noqa: F81
 
 # -------------------------------------------------------------------- SIGHUP
 
-def test_sighup_reloads_the_table(tmp_path, services):  # noqa: F811
+def test_sighup_reloads_the_table(tmp_path, services):
     http = reserved_port()
     port = http.getsockname()[1]
     try:

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 from opensips_fs.url import DEFAULT_PORT, FsUrl, UrlError, parse
 
-import golden
+from support import golden
 
 GOLDEN = golden.golden_dir("opensips")
 

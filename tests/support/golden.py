@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent / "golden"
+ROOT = Path(__file__).resolve().parents[1] / "golden"
 
 
 def missing(reason: str) -> NoReturn:

@@ -1,6 +1,6 @@
-"""Shared helpers for the MI tests (no tests here): a registry with the core,
-statistics, EVI and freeswitch_scripting *declarations* of MI.md §2.2, and
-servers on ephemeral ports / tmp paths."""
+"""Shared helpers for the MI tests: a registry with the core, statistics,
+EVI and freeswitch_scripting *declarations*, settings for servers on
+ephemeral ports / tmp paths, and raw HTTP and FIFO exchanges."""
 
 from __future__ import annotations
 
@@ -8,14 +8,19 @@ import os
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
+import gevent
+from gevent.monkey import get_original
+
+from opensips_fs.config import HttpdSettings
 from opensips_fs.mi.commands import MiCommand
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.mi.core import CoreContext, core_commands, statistics_commands
 from opensips_fs.stats import Stats
 
-import golden
+from support import golden
+
+real_select = get_original("select", "select")  # gevent's wait misses a FIFO hang-up
 
 PROCESSES = ["attendant", "FS Manager", "event_stream Sender", "HTTPD 127.0.0.1:8888",
              "MI Datagram", "MI FIFO", "time_keeper", "timer"]
@@ -77,12 +82,11 @@ def build_registry(stats: Stats | None = None, started_at: float | None = None):
     return registry
 
 
-def httpd_settings(**overrides):
-    values = dict(ip="127.0.0.1", port=0, auth_realm="OpenSIPS MI", auth_username=None,
-                  auth_password=None, tls_cert_file=None, tls_key_file=None, conn_timeout=30,
-                  max_connections=None)
+def httpd_settings(**overrides) -> HttpdSettings:
+    """The httpd settings of a test server: an ephemeral port on 127.0.0.1."""
+    values = dict(ip="127.0.0.1", port=0)
     values.update(overrides)
-    return SimpleNamespace(**values)
+    return HttpdSettings(**values)
 
 
 def load_golden(name: str) -> dict:
@@ -153,3 +157,35 @@ def mkfifo_reply(tmp_path: Path, name: str) -> Path:
     path = tmp_path / name
     os.mkfifo(path, 0o600)
     return path
+
+
+def write_fifo(server, data: bytes) -> None:
+    fd = os.open(server.path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_reply(path, timeout: float = 5.0) -> bytes:
+    """Read a reply FIFO to EOF as clients do, without blocking the hub: a
+    non-blocking read end only polls readable once a writer has come (data,
+    or the hang-up after a writer that wrote nothing). The kernel's own
+    select() is polled: gevent's wait does not report a FIFO hang-up."""
+    fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
+    chunks = []
+    try:
+        with gevent.Timeout(timeout):
+            while True:
+                if not real_select([fd], [], [], 0)[0]:
+                    gevent.sleep(0.002)
+                    continue
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return b"".join(chunks)
+                chunks.append(data)
+    finally:
+        os.close(fd)

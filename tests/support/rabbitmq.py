@@ -20,8 +20,8 @@ import pika
 import pika.exceptions
 import pytest
 
-import golden
 from opensips_fs.tools.rabbitmq_broker import SERVER, Broker, available
+from support import golden
 
 
 def make_cert(folder):

@@ -1,0 +1,16 @@
+"""Helpers shared by the test modules (no tests here; pytest collects none).
+
+* ``golden``: where the recordings are (``tests/golden/``) and loading them;
+* ``mi``: the MI test registry, settings for MI servers on ephemeral
+  ports, raw HTTP/FIFO exchanges;
+* ``mi_clients``: the real MI clients (``opensips-cli`` one-shot and
+  interactive, the ``opensips`` package) driven as child processes;
+* ``esl_client``: a bare ESL client socket that reads whole frames,
+  independent of the code under test;
+* ``stack``: opensips-fs (``App`` from a config) with FreeSWITCH simulators
+  and refused ports, driven by recorded MI requests;
+* ``db``: throw-away databases on SQLite, PostgreSQL and MariaDB;
+* ``waits``: polling until a condition holds.
+
+Test modules import from here, never from one another.
+"""
