@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
+BARRIER = "opensips-fs-test-barrier"  # not an ESL command: answered `-ERR command not found`, nothing else
+
 
 class Frame:
     def __init__(self, header_block: bytes, body: bytes | None):
@@ -123,6 +125,19 @@ class EslTestClient:
             if f.content_type in ("command/reply", "api/response"):
                 return f
             self.skipped.append(f)
+
+    def sent_so_far(self, timeout: float = 5.0) -> list:
+        """Every event the server sent before now, without waiting a guessed
+        time: a command the server answers with no side effect (an unknown
+        word) goes out, and the frames that arrive before its reply are
+        returned. The server writes one connection in order, so anything it
+        queued earlier is among them."""
+        before = len(self.skipped)
+        reply = self.cmd(BARRIER, timeout)
+        assert reply.header("Reply-Text") == "-ERR command not found", reply
+        got = self.skipped[before:]
+        del self.skipped[before:]
+        return got
 
     def login(self, password: str = "ClueCon") -> "EslTestClient":
         assert self.frame().content_type == "auth/request"
