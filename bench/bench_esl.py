@@ -6,7 +6,7 @@
    subprocess) runs `api echo N` on 1 and on 10 simulated FreeSWITCH servers
    whose replies each take `--latency-ms` (as a slow `api` does). Clients
    send the MI calls over HTTP, 32 at a time. OpenSIPS' connection manager
-   runs ESL commands one at a time and blocks on each reply (FSS.md §7.1), so
+   runs ESL commands one at a time and blocks on each reply (docs/protocols/scripting.md §7.1), so
    whatever the number of servers it cannot exceed 1000 / latency calls/s;
    FreeSWITCH itself answers one command at a time per connection, so the
    best possible is sockets * 1000 / latency. Prints calls/s and the ratio to

@@ -1,4 +1,4 @@
-"""The `freeswitch` table: where `fs_reload` reads its sockets (FSS.md §6, §12).
+"""The `freeswitch` table: where `fs_reload` reads its sockets (docs/protocols/scripting.md §6, §12).
 
 `FsDatabase` turns an OpenSIPS `db_url` into a peewee database, checks the
 `version` row of the table (it must be 1, as OpenSIPS checks it) and reads the
@@ -88,7 +88,7 @@ class RowSubscription:
 
 
 def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSubscription:
-    """Validate one row (FSS.md §6.1 step 6, [EMU] §6.2/§6.3); raise `BadRow`."""
+    """Validate one row (docs/protocols/scripting.md §6.1 step 6, [EMU] §6.2/§6.3); raise `BadRow`."""
     names = columns or {}
 
     def col(key: str) -> str:
@@ -96,7 +96,7 @@ def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSu
 
     if not row.password:
         raise BadRow(f"value in column {col('password')} cannot be {_empty_or_null(row.password)}")
-    ip = row.ip  # the host string, verbatim (FSS.md §2.2)
+    ip = row.ip  # the host string, verbatim (docs/protocols/scripting.md §2.2)
     if ip is None or not str(ip).strip():
         raise BadRow(f"value in column {col('ip')} cannot be {_empty_or_null(row.ip)}")
     if row.events_csv is None or row.events_csv == "":

@@ -1,5 +1,5 @@
 """`freeswitch_scripting`: which FreeSWITCH sockets and events the service
-follows, and ESL commands on demand (FSS.md).
+follows, and ESL commands on demand (docs/protocols/scripting.md).
 
 The `fs_list` set is a list of *entries* (newest first), each naming one ESL
 socket and its events (newest first for MI and modparam additions, CSV order
@@ -19,7 +19,7 @@ answers the MI commands:
   skipped with a warning naming its id; a table that cannot be read keeps the
   old set and answers `500 Internal Error`.
 * `freeswitch_esl` [OURS]: runs one ESL command on any socket and returns the
-  api body or the Reply-Text (FSS.md §7.2).
+  api body or the Reply-Text (docs/protocols/scripting.md §7.2).
 * `fs_status` [OURS]: the manager's view of each socket, and the database's
   state (`db_status`).
 
@@ -499,7 +499,7 @@ class Scripting:
     def _resolve(self, url_text: str):
         """Parse the URL and find its socket without creating anything:
         (parsed, socket or None). A bad URL, or an unknown socket without a
-        password, is `500 Internal Error` (FSS.md §2.3, §4 step 2)."""
+        password, is `500 Internal Error` (docs/protocols/scripting.md §2.3, §4 step 2)."""
         parsed = _parse_url(url_text, "failed to parse FS URL")
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is None and not parsed.password:
@@ -524,7 +524,7 @@ class Scripting:
 
     @staticmethod
     def _update_credentials(socket, parsed) -> bool:
-        """FSS.md §2.3: a URL naming a socket that is not DB-provisioned sets
+        """docs/protocols/scripting.md §2.3: a URL naming a socket that is not DB-provisioned sets
         its username (cleared if none) and, when given, its password. True if
         they changed (a failing socket then tries them at once)."""
         if socket.db_provisioned:

@@ -1,4 +1,4 @@
-"""FreeSWITCH URLs as OpenSIPS's `freeswitch` module parses them (FSS.md §2).
+"""FreeSWITCH URLs as OpenSIPS's `freeswitch` module parses them (docs/protocols/scripting.md §2).
 
     [scheme://][[username]:password@]host[:port][/database][?ev1[=v][,ev2]...]
 
@@ -7,7 +7,7 @@ the socket's identity), an absent or zero port means 8021. Unlike OpenSIPS,
 ports above 65535 are refused instead of wrapping around. Every malformed
 form raises `UrlError` with a message saying what is wrong (passwords masked).
 
-Pure and sans-IO. Plan: OpenSIPS' rules in its order (FSS.md §2.1): scheme,
+Pure and sans-IO. Plan: OpenSIPS' rules in its order (docs/protocols/scripting.md §2.1): scheme,
 userinfo at the first `@`, `?` params, `/` database, host:port at the first
 `:`. Goal: a handful of `str.find`/`partition` calls, linear in the URL
 length whatever the input, so a hostile MI caller cannot slow it down.

@@ -226,7 +226,7 @@ def test_events_relayed_case_insensitively_in_order_and_at_once(make_manager, bo
     sink = mgr.event_sink
     sock = connected_socket(mgr, box, "custom", "HEARTBEAT")
     for i in range(50):
-        box.raise_event("CUSTOM", {"N": str(i)})  # CUSTOM alone: no subclass (ESL.md §6.1)
+        box.raise_event("CUSTOM", {"N": str(i)})  # CUSTOM alone: no subclass (docs/protocols/esl.md §6.1)
     wait_until(lambda: len(sink.events) == 50)
     assert sink.names() == ["CUSTOM"] * 50  # name as FreeSWITCH sent it
     assert [json.loads(b)["N"] for _, _, b in sink.events] == [str(i) for i in range(50)]

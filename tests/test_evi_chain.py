@@ -114,7 +114,7 @@ def test_unsolicited_events_through_the_whole_chain(chain):
     """CHANNEL_HANGUP (not subscribed), non-JSON, event-plain, stray replies:
     nothing raised, the socket stays up; the subscribed DTMF is raised with
     the recorded bytes. [EMU] a `dtmf` event name matches the DTMF
-    subscription case-insensitively, as FreeSWITCH matches names (FSS.md §10),
+    subscription case-insensitively, as FreeSWITCH matches names (docs/protocols/scripting.md §10),
     so it is raised too, with `name` as FreeSWITCH sent it."""
     sim, app, udp, tcp, mi = chain
     scenario = load("unsolicited_events.json")

@@ -131,7 +131,7 @@ def test_event_subscribe_replies(env):
         f"tcp:127.0.0.1:{tcp.port}", f"udp:127.0.0.1:{udp.port}"]
 
 
-# [EMU] EVI.md §4.2: OpenSIPS sends freed memory for true/null/objects.
+# [EMU] docs/protocols/evi.md §4.2: OpenSIPS sends freed memory for true/null/objects.
 EMU_NON_STRING = (b'{"jsonrpc":"2.0","method":"E_FREESWITCH","params":{"n":5,"f":1,'
                   b'"b":"true","z":"null","o":"{\\"x\\":1}","a":"[1]"}}')
 

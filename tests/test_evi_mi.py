@@ -1,5 +1,5 @@
 """EVI MI commands and the subscriber table: expiry (lazy, whole seconds,
-strict), refresh on re-subscribe, `expire` 0, error replies (EVI.md §2)."""
+strict), refresh on re-subscribe, `expire` 0, error replies (docs/protocols/evi.md §2)."""
 
 import json
 

@@ -1,6 +1,6 @@
 """The real `opensips-event` CLI (python `opensips` package) against opensips-fs:
 it subscribes over MI (HTTP), prints the E_FREESWITCH events raised, and its
-expiry and unsubscribe behave as with OpenSIPS (EVI.md §5.1)."""
+expiry and unsubscribe behave as with OpenSIPS (docs/protocols/evi.md §5.1)."""
 
 import json
 import os

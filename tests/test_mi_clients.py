@@ -1,5 +1,5 @@
 """The real clients against the real MI transports: `opensips-cli -x mi …`
-and `opensips.mi.OpenSIPSMI`, over HTTP, FIFO and datagram (MI.md §8).
+and `opensips.mi.OpenSIPSMI`, over HTTP, FIFO and datagram (docs/protocols/mi.md §8).
 
 The server runs in this process (gevent); each client runs in its own
 process, as users run it. `fs_list` through these clients is covered by the

@@ -6,7 +6,7 @@ through the real App (fs_list: test_mi_app) or by the scripting room's tests
 (handler-side fs_subscribe errors); here every reply produced by the MI layer itself
 is checked: JSON-RPC framing errors, name resolution, recipe matching, core
 commands, HTTP framing. Where OpenSIPS leaves the client hanging ([OS]), the
-expected bytes are our documented [EMU] replies (MI.md §6.1).
+expected bytes are our documented [EMU] replies (docs/protocols/mi.md §6.1).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_register_twice_refused(registry):
         registry.register([MiCommand("core", "which", None, [[]], lambda p: "x")])
 
 
-# -- recipes (MI.md §4) ----------------------------------------------------------------
+# -- recipes (docs/protocols/mi.md §4) ----------------------------------------------------------------
 
 TOO = "Too few or too many parameters"
 

@@ -18,7 +18,7 @@ Deliberate differences, each applied explicitly below with its reason:
 * [EMU] subscriptions go on the wire at once, not at OpenSIPS' next 1 s
   tick; where the tick fell after a recording window the command is expected
   in the scenario that caused it.
-* freeswitch_esl is an MI command here (FSS.md §7.2): the `esl_*` scenarios'
+* freeswitch_esl is an MI command here (docs/protocols/scripting.md §7.2): the `esl_*` scenarios'
   script-route calls are replayed as MI `freeswitch_esl` calls; the wire must
   match, the results follow §7.2 (api body instead of "").
 """
@@ -343,7 +343,7 @@ def esl_calls(scenario: dict):
 @pytest.mark.timeout(60)
 def test_esl_phase(stacks):
     """esl_freeswitch_esl_api through MI `freeswitch_esl`: same commands on the
-    wire; results per FSS.md §7.2 next to OpenSIPS' Reply-Text-only results."""
+    wire; results per docs/protocols/scripting.md §7.2 next to OpenSIPS' Reply-Text-only results."""
     scenario = load("esl_freeswitch_esl_api")
     stack = stacks()
     box = stack.sims[8021]

@@ -1,5 +1,5 @@
 """The scripting model without any network: entry order, event order,
-duplicate and empty names, removal rules (FSS.md §3-§5), DB row validation
+duplicate and empty names, removal rules (docs/protocols/scripting.md §3-§5), DB row validation
 (§6) and freeswitch_esl command normalisation (§7.2)."""
 
 import pytest

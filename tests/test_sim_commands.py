@@ -1,4 +1,4 @@
-"""The simulator's sans-IO command parser (ESL.md §1.2, §7), bytes only."""
+"""The simulator's sans-IO command parser (docs/protocols/esl.md §1.2, §7), bytes only."""
 
 import pytest
 from hypothesis import given, settings, strategies as st

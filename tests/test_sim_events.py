@@ -1,4 +1,4 @@
-"""Event serialisation of the simulator (ESL.md §6.2-6.4), bytes only."""
+"""Event serialisation of the simulator (docs/protocols/esl.md §6.2-6.4), bytes only."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""FreeSWITCH URL parsing (FSS.md §2.1), including every URL recorded in the
+"""FreeSWITCH URL parsing (docs/protocols/scripting.md §2.1), including every URL recorded in the
 golden transcripts: the ones OpenSIPS refused must raise UrlError, the ones it
 accepted must parse to the socket it used."""
 

@@ -3,9 +3,9 @@ commands, hand every other frame to its owner, notice when the peer is gone.
 
 * `open()` connects within `connect_timeout`, waits (same bound) for
   `auth/request`, sends `auth PASS` or `userauth USER:PASS` and waits (same
-  bound) for `+OK accepted` (ESL.md §10.1). Failures raise `EslConnectError`
+  bound) for `+OK accepted` (docs/protocols/esl.md §10.1). Failures raise `EslConnectError`
   (`EslAuthError` for a refused login) and leave nothing behind.
-* Commands are matched with replies in FIFO order (ESL.md §4): every
+* Commands are matched with replies in FIFO order (docs/protocols/esl.md §4): every
   `command/reply` or `api/response` completes the oldest outstanding command.
   A caller that times out leaves its slot in the FIFO, so its late reply is
   consumed and discarded, never handed to the next caller.

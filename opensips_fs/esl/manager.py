@@ -1,6 +1,6 @@
 """The `freeswitch` module: every ESL socket of the process by (host string,
 port), their references and lifetime, the limits, and the consumers of
-relayed events (ESL.md §10, FSS.md §1, §2.2, §2.3, §7.3, §9). One socket's
+relayed events (docs/protocols/esl.md §10, docs/protocols/scripting.md §1, §2.2, §2.3, §7.3, §9). One socket's
 life is `socket.py`; its events' bookkeeping `subscriptions.py`.
 
 * Sockets are identified by the exact host string and port; a password is
@@ -293,7 +293,7 @@ class EslManager:
         self._closed_at_last_tick = closed
 
     def reap(self) -> None:
-        """Close sockets nobody needs any more (FSS.md §7.3)."""
+        """Close sockets nobody needs any more (docs/protocols/scripting.md §7.3)."""
         now = time.monotonic()
         for sock in list(self._sockets.values()):
             if sock.refs > 0:

@@ -1,4 +1,4 @@
-"""Sans-IO FreeSWITCH Event Socket framing (ESL.md §1, §2, §6.2).
+"""Sans-IO FreeSWITCH Event Socket framing (docs/protocols/esl.md §1, §2, §6.2).
 
 Supports
     * server -> client frames: a header block (`Name: value` lines ended by an
@@ -453,7 +453,7 @@ def encode_command(text: str) -> bytes:
 
 
 def auth_command(password: str, username: str | None = None) -> str:
-    """`auth PASS` or, with a username, `userauth USER:PASS` (FSS.md §2.3)."""
+    """`auth PASS` or, with a username, `userauth USER:PASS` (docs/protocols/scripting.md §2.3)."""
     _check_word("password", password)
     if username:
         _check_word("username", username)

@@ -207,7 +207,7 @@ class EslSocket:
     def __repr__(self) -> str:
         return f"EslSocket({self.name!r}, state={self.state.value!r}, refs={self.refs})"
 
-    # -- credentials (FSS.md §2.3) ---------------------------------------------
+    # -- credentials (docs/protocols/scripting.md §2.3) ---------------------------------------------
 
     def update_credentials(self, username: str | None, password: str | None, from_db: bool = False) -> bool:
         """A later URL (or DB row) naming this socket: the username is replaced
@@ -364,7 +364,7 @@ class EslSocket:
     # -- status --------------------------------------------------------------------
 
     def status(self) -> dict:
-        """One `fs_status` entry (FSS.md §9); never any credential."""
+        """One `fs_status` entry (docs/protocols/scripting.md §9); never any credential."""
         active, pending = self._subs.split()
         since = None
         if self.connected_since is not None:

@@ -1,4 +1,4 @@
-"""EVI subscriber socket strings: parsing, printing, matching (EVI.md §3).
+"""EVI subscriber socket strings: parsing, printing, matching (docs/protocols/evi.md §3).
 
 Supports `udp:host:port`, `unix:/path`, `tcp:host:port[/method]` and its
 3.0 alias `jsonrpc:`, `xmlrpc:host:port[/path]:method`, and `http://` /

@@ -1,4 +1,4 @@
-"""`event_datagram` delivery: `udp:host:port` and `unix:/path` (EVI.md §4.3).
+"""`event_datagram` delivery: `udp:host:port` and `unix:/path` (docs/protocols/evi.md §4.3).
 
 One JSON-RPC notification per datagram, no framing, nothing read back. The
 sender uses a real non-blocking socket, *connected* to the subscriber (which

@@ -1,4 +1,4 @@
-"""`event_http` delivery [OURS]: `http://host[:port]/path` and `https://…` (EVI.md §4.5).
+"""`event_http` delivery [OURS]: `http://host[:port]/path` and `https://…` (docs/protocols/evi.md §4.5).
 
 Per notification one `POST <path>` with `Content-Type: application/json`
 and the exact JSON-RPC payload as the body, over one keep-alive connection

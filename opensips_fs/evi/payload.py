@@ -1,6 +1,6 @@
 """EVI payloads: the bytes a raised event becomes (sans-IO, no sockets).
 
-Supports (EVI.md §4.1, §2.5):
+Supports (docs/protocols/evi.md §4.1, §2.5):
 * the JSON-RPC 2.0 notification OpenSIPS sends to datagram, stream and http
   subscribers — compact, members `jsonrpc`, `method`, `params` in that
   order, `params` omitted when the event has none, no `id`, cJSON escapes;
@@ -123,7 +123,7 @@ def _plain(value):
 
 
 def parse_mi_params(raw) -> list[tuple[str, str | int]] | None:
-    """MI `raise_event`'s `params` value -> params list (EVI.md §2.5 step 3).
+    """MI `raise_event`'s `params` value -> params list (docs/protocols/evi.md §2.5 step 3).
 
     Raises MiError 400 "Bad Params" / "No Params" like OpenSIPS.
     """

@@ -1,6 +1,6 @@
 """The EVI registry: published events, subscribers, expiry and the EVI MI commands.
 
-Reproduces OpenSIPS's Event Interface (EVI.md §1-§2): the published events
+Reproduces OpenSIPS's Event Interface (docs/protocols/evi.md §1-§2): the published events
 and their ids, `event_subscribe` (newest subscriber first, re-subscribing
 refreshes in place, `expire` 0 unsubscribes), lazy whole-second expiry
 (removed when the event is raised or listed, strictly after
@@ -159,7 +159,7 @@ class EviRegistry:
     def raise_event(self, name: str, params=None) -> None:
         """Raise any published event with params [(name, str|int)]; never blocks.
 
-        An event that is not published (EVI.md §1) is logged and ignored."""
+        An event that is not published (docs/protocols/evi.md §1) is logged and ignored."""
         event = self.events.get(name)
         if event is None:
             log.warning("EVI: cannot raise %s: not a published event", name)

@@ -1,4 +1,4 @@
-"""`event_stream` delivery: `tcp:host:port[/method]` and `jsonrpc:` (EVI.md §4.4).
+"""`event_stream` delivery: `tcp:host:port[/method]` and `jsonrpc:` (docs/protocols/evi.md §4.4).
 
 One persistent connection per destination host:port, shared by every
 subscriber of it; payloads written back to back with no delimiter; whatever

@@ -1,4 +1,4 @@
-"""`event_xmlrpc` delivery: `xmlrpc:host:port[/path]:method` (EVI.md §3).
+"""`event_xmlrpc` delivery: `xmlrpc:host:port[/path]:method` (docs/protocols/evi.md §3).
 
 OpenSIPS's event_xmlrpc request, reproduced: a one-way HTTP/1.1 `POST`
 (`Connection: close`, `User-Agent: OpenSIPS XMLRPC Notifier`,

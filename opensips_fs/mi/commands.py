@@ -140,7 +140,7 @@ HANDLER_RETURNED_NULL = "Command handler returned null"
 
 
 def match_recipe(command: MiCommand, params) -> Params:
-    """Pick the recipe for `params` (None, list or dict) — MI.md §4."""
+    """Pick the recipe for `params` (None, list or dict) — docs/protocols/mi.md §4."""
     if params is None:
         if [] in command.recipes:
             return Params({})

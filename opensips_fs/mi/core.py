@@ -1,4 +1,4 @@
-"""The `core:` and `statistics:` MI commands (MI.md §7), with OpenSIPS' shapes.
+"""The `core:` and `statistics:` MI commands (docs/protocols/mi.md §7), with OpenSIPS' shapes.
 
 `core_commands(ctx)` gives uptime, version, pwd, arg, which, ps, kill,
 log_level and help; `statistics_commands(stats)` gives get/list/reset/

@@ -2,7 +2,7 @@
 
 `socket_name` is `udp:<ip>:<port>` or a unix socket path (optionally
 prefixed `unix:`). One request per datagram, one reply datagram sent to the
-request's source (MI.md §6.3): compact JSON; nothing for a notification;
+request's source (docs/protocols/mi.md §6.3): compact JSON; nothing for a notification;
 the 15-byte text `400 Parse_error` for invalid JSON, as OpenSIPS does. A
 reply too big for one datagram (over 65,457 bytes, OpenSIPS's buffer — e.g.
 `fs_list` with many sockets) is replaced by a JSON-RPC error with the

@@ -11,7 +11,7 @@ The FIFO is kept open read-write, so the empty open/close opensips-cli does befo
 request never produces an end of file. A reader greenlet feeds what it reads
 to `fifoframe.FifoParser`; the requests completed by one read are run in
 order by one greenlet (so a slow command does not hold up other clients),
-each reply written to its own reply FIFO `reply_dir/<reply_name>` (MI.md
+each reply written to its own reply FIFO `reply_dir/<reply_name>` (docs/protocols/mi.md
 §6.2): opened non-blocking for writing (retried 4 times 80 ms apart while
 the client has not opened it for reading yet), one compact line without a
 newline, then closed. A notification opens and closes the reply FIFO with

@@ -1,6 +1,6 @@
 """Sans-IO framing of the MI FIFO stream: `:<reply_name>:<json>` requests.
 
-Supports (MI.md §6.2): any number of requests in one write, a request split
+Supports (docs/protocols/mi.md §6.2): any number of requests in one write, a request split
 over many writes, whitespace (any byte <= 0x20) around requests, an empty
 reply name (`::{…}`: run, no reply). A reply name containing `.`, `/` or
 `\\` is refused (the request is consumed, not run, not answered). A request

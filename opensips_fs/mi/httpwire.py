@@ -20,7 +20,7 @@ accumulated.
 Plan: `RequestParser.feed(data)` buffers bytes; `next_event()` returns an
 `HttpRequest`, `NEED_DATA`, or `CONTINUE` (the transport should write
 `CONTINUE_RESPONSE` once), or raises `HttpError(status)`. `encode_response`
-builds reply bytes with OpenSIPS' header order (MI.md §6.1): status line,
+builds reply bytes with OpenSIPS' header order (docs/protocols/mi.md §6.1): status line,
 Date, optional Connection: close, extra headers, Content-Type,
 Content-Length.
 """

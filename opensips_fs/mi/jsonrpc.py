@@ -1,7 +1,7 @@
 """Sans-IO JSON-RPC 2.0 request parsing and reply encoding, OpenSIPS style.
 
 Supports: one JSON-RPC 2.0 request per body, exactly as OpenSIPS 4.1 reads
-it (MI.md §1, §3) — the *first* JSON value of the body (anything after it is
+it (docs/protocols/mi.md §1, §3) — the *first* JSON value of the body (anything after it is
 ignored), every byte <= 0x20 counting as whitespace between tokens, raw
 control characters accepted inside strings, the first of duplicated members
 winning, envelope members looked up case-insensitively, NaN/Infinity
@@ -192,7 +192,7 @@ def _envelope_members(obj: dict) -> dict:
 
 
 def parse_request(body: bytes) -> Request:
-    """Parse and validate one request body (MI.md §1 steps 1-3)."""
+    """Parse and validate one request body (docs/protocols/mi.md §1 steps 1-3)."""
     text = body.decode("utf-8", "surrogateescape")
     try:
         value = decode_first_value(text)

@@ -130,7 +130,7 @@ class MiRegistry:
         return list(self._commands)
 
     def which_names(self) -> list[str]:
-        """Flat names, then canonical names (MI.md §2.3)."""
+        """Flat names, then canonical names (docs/protocols/mi.md §2.3)."""
         return list(self._which)
 
     # -- name resolution ----------------------------------------------------

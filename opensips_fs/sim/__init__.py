@@ -1,7 +1,7 @@
 """The FreeSWITCH Event Socket simulator (``opensips-fs-sim``).
 
 A faithful stand-in for FreeSWITCH's mod_event_socket in inbound mode, byte
-for byte where a client can see it (ESL.md §12): greeting, auth/userauth,
+for byte where a client can see it (docs/protocols/esl.md §12): greeting, auth/userauth,
 event subscriptions in json/plain/xml, filters, api/bgapi with canned
 outputs, sendevent, log, HEARTBEAT, simulated calls, the slow-consumer rule;
 plus what tests and benchmarks need: fault injection, bursts, pushing exact

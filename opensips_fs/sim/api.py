@@ -1,5 +1,5 @@
 """The API commands of the simulated FreeSWITCH (``api``/``bgapi`` bodies,
-ESL.md §3): canned outputs with FreeSWITCH's exact texts, computed from the
+docs/protocols/esl.md §3): canned outputs with FreeSWITCH's exact texts, computed from the
 simulator's state (uptime, live channels, hostname).
 
 ``execute(box, cmd, arg)`` returns the output string, already normalised the

@@ -1,5 +1,5 @@
 """Simulated calls: ``originate loopback/EXT …`` runs a two-leg loopback call
-that fires the real CHANNEL_* sequence (ESL.md §6.7), ``hupall``/``uuid_kill``
+that fires the real CHANNEL_* sequence (docs/protocols/esl.md §6.7), ``hupall``/``uuid_kill``
 run the real hangup sequence, ``show calls|channels`` lists the live legs,
 and ``load_loop`` runs synthetic calls continuously for load tests.
 

@@ -1,6 +1,6 @@
 """One client connection of the simulated Event Socket: its session state
 (auth, subscriptions, format, filters, log level), its outbound queue of
-frames with FreeSWITCH's slow-consumer rule (ESL.md §8) and the writer
+frames with FreeSWITCH's slow-consumer rule (docs/protocols/esl.md §8) and the writer
 greenlet that drains that queue in large batches, and the reader greenlet
 that feeds what the client sends to ``session.handle``.
 
@@ -233,7 +233,7 @@ class SimClient:
 
     def enqueue_log(self, data: bytes) -> bool:
         """Queue a log/data frame; the slow-consumer rule applies to log
-        lines separately (ESL.md §8: same 100 000 / 500 figures)."""
+        lines separately (docs/protocols/esl.md §8: same 100 000 / 500 figures)."""
         if self._closing or not self.alive:
             return False
         box = self.box

@@ -1,5 +1,5 @@
 """Sans-IO parser of the commands a client sends to FreeSWITCH's inbound
-Event Socket (server side of ESL.md §1.2 and §7).
+Event Socket (server side of docs/protocols/esl.md §1.2 and §7).
 
 Supports:
   * ``<command line>\\n[Header: value\\n …]\\n`` with LF or CRLF line ends;

@@ -1,4 +1,4 @@
-"""FreeSWITCH events as the simulator builds and serialises them (ESL.md §6).
+"""FreeSWITCH events as the simulator builds and serialises them (docs/protocols/esl.md §6).
 
 An ``Event`` is an ordered list of ``(name, value)`` string headers plus an
 optional body, exactly like ``switch_event_t``. ``Event.frame(fmt)`` gives
@@ -65,7 +65,7 @@ def is_event_name(name: str) -> str | None:
     return upper if upper in _EVENT_SET else None
 
 
-# --- URL encoding (switch_url_encode as observed, ESL.md §6.3) -------------
+# --- URL encoding (switch_url_encode as observed, docs/protocols/esl.md §6.3) -------------
 
 _UNSAFE = set(range(0, 0x20)) | set(range(0x7F, 0x100)) | set(b' #%&+:;<=>?@[\\]^`{|}"')
 _ENCODE_RE = re.compile(
@@ -181,7 +181,7 @@ _SERIALIZE = {"json": json_body, "plain": plain_body, "xml": xml_body}
 
 
 def frame(fmt: str, payload: bytes) -> bytes:
-    """An event frame: Content-Length first, then Content-Type (ESL.md §1.1)."""
+    """An event frame: Content-Length first, then Content-Type (docs/protocols/esl.md §1.1)."""
     return b"Content-Length: %d\nContent-Type: %s\n\n%s" % (len(payload), _CTYPE[fmt], payload)
 
 
@@ -257,7 +257,7 @@ class Identity:
             self.switchname = self.hostname
 
     def common(self, name: str, now: float, seq: int, calling) -> list:
-        """The header block every event starts with (ESL.md §6.5)."""
+        """The header block every event starts with (docs/protocols/esl.md §6.5)."""
         file, func, line = calling
         return [
             ("Event-Name", name),

@@ -261,7 +261,7 @@ class FsSimulator:
 
     def end_myevents(self, client, uuid: str) -> None:
         """The channel a ``myevents`` connection follows has ended: the
-        myevents disconnect notice, then close (ESL.md §2, §6.6)."""
+        myevents disconnect notice, then close (docs/protocols/esl.md §2, §6.6)."""
         extra = b"Controlled-Session-UUID: %s\nContent-Disposition: disconnect\n" % uuid.encode()
         client.close_with(notice_frame(NOTICE_BYE, extra), "myevents channel ended")
 

@@ -1,5 +1,5 @@
 """What the simulated mod_event_socket does with each client command
-(ESL.md §5, §9): the same prefix matching and order as FreeSWITCH's
+(docs/protocols/esl.md §5, §9): the same prefix matching and order as FreeSWITCH's
 ``parse_command``, the exact reply texts (typos included), userauth limits.
 
 ``handle(client, cmd)`` runs one parsed ``Command`` for one ``SimClient`` and

@@ -48,7 +48,7 @@ def sql_statements(script: str) -> list[str]:
 
 
 def table_ddl(engine: str, table: str, cols: dict[str, str]) -> str:
-    """The freeswitch table with custom names and the OpenSIPS types (FSS.md §12)."""
+    """The freeswitch table with custom names and the OpenSIPS types (docs/protocols/scripting.md §12)."""
     u, p, i, o, e = (cols[k] for k in ("col_username", "col_password", "col_ip", "col_port",
                                        "col_events"))
     if engine == "sqlite":

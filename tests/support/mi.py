@@ -35,7 +35,7 @@ def _declared_only(params):
     raise HandlerReached("declaration-only command handler called")
 
 
-# Recipes of the EVI and freeswitch_scripting rooms (MI.md §2.2); their
+# Recipes of the EVI and freeswitch_scripting rooms (docs/protocols/mi.md §2.2); their
 # handlers live in those rooms: here only recipe matching is exercised.
 DECLARATIONS = [
     ("evi", "subscribe", "event_subscribe", [["event", "socket"], ["event", "socket", "expire"]],
