@@ -11,7 +11,7 @@ import gevent
 import pytest
 
 from opensips_fs.sim import SimUser
-from test_scripting_golden import Stack
+from support.stack import Stack
 
 pytestmark = pytest.mark.timeout(40)
 
