@@ -283,3 +283,23 @@ def test_a_refused_login_reply_is_escaped(make_manager, peer):
     error = sock.status()["last_error"]
     assert "\x1b" not in error and "\x07" not in error and "-ERR invalid\\x1b]0;pwned\\x07" in error
     assert json.dumps(sock.status())  # and it stays plain JSON text
+
+
+def test_a_failing_socket_reminds_then_announces_recovery(make_manager, box, caplog):
+    """One WARNING when it starts failing, a reminder every `failure_reminder`
+    seconds, one NOTICE once the connection has lasted `stable_after`."""
+    caplog.set_level(logging.DEBUG, logger="opensips_fs.esl")
+    box.set_password("Other")
+    mgr = make_manager(failure_reminder=2.0, stable_after=0.5, max_gap=0.5)
+    sock = mgr.get("127.0.0.1", box.port, None, PASSWORD)
+    sock.ref()
+    gevent.sleep(4.6)  # attempts every 0.5 s: about 9 failures
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings  # the first, then a reminder at about 2 and 4 s
+    assert "refused the login" in warnings[0] and all("still failing after" in w for w in warnings[1:])
+    assert sum(1 for r in caplog.records if r.levelno == logging.DEBUG and "refused the login" in r.getMessage()) >= 4
+    box.set_password(PASSWORD)
+    wait_until(lambda: sock.connected, timeout=3)
+    wait_until(lambda: any(r.levelname == "NOTICE" for r in caplog.records), timeout=3)
+    notices = [r.getMessage() for r in caplog.records if r.levelname == "NOTICE"]
+    assert len(notices) == 1 and "connected again after" in notices[0]
