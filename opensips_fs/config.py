@@ -32,6 +32,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable
 
 from . import url as fsurl
+from .dburl import DbUrlError, parse_db_url
 from .logs import LOG_FORMATS, mask_password
 
 __all__ = [
@@ -355,20 +356,14 @@ def split_udp(socket_name: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-DB_SCHEMES = ("sqlite", "mysql", "postgres", "postgresql")
-
-
 def _db_url(value, _dir=None) -> str | None:
     text = _str(value).strip()
     if not text:
         return None
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in DB_SCHEMES:
-        raise _BadValue(f"unsupported db_url {_mask_url(text)!r}: valid forms are "
-                        "sqlite:///abs/path, sqlite://path/relative/to/the/cfg, "
-                        "mysql://user:pass@host[:port]/db, postgres://user:pass@host[:port]/db")
-    if not rest.strip("/"):
-        raise _BadValue(f"db_url {_mask_url(text)!r} names no database")
+    try:
+        parse_db_url(text, _dir)
+    except DbUrlError as exc:
+        raise _BadValue(str(exc)) from None
     return text
 
 

@@ -1,8 +1,9 @@
 """The `freeswitch` table: where `fs_reload` reads its sockets (docs/protocols/scripting.md §6, §12).
 
-`FsDatabase` turns an OpenSIPS `db_url` into a peewee database, checks the
-`version` row of the table (it must be 1, as OpenSIPS checks it) and reads the
-rows with the configured table and column names, in primary-key order.
+`FsDatabase` turns an OpenSIPS `db_url` (parsed by `dburl.py`) into a peewee
+database, checks the `version` row of the table (it must be 1, as OpenSIPS
+checks it) and reads the rows with the configured table and column names, in
+primary-key order.
 
 No driver call ever runs on the gevent hub's time: SQLite (a C library that
 blocks) runs in the hub's thread pool; MySQL/MariaDB goes through pymysql,
@@ -32,11 +33,11 @@ from dataclasses import dataclass
 import gevent
 import peewee
 
-from .logs import mask_password
+from .dburl import DbUrl, DbUrlError, parse_db_url
 from .url import DEFAULT_PORT
 
-__all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbUrl", "DbVersionError", "FsDatabase",
-           "FsRow", "RowSubscription", "check_db_url", "check_local", "parse_db_url", "row_subscription"]
+__all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbVersionError", "FsDatabase",
+           "FsRow", "RowSubscription", "check_db_url", "check_local", "row_subscription"]
 
 log = logging.getLogger("opensips_fs.db")
 
@@ -122,75 +123,6 @@ def _empty_or_null(value) -> str:
     return "null" if value is None else "empty"
 
 
-# --------------------------------------------------------------------- URLs
-
-@dataclass(frozen=True)
-class DbUrl:
-    engine: str                 # "sqlite", "mysql" or "postgres"
-    database: str               # file path for sqlite, database name otherwise
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    password: str | None = None
-
-    def masked(self) -> str:
-        """The URL for log lines and error messages: password replaced by ***."""
-        if self.engine == "sqlite":
-            return f"sqlite://{self.database}"
-        auth = ""
-        if self.user is not None:
-            auth = self.user + (":***" if self.password else "") + "@"
-        port = f":{self.port}" if self.port else ""
-        return f"{self.engine}://{auth}{self.host}{port}/{self.database}"
-
-    def __repr__(self) -> str:
-        return f"DbUrl({self.masked()!r})"
-
-
-_ENGINES = {"sqlite": "sqlite", "mysql": "mysql", "postgres": "postgres", "postgresql": "postgres"}
-
-
-def parse_db_url(url: str, base_dir: str | None = None) -> DbUrl:
-    """Parse an OpenSIPS db_url; raise `DbError` saying what is wrong.
-
-    `sqlite:///abs/path` or `sqlite://path/relative/to/base_dir`;
-    `mysql://user:pass@host[:port]/db`; `postgres://user:pass@host[:port]/db`.
-    """
-    scheme, sep, rest = (url or "").partition("://")
-    engine = _ENGINES.get(scheme.lower())
-    if not sep or engine is None:
-        raise DbError(f"unsupported db_url {_mask(url)!r}: valid forms are sqlite:///abs/path, "
-                      "sqlite://relative/path, mysql://user:pass@host[:port]/db, "
-                      "postgres://user:pass@host[:port]/db")
-    if engine == "sqlite":
-        if not rest:
-            raise DbError("db_url sqlite:// names no file")
-        path = rest if os.path.isabs(rest) else os.path.join(base_dir or os.getcwd(), rest)
-        return DbUrl("sqlite", os.path.normpath(path))
-    at = rest.rfind("@")
-    userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else ("", rest)
-    hostport, slash, database = hostpart.partition("/")
-    if not slash or not database:
-        raise DbError(f"db_url {_mask(url)!r} names no database")
-    host, colon, port_text = hostport.partition(":")
-    if not host:
-        raise DbError(f"db_url {_mask(url)!r} names no host")
-    port = None
-    if colon:
-        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-            raise DbError(f"bad port {port_text!r} in db_url {_mask(url)!r}")
-        port = int(port_text)
-    user = password = None
-    if at >= 0:
-        user, _, password = userinfo.partition(":")
-        user, password = user or None, password or None  # verbatim, as OpenSIPS
-    return DbUrl(engine, database, host=host, port=port, user=user, password=password)
-
-
-def _mask(url) -> str:
-    return mask_password(str(url or ""))
-
-
 # ------------------------------------------------------ checks without network
 
 # engine -> (driver modules tried in order, the pip extra that installs one)
@@ -218,7 +150,14 @@ def check_local(url: DbUrl) -> None:
 
 def check_db_url(db_url: str, base_dir: str | None = None) -> None:
     """`check_local` on an OpenSIPS db_url (raises `DbError`)."""
-    check_local(parse_db_url(db_url, base_dir))
+    check_local(_parse(db_url, base_dir))
+
+
+def _parse(db_url: str, base_dir: str | None) -> DbUrl:
+    try:
+        return parse_db_url(db_url, base_dir)
+    except DbUrlError as exc:
+        raise DbError(str(exc)) from None
 
 
 def _check_sqlite_path(path: str) -> None:
@@ -273,7 +212,7 @@ class FsDatabase:
                  col_username: str = "username", col_password: str = "password",
                  col_ip: str = "ip", col_port: str = "port", col_events: str = "events_csv",
                  timeout: float = 10.0):
-        self.url = parse_db_url(db_url, base_dir)
+        self.url = _parse(db_url, base_dir)
         self.table = table
         self.columns = {"username": col_username, "password": col_password, "ip": col_ip,
                         "port": col_port, "events": col_events}

@@ -308,6 +308,18 @@ BAD = [
     ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
      'modparam("freeswitch_scripting", "db_url", "oracle://x@y/z")', 3,
      ["unsupported db_url", "sqlite:///abs/path", "mysql://", "postgres://"]),
+    # the configuration refuses what the database layer could not connect with
+    ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
+     'modparam("freeswitch_scripting", "db_url", "mysql://u:Sekr1t@h")', 3,
+     ["db_url 'mysql://u:***@h' names no database"]),
+    ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
+     'modparam("freeswitch_scripting", "db_url", "postgres://u:Sekr1t@h:port/db")', 3,
+     ["bad port 'port' in db_url 'postgres://u:***@h:port/db'"]),
+    ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
+     'modparam("freeswitch_scripting", "db_url", "mysql://u:Sekr1t@:3306/db")', 3,
+     ["names no host"]),
+    ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
+     'modparam("freeswitch_scripting", "db_url", "sqlite:///")', 3, ["names no file"]),
     ('loadmodule "freeswitch.so"\nloadmodule "freeswitch_scripting.so"\n'
      'modparam("freeswitch_scripting", "db_table", "free switch")', 3, ["SQL identifier"]),
     ('log_level=9', 1, ["log level 9 out of range", "-3 to 4", "error, warning, notice"]),

@@ -14,7 +14,8 @@ import time
 import gevent
 import pytest
 
-from opensips_fs.db import BadRow, DbError, DbVersionError, FsDatabase, FsRow, parse_db_url
+from opensips_fs.db import BadRow, DbError, DbVersionError, FsDatabase, FsRow
+from opensips_fs.dburl import DbUrlError, parse_db_url
 from support.db import (CUSTOM_COLUMNS, ENGINES, EngineDb, find_waiter, kill_connection, lock_table,
                         standard_db, table_ddl, unlock_table)
 
@@ -258,10 +259,15 @@ def test_parse_db_url(url, expected):
     ("mysql://u:p@:3306/db", "names no host"),
     ("postgres://u:p@h:port/db", "bad port"),
     ("postgres://u:p@h:70000/db", "bad port"),
+    ("postgres://u:p@h:３３/db", "bad port"),  # non-ASCII digits
+    ("sqlite:///", "names no file"),
 ])
 def test_bad_db_urls_are_clear_errors_without_password(url, message):
-    with pytest.raises(DbError, match=message) as err:
+    with pytest.raises(DbUrlError, match=message) as err:
         parse_db_url(url)
+    assert ":p@" not in str(err.value)
+    with pytest.raises(DbError, match=message) as err:
+        FsDatabase(url)
     assert ":p@" not in str(err.value)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import gevent
 import pytest
 
-from opensips_fs.db import FsDatabase, parse_db_url
+from opensips_fs.db import FsDatabase
+from opensips_fs.dburl import parse_db_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URLS = {
