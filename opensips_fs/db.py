@@ -34,6 +34,7 @@ import gevent
 import peewee
 
 from .dburl import DbUrl, DbUrlError, parse_db_url
+from .esl.protocol import breaks_line
 from .url import DEFAULT_PORT
 
 __all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbVersionError", "FsDatabase",
@@ -106,7 +107,7 @@ def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSu
                    if field)
     if not events:
         raise BadRow(f"value in column {col('events')} has no event name: {row.events_csv!r}")
-    if any("\n" in name or "\r" in name for name in events):
+    if any(breaks_line(name) for name in events):
         raise BadRow(f"value in column {col('events')} has an event name on several lines")
     try:
         port = int(row.port) if row.port is not None else 0

@@ -46,6 +46,7 @@ from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
 from .esl.connection import EslError, EslLoginRefused, EslReplyTooLarge, EslTimeout
 from .esl.manager import EslNoPassword, EslTooManySockets
+from .esl.protocol import CommandTextError, breaks_line, command_text
 from .logs import NOTICE
 from .mi import StartupError
 from .mi.commands import MiCommand, MiError
@@ -164,19 +165,17 @@ def _socket_name(socket) -> str:
 
 
 def normalize_command(text: str, max_bytes: int = MAX_COMMAND_BYTES) -> str:
-    """The command text to send (the connection adds the `\\n\\n` terminator),
-    or `MiError` 400: empty, over `max_bytes`, or holding an empty line (which
-    would end this command and smuggle in another one). Trailing CR/LF are
-    just a terminator and are dropped; interior single newlines (header lines
-    such as `job-uuid: foobar`) are kept."""
-    command = text.rstrip("\r\n")
-    if not command.strip():
-        raise MiError(400, "Empty ESL command")
-    if len(command.encode("utf-8", "surrogateescape")) > max_bytes:
-        raise MiError(400, "ESL command too long")
-    if any(not line.rstrip("\r") for line in command.split("\n")):
-        raise MiError(400, "Bad ESL command")
-    return command
+    """The command text to send (``protocol.command_text``), or `MiError`
+    400 with OpenSIPS's texts: empty, over `max_bytes`, or holding an empty
+    line (which would end this command and smuggle in another one)."""
+    try:
+        return command_text(text, max_bytes)
+    except CommandTextError as exc:
+        raise MiError(400, _COMMAND_ERRORS[exc.kind]) from None
+
+
+_COMMAND_ERRORS = {"empty": "Empty ESL command", "too long": "ESL command too long",
+                   "empty line": "Bad ESL command"}
 
 
 # -------------------------------------------------------------- the service
@@ -575,7 +574,7 @@ def _parse_url(url_text: str, what: str):
 
 
 def _multiline(names) -> bool:
-    return any("\n" in name or "\r" in name for name in names)
+    return any(breaks_line(name) for name in names)
 
 
 def _no_evi(name: str, sender: str, body: bytes) -> None:

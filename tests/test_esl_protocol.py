@@ -432,6 +432,22 @@ def test_command_encoders_refuse_line_breaks(bad):
         protocol.auth_command(bad)
 
 
+@pytest.mark.parametrize("text, kind", [
+    ("", "empty"), (" \r\n", "empty"), ("api status\n\napi version", "empty line"),
+    ("api status\n\r\nnixevent ALL", "empty line"), ("\napi status", "empty line"),
+    ("api " + "x" * 60, "too long"),
+])
+def test_command_text_refuses_what_is_not_one_command(text, kind):
+    with pytest.raises(protocol.CommandTextError) as err:
+        protocol.command_text(text, max_bytes=32)
+    assert err.value.kind == kind
+
+
+def test_command_text_drops_only_the_terminator():
+    assert protocol.command_text("bgapi status\nJob-UUID: x\r\n\r\n") == "bgapi status\nJob-UUID: x"
+    assert [protocol.breaks_line(v) for v in ("DTMF", "", "A\rB", "A\n")] == [False, False, True, True]
+
+
 # ---------------------------------------------------------------------------
 # Property: any frames, any chunking
 

@@ -44,10 +44,14 @@ from collections.abc import Iterable
 __all__ = [
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_HEADER",
+    "CommandTextError",
     "Frame",
     "FrameParser",
     "ProtocolError",
     "auth_command",
+    "breaks_line",
+    "check_word",
+    "command_text",
     "encode_command",
     "event_command",
     "event_name",
@@ -442,8 +446,40 @@ def _escaped_name(body: bytes, start: int) -> str | None:
 # ---------------------------------------------------------------------------
 # Commands (client -> server)
 
-def _check_word(what: str, value: str) -> None:
-    if not value or "\n" in value or "\r" in value:
+class CommandTextError(ValueError):
+    """A command text that cannot be sent; ``kind`` says why: "empty",
+    "too long" or "empty line" (it would end this command and start another)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def command_text(text: str, max_bytes: int | None = None) -> str:
+    """``text`` as one command to send (``encode_command`` adds the empty
+    line): trailing CR/LF are only a terminator and are dropped; interior
+    single newlines (header lines such as ``job-uuid: foobar``) are kept.
+    Raises ``CommandTextError`` when nothing is left, when it is over
+    ``max_bytes`` (UTF-8), or when it holds an empty line."""
+    command = text.rstrip("\r\n")
+    if not command.strip():
+        raise CommandTextError("empty", "an ESL command must not be empty")
+    if max_bytes is not None and len(command.encode("utf-8", "surrogateescape")) > max_bytes:
+        raise CommandTextError("too long", f"an ESL command must be at most {max_bytes} bytes")
+    if any(not line.rstrip("\r") for line in command.split("\n")):
+        raise CommandTextError("empty line", "an ESL command must not hold an empty line")
+    return command
+
+
+def breaks_line(value: str) -> bool:
+    """True when ``value`` holds a CR or LF: as a word of a command line (an
+    event name, a user name, a password) it would end that line."""
+    return "\n" in value or "\r" in value
+
+
+def check_word(what: str, value: str) -> None:
+    """ValueError unless ``value`` is non-empty and does not break the line."""
+    if not value or breaks_line(value):
         raise ValueError(f"bad {what}: must be non-empty and on one line")
 
 
@@ -454,18 +490,18 @@ def encode_command(text: str) -> bytes:
 
 def auth_command(password: str, username: str | None = None) -> str:
     """`auth PASS` or, with a username, `userauth USER:PASS` (docs/protocols/scripting.md §2.3)."""
-    _check_word("password", password)
+    check_word("password", password)
     if username:
-        _check_word("username", username)
+        check_word("username", username)
         return f"userauth {username}:{password}"
     return f"auth {password}"
 
 
 def event_command(name: str) -> str:
-    _check_word("event name", name)
+    check_word("event name", name)
     return f"event json {name}"
 
 
 def nixevent_command(name: str) -> str:
-    _check_word("event name", name)
+    check_word("event name", name)
     return f"nixevent {name}"

@@ -51,7 +51,7 @@ from .connection import (
     EslReply,
     EslTimeout,
 )
-from .protocol import CT_EVENT_JSON, DEFAULT_MAX_BODY, event_name, printable
+from .protocol import CT_EVENT_JSON, DEFAULT_MAX_BODY, command_text, event_name, printable
 from .subscriptions import Subscription, Subscriptions
 from .throttle import LogThrottle
 
@@ -299,8 +299,7 @@ class EslSocket:
         `esl_connect_timeout`. Raises EslNotConnected (EslLoginRefused when
         FreeSWITCH refuses the login), EslTimeout or EslReplyTooLarge;
         ValueError for a text that is empty or holds an empty line."""
-        if not text.strip() or "\n\n" in text or "\n\r\n" in text:
-            raise ValueError("an ESL command must be one non-empty command without an empty line")
+        text = command_text(text)  # CommandTextError is a ValueError
         settings = self._settings
         self.commands += 1
         self._counters.commands.value += 1
