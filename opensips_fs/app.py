@@ -36,6 +36,7 @@ from .mi.core import CoreContext, core_commands, statistics_commands
 from .mi.datagram import MiDatagramServer
 from .mi.fifo import MiFifoServer
 from .mi.http import MiHttpServer
+from .reasons import short_reason
 from .scripting import Scripting
 from .stats import Stats
 
@@ -130,7 +131,7 @@ class App:
             raise StartupError(f"cannot start the {what}: {exc}") from exc
         except Exception as exc:
             log.exception("cannot start the %s", what)
-            raise StartupError(f"cannot start the {what}: {_reason(exc)}") from exc
+            raise StartupError(f"cannot start the {what}: {short_reason(exc)}") from exc
         self._running.append((what, room))
 
     def _start_transport(self, what: str, address: str, build: Callable[[], Any]) -> None:
@@ -140,7 +141,7 @@ class App:
             server = build()
             server.start()
         except Exception as exc:
-            reason = _reason(exc)
+            reason = short_reason(exc)
             if address in reason:
                 raise StartupError(f"cannot start {what}: {reason}") from exc
             raise StartupError(f"cannot start {what} on {address}: {reason}") from exc
@@ -226,9 +227,3 @@ def config_secrets(config: Config) -> list[str]:
             if password:
                 secrets.append(password)
     return secrets
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -34,6 +34,7 @@ from typing import Callable
 from . import url as fsurl
 from .dburl import DbUrlError, parse_db_url
 from .logs import LOG_FORMATS, mask_password
+from .reasons import short_reason
 
 __all__ = [
     "Config", "ConfigError", "EventHttpSettings", "EventRabbitmqSettings", "EventXmlRpcSettings",
@@ -731,7 +732,7 @@ class _Parser:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
-            raise self.error(token, f"cannot read included file {path!r}: {_reason(exc)}") from None
+            raise self.error(token, f"cannot read included file {path!r}: {short_reason(exc)}") from None
         saved = self.file, self.tokens, self.pos
         try:
             self.parse_text(text, path)
@@ -754,12 +755,6 @@ class _Parser:
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
 
 
 # --------------------------------------------------------------------------
@@ -785,7 +780,7 @@ def load(path: str) -> Config:
     except IsADirectoryError:
         raise ConfigError(shown, None, "cannot read config file: it is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(shown, None, f"cannot read config file: {_reason(exc)}") from None
+        raise ConfigError(shown, None, f"cannot read config file: {short_reason(exc)}") from None
     return loads(text, shown)
 
 

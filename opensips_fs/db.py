@@ -35,6 +35,7 @@ import peewee
 
 from .dburl import DbUrl, DbUrlError, parse_db_url
 from .esl.protocol import breaks_line
+from .reasons import short_reason
 from .url import DEFAULT_PORT
 
 __all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbVersionError", "FsDatabase",
@@ -267,10 +268,10 @@ class FsDatabase:
             raise
         except (peewee.PeeweeException, OSError, ValueError) as exc:
             raise DbError(f"cannot {what} table {self.table!r} in {self.url.masked()}: "
-                          f"{_one_line(exc)}") from None
+                          f"{short_reason(exc)}") from None
         except Exception as exc:  # driver-specific errors (pymysql/psycopg2) not wrapped by peewee
             raise DbError(f"cannot {what} table {self.table!r} in {self.url.masked()}: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+                          f"{type(exc).__name__}: {short_reason(exc)}") from None
 
     def _cooperative(self) -> bool:
         if self.url.engine == "mysql":
@@ -416,7 +417,3 @@ def _close_quietly(db: peewee.Database) -> None:
         db.close()
     except Exception:  # the connection may be dead already: nothing to release
         pass
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

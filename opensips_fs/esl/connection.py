@@ -44,6 +44,7 @@ import gevent.event
 import gevent.lock
 from gevent import socket
 
+from ..reasons import short_reason
 from .protocol import (
     CT_AUTH_REQUEST,
     CT_COMMAND_REPLY,
@@ -202,7 +203,7 @@ class EslConnection:
         try:
             sock = _open_socket(self.host, self.port, timeout)
         except (OSError, gevent.Timeout) as exc:
-            raise EslConnectError(f"connect to {self.label} failed: {_describe(exc)}") from None
+            raise EslConnectError(f"connect to {self.label} failed: {short_reason(exc)}") from None
         try:
             _set_keepalive(sock, self.liveness_timeout)
             if on_authenticating is not None:
@@ -237,7 +238,7 @@ class EslConnection:
             except (TimeoutError, _stdsocket.timeout):
                 continue
             except OSError as exc:
-                raise EslConnectError(f"{self.label} failed while waiting for {what}: {_describe(exc)}") from None
+                raise EslConnectError(f"{self.label} failed while waiting for {what}: {short_reason(exc)}") from None
             if not data:
                 raise EslConnectError(f"{self.label} closed the connection while waiting for {what}")
             try:
@@ -273,7 +274,7 @@ class EslConnection:
                 self._lose(f"FreeSWITCH did not take a command within {timeout:g} s")
                 raise EslTimeout(f"could not send to {self.label} within {timeout:g} s") from None
             except OSError as exc:
-                self._lose(f"send failed: {_describe(exc)}")
+                self._lose(f"send failed: {short_reason(exc)}")
             finally:
                 if timer is not None:
                     timer.close()
@@ -334,7 +335,7 @@ class EslConnection:
         except ProtocolError as exc:
             self._lose(f"protocol error: {printable(str(exc))}")
         except OSError as exc:
-            self._lose(f"read failed: {_describe(exc)}")
+            self._lose(f"read failed: {short_reason(exc)}")
         except gevent.GreenletExit:
             self._lose("closed")
         except Exception as exc:  # a bug in a frame handler: never lose track of the connection
@@ -448,11 +449,3 @@ def _open_socket(host: str, port: int, timeout: float):
         sock.close()
         raise
     return sock
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (TimeoutError, _stdsocket.timeout, gevent.Timeout)):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -23,6 +23,7 @@ import _socket
 import gevent
 from gevent.socket import wait_write
 
+from ..reasons import short_reason
 from .delivery import Destination, log
 
 __all__ = ["DatagramDestination", "MAX_UDP_PAYLOAD"]
@@ -95,7 +96,7 @@ class DatagramDestination(Destination):
         if exc.errno == errno.EMSGSIZE or len(payload) > MAX_UDP_PAYLOAD:
             message = f"payload of {len(payload)} bytes too big for a datagram"
         else:
-            message = f"datagram lost: {exc.strerror or exc}"
+            message = f"datagram lost: {short_reason(exc)}"
         self.send_errors += 1
         self.counters.errors.value += 1
         if message != self.last_error:

@@ -23,6 +23,8 @@ from collections import deque
 import gevent
 from gevent.event import Event
 
+from ..reasons import short_reason
+
 __all__ = ["Destination", "EviCounters", "DEFAULT_QUEUE_SIZE"]
 
 log = logging.getLogger("opensips_fs.evi")
@@ -162,7 +164,7 @@ class Destination:
     def _failed(self, exc: Exception) -> None:
         self.send_errors += 1
         self.counters.errors.value += 1
-        message = str(exc) or exc.__class__.__name__
+        message = short_reason(exc)
         if message != self.last_error:
             log.warning("EVI %s: %s", self.label, message)
         self.last_error = message

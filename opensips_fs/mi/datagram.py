@@ -24,6 +24,7 @@ from gevent import socket
 from gevent.pool import Pool
 
 from ..config import split_udp
+from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
 from .jsonrpc import PARSE_ERROR_REPLY, encode_error
@@ -89,7 +90,7 @@ class MiDatagramServer:
             sock.bind(self._bind_to)
         except OSError as err:
             sock.close()
-            raise StartupError(f"mi_datagram: cannot bind {self.socket_name}: {err.strerror or err}") from None
+            raise StartupError(f"mi_datagram: cannot bind {self.socket_name}: {short_reason(err)}") from None
         self._sock = sock
         self._reader = gevent.spawn(self._read_loop)
         log.info("MI datagram listening on %s", self.socket_name)

@@ -31,6 +31,7 @@ import gevent
 from gevent.monkey import get_original
 from gevent.os import nb_read, nb_write
 
+from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
 from .fifoframe import FifoParser, FifoRejected
@@ -85,7 +86,7 @@ class MiFifoServer:
             made = os.fstat(self._fd)
             self._made = (made.st_dev, made.st_ino)
         except OSError as err:
-            raise StartupError(f"mi_fifo: cannot create FIFO {self.path}: {err.strerror or err}") from None
+            raise StartupError(f"mi_fifo: cannot create FIFO {self.path}: {short_reason(err)}") from None
         self._reader = gevent.spawn(self._read_loop)
         log.info("MI FIFO listening on %s", self.path)
         return self

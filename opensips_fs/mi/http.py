@@ -31,6 +31,7 @@ from typing import Callable
 
 from gevent import ssl
 
+from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
 from .httpserver import HttpConnections, listen
@@ -124,7 +125,7 @@ class MiHttpServer:
         try:
             listener = listen(self.settings.ip, self.settings.port)
         except OSError as err:
-            raise StartupError(f"httpd: cannot listen on {where}: {err.strerror or err}") from None
+            raise StartupError(f"httpd: cannot listen on {where}: {short_reason(err)}") from None
         self.connections.start(listener)
         self._listening = True
         log.info("MI HTTP listening on %s:%s%s", *self.address, self.root_path)
