@@ -12,7 +12,7 @@ import pytest
 from support import golden
 from opensips_fs import config
 from opensips_fs.app import App
-from opensips_fs.evi.sink import TcpSink, UdpSink
+from support.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
 from opensips_fs.sim import FsSimulator, SimSettings
 

@@ -15,7 +15,7 @@ from opensips_fs import config
 from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
 from opensips_fs.evi.delivery import BACKOFF_MAX
 from opensips_fs.evi.registry import EviRegistry
-from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink
+from support.sink import HttpSink, TcpSink, UdpSink
 from opensips_fs.stats import Stats
 from support.waits import assert_never, wait_until
 

@@ -18,7 +18,7 @@ import pytest
 from support import golden
 from opensips_fs.config import EviTransportSettings
 from opensips_fs.evi.registry import PUBLISHED_EVENTS, EviRegistry
-from opensips_fs.evi.sink import TcpSink, UdpSink
+from support.sink import TcpSink, UdpSink
 from opensips_fs.jsonenc import dumps
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats

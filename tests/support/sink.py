@@ -1,4 +1,4 @@
-"""EVI subscribers for tests, benchmarks and demos: receive and record events.
+"""EVI subscribers for the tests: receive and record events.
 
 `UdpSink`, `TcpSink` and `HttpSink` listen on 127.0.0.1 (ephemeral port by
 default), record every payload with its arrival time (`time.time()`), and
