@@ -18,7 +18,7 @@ import pytest
 
 from opensips_fs.config import EventRabbitmqSettings, EviTransportSettings
 from opensips_fs.evi.registry import EviRegistry
-from opensips_fs.evi.sink import UdpSink
+from support.sink import UdpSink
 from opensips_fs.mi.commands import MiError
 from opensips_fs.stats import Stats
 from support import rabbitmq

@@ -21,7 +21,7 @@ from support import golden
 from opensips_fs.config import EventRabbitmqSettings, EviTransportSettings
 from opensips_fs.evi.address import parse_socket
 from opensips_fs.evi.registry import EviRegistry
-from opensips_fs.evi.sink import UdpSink
+from support.sink import UdpSink
 from opensips_fs.jsonenc import dumps
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats

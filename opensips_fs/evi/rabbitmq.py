@@ -44,6 +44,7 @@ import gevent
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
+from ..reasons import short_reason
 from .confirms import ConfirmLedger
 from .delivery import BACKOFF_FIRST, BACKOFF_MAX, Destination
 from .rabbitmq_address import RabbitTarget, wire_name
@@ -78,7 +79,7 @@ def describe(exc: BaseException) -> str:
     text = getattr(exc, "reply_text", None)
     if code and text:
         return f"broker: {code} {text}"
-    return str(exc) or exc.__class__.__name__
+    return short_reason(exc)
 
 
 class _Link:

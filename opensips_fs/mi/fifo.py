@@ -152,7 +152,7 @@ class MiFifoServer:
             except OSError as err:
                 if err.errno not in (errno.ENXIO, errno.ENOENT) or attempt == OPEN_RETRIES:
                     self._reply_failures.value += 1
-                    reason = "a symbolic link, not followed" if err.errno == errno.ELOOP else err.strerror
+                    reason = "a symbolic link, not followed" if err.errno == errno.ELOOP else short_reason(err)
                     log.error("cannot open reply FIFO %s: %s", path, reason)
                     return
                 gevent.sleep(OPEN_RETRY_DELAY)
