@@ -29,7 +29,7 @@ import difflib
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Callable
+from typing import Any, Callable
 
 from . import url as fsurl
 from .dburl import DbUrlError, parse_db_url
@@ -292,8 +292,11 @@ def _secret(value, _dir=None) -> str | None:
 
 def _path(value, base_dir) -> str | None:
     text = _str(value)
-    if not text:
-        return None
+    return _resolve(text, base_dir) if text else None
+
+
+def _resolve(text: str, base_dir) -> str:
+    """``text`` as a path from ``base_dir`` (a trailing slash is kept)."""
     keep_slash = text.endswith("/")
     resolved = os.path.normpath(os.path.join(base_dir, text))
     return resolved + "/" if keep_slash and not resolved.endswith("/") else resolved
@@ -339,9 +342,9 @@ def _datagram_socket(value, _dir=None) -> str:
     if text.startswith("unix:"):
         if not text[5:]:
             raise _BadValue("expects udp:IP:PORT or a unix socket path, got 'unix:'")
-        return "unix:" + _path(text[5:], _dir)
+        return "unix:" + _resolve(text[5:], _dir)
     if text.startswith("/") or (text and ":" not in text):
-        return _path(text, _dir)
+        return _resolve(text, _dir)
     raise _BadValue(f"expects udp:IP:PORT or a unix socket path, got {text!r}")
 
 
@@ -468,7 +471,7 @@ _NOT_NONE_WHEN_EMPTY = {"fifo_name", "reply_dir"}
 @dataclass(frozen=True)
 class _Token:
     kind: str       # "str", "int", "word", "punct", "eof"
-    value: object
+    value: Any      # str for "str"/"word"/"punct", int for "int", None otherwise
     line: int
     text: str       # as written, for messages
 
@@ -499,26 +502,8 @@ def _tokenize(text: str, file: str) -> list[_Token]:
             line += text.count("\n", i, end)
             i = end + 2
         elif ch in "\"'":
-            start_line = line
-            j = i + 1
-            out = []
-            while True:
-                if j >= n:
-                    raise ConfigError(file, start_line, f"unterminated string (no closing {ch})")
-                c = text[j]
-                if c == ch:
-                    break
-                if c == "\\" and j + 1 < n:
-                    nxt = text[j + 1]
-                    out.append(_ESCAPES.get(nxt, "\\" + nxt))
-                    line += nxt == "\n"
-                    j += 2
-                    continue
-                line += c == "\n"
-                out.append(c)
-                j += 1
-            tokens.append(_Token("str", "".join(out), start_line, text[i:j + 1]))
-            i = j + 1
+            token, i, line = _string_token(text, i, line, file)
+            tokens.append(token)
         elif ch in _PUNCT:
             tokens.append(_Token("punct", ch, line, ch))
             i += 1
@@ -530,15 +515,48 @@ def _tokenize(text: str, file: str) -> list[_Token]:
             tokens.append(_Token("word", m.group(0), line, m.group(0)))
             i = m.end()
         else:
-            end = i
-            while end < n and not text[end].isspace() and end - i < 20:
-                end += 1
             # reported by the parser, so that a known word before it can
             # explain itself first (e.g. "route {")
-            tokens.append(_Token("bad", None, line, text[i:max(end, i + 1)]))
-            i = max(end, i + 1)
+            token = _bad_token(text, i, line)
+            tokens.append(token)
+            i += len(token.text)
     tokens.append(_Token("eof", None, line, "end of file"))
     return tokens
+
+
+def _string_token(text: str, i: int, line: int, file: str) -> tuple[_Token, int, int]:
+    """The quoted string starting at ``text[i]``: (its token, the index
+    after its closing quote, the line there)."""
+    quote = text[i]
+    start_line = line
+    n = len(text)
+    j = i + 1
+    out = []
+    while True:
+        if j >= n:
+            raise ConfigError(file, start_line, f"unterminated string (no closing {quote})")
+        c = text[j]
+        if c == quote:
+            break
+        if c == "\\" and j + 1 < n:
+            nxt = text[j + 1]
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            line += nxt == "\n"
+            j += 2
+            continue
+        line += c == "\n"
+        out.append(c)
+        j += 1
+    return _Token("str", "".join(out), start_line, text[i:j + 1]), j + 1, line
+
+
+def _bad_token(text: str, i: int, line: int) -> _Token:
+    """What starts at ``text[i]`` when it is no token: up to 20 characters
+    before the next space, at least one."""
+    end = i
+    while end < len(text) and not text[end].isspace() and end - i < 20:
+        end += 1
+    return _Token("bad", None, line, text[i:max(end, i + 1)])
 
 
 def _number(written: str) -> int:
@@ -559,6 +577,13 @@ _STATEMENTS = ("loadmodule, modparam(...), log_level=N, log_stderror=yes|no, "
                "stderror_log_format=..., syslog_log_format=..., include_file")
 _GLOBALS = "log_level, log_stderror, stderror_log_format and syslog_log_format"
 _MAX_INCLUDE_DEPTH = 10
+
+
+# global parameter -> the _Parser method that checks and sets its value
+_GLOBAL_SETTERS = {"log_level": "set_log_level", "log_stderror": "set_log_stderror",
+                   "stderror_log_format": "set_log_format", "syslog_log_format": "set_log_format"}
+_ROUTES = ("route", "startup_route", "timer_route", "event_route", "onreply_route",
+           "failure_route", "branch_route", "local_route", "error_route")
 
 
 class _Parser:
@@ -619,46 +644,48 @@ class _Parser:
             self.loadmodule(token)
         elif keyword == "modparam":
             self.modparam(token)
-        elif keyword == "log_level":
-            self.expect("punct", "=", "'=' after log_level")
-            value = self.take()
-            if value.kind not in ("int", "word", "str"):
-                raise self.error(value, f"bad log_level {value.text!r}: expected {LOG_LEVEL_HELP}")
-            try:
-                self.config.log_level = parse_log_level(value.value)
-            except ValueError as exc:
-                raise self.error(value, str(exc)) from None
-        elif keyword == "log_stderror":
-            self.expect("punct", "=", "'=' after log_stderror")
-            value = self.take()
-            written = str(value.value).lower() if value.kind in ("word", "int", "str") else None
-            if written in _YES:
-                self.config.log_stderror = True
-            elif written in _NO:
-                self.config.log_stderror = False
-            else:
-                raise self.error(value, f"bad log_stderror {value.text!r}: expected yes or no")
-        elif keyword in ("stderror_log_format", "syslog_log_format"):
+        elif keyword in _GLOBAL_SETTERS:
             self.expect("punct", "=", f"'=' after {keyword}")
-            value = self.take()
-            written = value.value if value.kind in ("word", "str") else None
-            if written not in LOG_FORMATS:
-                raise self.error(value, f"bad {keyword} {value.text!r}: expected "
-                                 f"{', '.join(repr(f) for f in LOG_FORMATS)}")
-            setattr(self.config, keyword, written)
+            getattr(self, _GLOBAL_SETTERS[keyword])(keyword, self.take())
         elif keyword in ("include_file", "import_file"):
             self.include(token)
-        elif self.peek().kind == "punct" and self.peek().value == "=":
-            raise self.error(token, f"unknown global parameter {keyword!r}: opensips-fs "
-                             f"understands {_GLOBALS}")
-        elif self.peek().kind == "punct" and self.peek().value == "(" or keyword in (
-                "route", "startup_route", "timer_route", "event_route", "onreply_route",
-                "failure_route", "branch_route", "local_route", "error_route"):
-            raise self.error(token, f"{keyword!r} is not supported: opensips-fs reads only "
-                             f"{_STATEMENTS}")
         else:
-            raise self.error(token, f"unknown statement {keyword!r}: expected one of {_STATEMENTS}")
+            raise self.unknown_statement(token)
         self.end_statement()
+
+    def set_log_level(self, keyword: str, value: _Token) -> None:
+        if value.kind not in ("int", "word", "str"):
+            raise self.error(value, f"bad log_level {value.text!r}: expected {LOG_LEVEL_HELP}")
+        try:
+            self.config.log_level = parse_log_level(value.value)
+        except ValueError as exc:
+            raise self.error(value, str(exc)) from None
+
+    def set_log_stderror(self, keyword: str, value: _Token) -> None:
+        written = str(value.value).lower() if value.kind in ("word", "int", "str") else None
+        if written in _YES:
+            self.config.log_stderror = True
+        elif written in _NO:
+            self.config.log_stderror = False
+        else:
+            raise self.error(value, f"bad log_stderror {value.text!r}: expected yes or no")
+
+    def set_log_format(self, keyword: str, value: _Token) -> None:
+        written = value.value if value.kind in ("word", "str") else None
+        if written not in LOG_FORMATS:
+            raise self.error(value, f"bad {keyword} {value.text!r}: expected "
+                             f"{', '.join(repr(f) for f in LOG_FORMATS)}")
+        setattr(self.config, keyword, written)
+
+    def unknown_statement(self, token: _Token) -> ConfigError:
+        keyword = token.value
+        if self.peek().kind == "punct" and self.peek().value == "=":
+            return self.error(token, f"unknown global parameter {keyword!r}: opensips-fs "
+                              f"understands {_GLOBALS}")
+        if self.peek().kind == "punct" and self.peek().value == "(" or keyword in _ROUTES:
+            return self.error(token, f"{keyword!r} is not supported: opensips-fs reads only "
+                              f"{_STATEMENTS}")
+        return self.error(token, f"unknown statement {keyword!r}: expected one of {_STATEMENTS}")
 
     def loadmodule(self, keyword: _Token) -> None:
         token = self.expect("str", what='a quoted module name, e.g. loadmodule "httpd.so"')

@@ -303,7 +303,7 @@ class FsDatabase:
                 primary_key = False
 
         cols = self.columns
-        fields = {
+        fields: dict[str, object] = {
             "username": peewee.BareField(column_name=cols["username"], null=True),
             "password": peewee.BareField(column_name=cols["password"], null=True),
             "ip": peewee.BareField(column_name=cols["ip"], null=True),
@@ -337,7 +337,7 @@ class FsDatabase:
             column_names = {c.name.lower() for c in db.get_columns(self.table)}
             with_id = "id" in column_names
             _, table = self._models(db, with_id)
-            query = table.select(*( [table.id] if with_id else []), table.username, table.password,
+            query = table.select(*([table.id] if with_id else []), table.username, table.password,
                                  table.ip, table.port, table.events)
             if with_id:
                 query = query.order_by(table.id)

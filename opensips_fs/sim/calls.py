@@ -47,7 +47,8 @@ def _compile(templates):
     for leg, name, calling, headers in templates:
         variants = []
         for origination in (False, True):
-            base, slots = [], []
+            base: list[tuple[str, str]] = []
+            slots: list[tuple[int, str, str]] = []
             for key, value in headers:
                 if key == "variable_origination_uuid" and not origination:
                     continue
@@ -99,7 +100,7 @@ class Call:
         self.alive = True
         self.hanging = False
         self.watchers: list = []
-        self.timer = None
+        self.timer: gevent.Greenlet | None = None
 
     def context(self, leg: str) -> dict:
         """The values of the template placeholders for one leg, now."""
@@ -114,7 +115,7 @@ class Call:
 
     def fire(self, templates, skip=()) -> None:
         box = self.engine.box
-        contexts = {}
+        contexts: dict[str, dict] = {}
         variant = 1 if self.origination else 0
         for leg, name, calling, variants in templates:
             if (leg, name) in skip:

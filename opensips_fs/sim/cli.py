@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     users = [SimUser(u["name"], u["password"], u.get("events"), u.get("api"), u.get("log", True))
              for u in (args.users or [])]
     listens = args.listen or [("127.0.0.1", 8021)]
-    boxes = []
+    boxes: list[FsSimulator] = []
     done = GEvent()
 
     def on_shutdown(_box):

@@ -100,8 +100,8 @@ class SimClient:
         self._room = GEvent()
         self._room.set()
         self._closing = False
-        self._writer = None
-        self._reader = None
+        self._writer: gevent.Greenlet | None = None
+        self._reader: gevent.Greenlet | None = None
 
     # -- life cycle ----------------------------------------------------------
     def start(self, greeting: bytes) -> None:

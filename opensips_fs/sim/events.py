@@ -132,7 +132,8 @@ def json_body(headers, body: str | None) -> bytes:
         if len(whole) == len(pairs):  # no repeated key: one C call
             return orjson.dumps(whole)
         # repeated keys: one orjson call per run of distinct keys
-        chunks, run = [], {}
+        chunks: list[bytes] = []
+        run: dict[str, str] = {}
         for key, value in pairs:
             if key in run:
                 chunks.append(orjson.dumps(run)[1:-1])
@@ -200,7 +201,7 @@ class Event:
     def get(self, name: str) -> str | None:
         """First value of a header, by case-insensitive name."""
         if self._index is None:
-            index = {}
+            index: dict[str, str] = {}
             for k, v in self.headers:
                 index.setdefault(k.lower(), v)
             self._index = index

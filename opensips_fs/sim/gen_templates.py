@@ -105,7 +105,9 @@ def build(golden: Path) -> dict:
     # 40: bgapi originate loopback/9664 &park, then hupall NORMAL_CLEARING
     ev40 = _events_json(golden / "40_originate_loopback.json")
     uuids40 = _leg_uuids(ev40, "9664")
-    setup, post_answer, hangup = [], [], []
+    setup: list[tuple] = []
+    post_answer: list[tuple] = []
+    hangup: list[tuple] = []
     phase = setup
     for e in ev40:
         name = _get(e, "Event-Name")
@@ -118,26 +120,26 @@ def build(golden: Path) -> dict:
     # 42: the A-leg of a parked call killed with uuid_kill (plain, via myevents)
     ev42 = _events_plain(golden / "42_myevents.json")
     uuids42 = {_get(ev42[0], "Unique-ID"): "A", _get(ev42[0], "variable_other_loopback_leg_uuid"): "B"}
-    extra_a = {}
-    orig_a = {}  # A-leg hangup events of a call originated with origination_uuid
+    extra_a: dict[str, tuple] = {}
+    orig_a: dict[tuple, tuple] = {}  # A-leg hangup events of a call originated with origination_uuid
     for e in ev42:
         name = _get(e, "Event-Name")
-        leg, *item = _template(e, uuids42, "9664")
-        item = ("A", *item)  # myevents follows the A-leg
+        _leg, *fields = _template(e, uuids42, "9664")
+        item = ("A", *fields)  # myevents follows the A-leg
         if name in ("CHANNEL_UNPARK", "CHANNEL_EXECUTE_COMPLETE"):
             extra_a.setdefault(name, item)
         orig_a.setdefault((name, _get(e, "Channel-State")), item)
     # 41: api originate loopback/9665 &park; the B-leg hangs up after 1 s
     ev41 = _events_plain(golden / "41_originate_api_sync_plain.json")
     uuids41 = _leg_uuids(ev41, "9665")
-    by_b = {}
+    by_b: dict[tuple, tuple] = {}
     for e in ev41:
         if _get(e, "Event-Name") in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"):
             item = _template(e, uuids41, "9665")
             by_b[item[:2]] = item
     # hangup sequences: parked call (hupall/uuid_kill) and B-leg hang-up
     unpark = [extra_a["CHANNEL_UNPARK"], extra_a["CHANNEL_EXECUTE_COMPLETE"]]
-    parked = []
+    parked: list[tuple] = []
     for item in hangup:
         parked.append(item)
         if item[:2] == ("A", "CHANNEL_HANGUP"):

@@ -20,8 +20,8 @@ class Listener:
         self.port = port
         self.on_accept = on_accept
         self.backlog = backlog
-        self._sock = None
-        self._glet = None
+        self._sock: socket.socket | None = None
+        self._glet: gevent.Greenlet | None = None
 
     def open(self) -> "Listener":
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)

@@ -73,7 +73,7 @@ class FsSimulator:
         self._live: list[SimClient] = []
         self.calls = CallEngine(self, settings.call_duration)
         self.load = LoadGenerator(self)
-        self.delay_ms = 0
+        self.delay_ms = 0.0
         self.refusing = False
         self.lost_events = 0
         self.lost_log_lines = 0
