@@ -48,6 +48,7 @@ from gevent import ssl
 from gevent.hub import get_hub
 from gevent.monkey import get_original
 
+from ..reasons import short_reason
 from ..stats import Stats
 from .httpwire import CONTINUE, CONTINUE_RESPONSE, NEED_DATA, HttpError, HttpRequest, RequestParser, encode_response
 
@@ -245,7 +246,7 @@ class HttpConnections:
         closed = self._make_room()
         self._limit_log.warning(
             "emfile", "MI HTTP cannot accept: %s (%d connections open); %s",
-            err.strerror or err, len(self._connections),
+            short_reason(err), len(self._connections),
             "closed the oldest idle one" if closed else "no idle connection to close, backing off")
         if not closed:
             self._refused.value += 1

@@ -10,7 +10,8 @@
 * ``stack``: opensips-fs (``App`` from a config) with FreeSWITCH simulators
   and refused ports, driven by recorded MI requests;
 * ``db``: throw-away databases on SQLite, PostgreSQL and MariaDB;
-* ``waits``: polling until a condition holds.
+* ``waits``: polling until a condition holds;
+* ``sink``: EVI subscribers (UDP, TCP, HTTP) that record what they receive.
 
 Test modules import from here, never from one another.
 """
