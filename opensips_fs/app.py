@@ -124,7 +124,7 @@ class App:
         log.log(logs.NOTICE, "opensips-fs %s started: %s", __version__, ", ".join(
             f"{what} on {where}" for what, where, _ in self.transports) or "no MI listener")
 
-    def _start_room(self, what: str, room) -> None:
+    def _start_room(self, what: str, room: Any) -> None:
         try:
             room.start()
         except StartupError as exc:

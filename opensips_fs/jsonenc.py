@@ -15,7 +15,7 @@ import orjson
 __all__ = ["dumps", "dumps_str"]
 
 
-def dumps(obj) -> bytes:
+def dumps(obj: object) -> bytes:
     """Encode `obj` as compact JSON bytes."""
     try:
         return orjson.dumps(obj)

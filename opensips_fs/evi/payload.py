@@ -32,6 +32,8 @@ from ..mi.jsonrpc import number_to_int
 
 __all__ = ["Notification", "notification", "freeswitch_tail", "parse_mi_params"]
 
+Params = list[tuple[str, "str | int"]]  # an event's (name, value) pairs, in order
+
 HEAD = b'{"jsonrpc":"2.0","method":'
 _PARAMS = b',"params":{'
 
@@ -53,7 +55,7 @@ class Notification:
 
     __slots__ = ("event", "params", "tail", "payload")
 
-    def __init__(self, event: str, params, tail: bytes, payload: bytes):
+    def __init__(self, event: str, params: Params | None, tail: bytes, payload: bytes):
         self.event = event
         self.params = params
         self.tail = tail
@@ -63,7 +65,7 @@ class Notification:
         return head + self.tail
 
 
-def params_tail(params) -> bytes:
+def params_tail(params: Params | None) -> bytes:
     """The bytes after `"method":"…"`: `,"params":{…}}` or `}`."""
     if not params:
         return b"}"
@@ -71,7 +73,7 @@ def params_tail(params) -> bytes:
     return _PARAMS + b",".join(members) + b"}}"
 
 
-def notification(event: str, params) -> Notification:
+def notification(event: str, params: Params | None) -> Notification:
     """Build the notification for `event` with `params` [(name, str|int)]."""
     tail = params_tail(params)
     return Notification(event, params, tail, method_head(event) + tail)
@@ -100,11 +102,11 @@ def freeswitch_tail(name: str, sender: str, body: str) -> bytes:
     return prefix + encoded + b"}}"
 
 
-class _Pairs(list):
+class _Pairs(list[tuple[str, object]]):
     """A JSON object's members in order, duplicates kept (as cJSON does)."""
 
 
-def _value_param(value):
+def _value_param(value: object) -> str | int:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -113,7 +115,7 @@ def _value_param(value):
     return dumps(_plain(value)).decode("utf-8", "surrogateescape")
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Undo the pair lists of `_object_pairs` (nested objects) for encoding."""
     if isinstance(value, _Pairs):
         return {k: _plain(v) for k, v in value}
@@ -122,7 +124,7 @@ def _plain(value):
     return value
 
 
-def parse_mi_params(raw) -> list[tuple[str, str | int]] | None:
+def parse_mi_params(raw: object) -> Params | None:
     """MI `raise_event`'s `params` value -> params list (docs/protocols/evi.md §2.5 step 3).
 
     Raises MiError 400 "Bad Params" / "No Params" like OpenSIPS.
@@ -130,7 +132,7 @@ def parse_mi_params(raw) -> list[tuple[str, str | int]] | None:
     if raw is MISSING:
         return None
     if isinstance(raw, list):
-        items: list[tuple[str, str | int]] = []
+        items: Params = []
         for item in raw:
             if isinstance(item, str):
                 items.append(("", item))
