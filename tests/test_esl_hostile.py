@@ -19,24 +19,16 @@ import pytest
 from opensips_fs.config import FreeswitchSettings
 from opensips_fs.esl.connection import EslReplyTooLarge
 from opensips_fs.esl.manager import EslManager
-from opensips_fs.esl.socket import ROUTE_CACHE_SIZE
+from opensips_fs.esl.socket import ROUTE_CACHE_SIZE, backoff_gap
 from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats
+from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
 PASSWORD = "ClueCon"
-
-
-def wait_until(predicate, timeout: float = 5.0, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        gevent.sleep(step)
+# the backoff's first gaps (1 + 2 s): windows that bound how many attempts fit
+FIRST_TWO_GAPS = backoff_gap(1) + backoff_gap(2)
 
 
 class Counting:
@@ -190,7 +182,7 @@ def test_a_peer_that_drops_us_right_after_the_login_is_backed_off(make_manager, 
     mgr = make_manager()
     sock = mgr.get("127.0.0.1", rogue.port, None, PASSWORD)
     sock.ref()
-    gevent.sleep(3.5)
+    gevent.sleep(FIRST_TWO_GAPS * 1.15)
     # at once after the first loss, then 1 s, 2 s: about 4 logins in 3.5 s
     assert 2 <= len(rogue.connections) <= 5, len(rogue.connections)
     gaps = [b - a for a, b in zip(rogue.connections[1:], rogue.connections[2:])]
@@ -209,7 +201,7 @@ def test_a_protocol_breaking_peer_is_backed_off(make_manager, peer):
     mgr = make_manager()
     sock = mgr.get("127.0.0.1", rogue.port, None, PASSWORD)
     sock.ref()
-    gevent.sleep(3.5)
+    gevent.sleep(FIRST_TWO_GAPS * 1.15)
     assert 2 <= len(rogue.connections) <= 5, len(rogue.connections)
     assert "protocol error" in sock.status()["last_error"]
 
@@ -221,7 +213,7 @@ def test_connect_failures_back_off_exponentially(make_manager, stats):
         mgr = make_manager()
         sock = mgr.get("127.0.0.1", holder.getsockname()[1], None, PASSWORD)
         sock.ref()
-        gevent.sleep(7.5)
+        gevent.sleep((FIRST_TWO_GAPS + backoff_gap(3)) * 1.07)
         # attempts at about 0, 1, 3 and 7 s (the old fixed 1 s gap made 8)
         assert 3 <= stat(stats, "connect_failures") <= 4
         assert sock.state == "backoff" and sock.counters()["connect_failures"] == stat(stats, "connect_failures")

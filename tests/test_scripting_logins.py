@@ -10,8 +10,10 @@ import logging
 import gevent
 import pytest
 
+from opensips_fs.esl.socket import SocketSettings, backoff_gap
 from opensips_fs.sim import SimUser
 from support.stack import Stack
+from support.waits import assert_never, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -59,7 +61,7 @@ def test_a_refused_login_backs_off_and_warns_once(stack, caplog):
     box = s.sims[8021]
     box.set_password("Other")
     assert result(s.mi("fs_subscribe", {"freeswitch_url": url(s, 8021), "events": ["DTMF"]})) == "OK"
-    gevent.sleep(4.5)
+    gevent.sleep((backoff_gap(1) + backoff_gap(2)) * 1.5)  # the fourth attempt is due at 7 s
     # attempts at about 0, 1 and 3 s — not one a second for ever
     assert 2 <= len(box.clients) <= 3, len(box.clients)
     assert all(c.commands == ["auth ClueCon"] for c in box.clients)
@@ -72,7 +74,9 @@ def test_a_refused_login_backs_off_and_warns_once(stack, caplog):
 def test_a_refused_connection_logs_like_a_refused_login(stack, caplog):
     s = stack()
     assert result(s.mi("fs_subscribe", {"freeswitch_url": url(s, 8029), "events": ["DTMF"]})) == "OK"
-    gevent.sleep(1.5)
+    wait_until(lambda: esl_records(caplog, logging.WARNING), what="a warning")
+    assert_never(lambda: len(esl_records(caplog, logging.WARNING)) > 1, during=1.5 * backoff_gap(1),
+                 what="a second warning for the same failure")
     warnings = esl_records(caplog, logging.WARNING)
     assert len(warnings) == 1 and "failed: Connection refused; retrying in 1 s" in warnings[0]
 
@@ -91,8 +95,8 @@ def test_a_corrected_password_is_tried_at_once_and_the_call_waits_for_it(stack, 
     assert result(s.mi("freeswitch_esl", ["api echo hi", url(s, 8021, ":NewPass@")])) == "hi"
     assert box.clients[-1].commands[0] == "auth NewPass"
     assert esl_records(caplog, 25) == []  # recovery is announced once the connection has lasted
-    gevent.sleep(5.5)
-    notices = esl_records(caplog, 25)
+    notices = wait_until(lambda: esl_records(caplog, 25), timeout=SocketSettings().stable_after * 1.5,
+                         what="the recovery notice")
     assert len(notices) == 1 and "connected again after" in notices[0]
 
 
