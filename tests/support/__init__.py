@@ -11,7 +11,12 @@
   and refused ports, driven by recorded MI requests;
 * ``db``: throw-away databases on SQLite, PostgreSQL and MariaDB;
 * ``waits``: polling until a condition holds;
-* ``sink``: EVI subscribers (UDP, TCP, HTTP) that record what they receive.
+* ``sink``: EVI subscribers (UDP, TCP, HTTP) that record what they receive;
+* ``service``: opensips-fs as a subprocess (the ``services`` fixture of
+  conftest.py starts them), a copy of the default config on tmp paths and
+  ephemeral ports, MI over HTTP;
+* ``rabbitmq``: the private RabbitMQ broker of the ``rabbitmq_broker``
+  fixture and an AMQP consumer (pika).
 
 Test modules import from here, never from one another.
 """
