@@ -1,6 +1,7 @@
 """Relay benchmark: FreeSWITCH events -> opensips-fs -> EVI subscribers.
 
     .venv/bin/python bench/bench_relay.py [--quick] [--duration S] [--sockets 1,20]
+                                          [--settle S] [--code DIR]
 
 Three processes, all on 127.0.0.1:
 
@@ -21,6 +22,16 @@ the ratio to OpenSIPS 4.1 measured on the same machine kind (12,700 ev/s to
 one UDP subscriber, 10,000 to one TCP subscriber, 6,900 per subscriber with
 four; p50 0.5-1.5 ms at 5,000 ev/s). Target: 3x the rates with zero loss,
 a lower p50 at 5,000 ev/s.
+
+Memory: the resident set of opensips-fs is sampled every 20 ms. Each case
+prints its peak RSS; after the cases of a socket count the rig stays idle
+`--settle` seconds (default 60) and prints the idle RSS before the runs, the
+peak over all of them and the settled RSS, with the ratio settled/idle.
+Targets: peak <= 150 MB during max-rate runs, settled <= 1.5x idle.
+
+`--code DIR` runs the opensips-fs found in the source tree DIR (another
+checkout, e.g. an older commit) instead of this one, with this benchmark
+and this venv: the same run for both, to compare them.
 """
 
 from __future__ import annotations
@@ -293,10 +304,35 @@ def mi(port: int, method: str, params=None):
     return reply["result"]
 
 
+class RssSampler:
+    """The peak resident set of a process, sampled every 20 ms in a greenlet."""
+
+    def __init__(self, rig):
+        import gevent
+        self.rig = rig
+        self.peak = 0.0
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        import gevent
+        while True:
+            try:
+                self.peak = max(self.peak, self.rig.rss_mb())
+            except OSError:
+                return
+            gevent.sleep(0.02)
+
+    def reset(self) -> None:
+        self.peak = self.rig.rss_mb()
+
+    def stop(self) -> None:
+        self._greenlet.kill()
+
+
 class Rig:
     """The generator and opensips-fs processes for one socket count."""
 
-    def __init__(self, sockets: int, workdir: Path):
+    def __init__(self, sockets: int, workdir: Path, code: str | None = None):
         self.sockets = sockets
         self.gen = subprocess.Popen([PYTHON, __file__, "--generator", "--sockets", str(sockets)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -313,7 +349,10 @@ class Rig:
                   'loadmodule "event_datagram.so"', 'loadmodule "event_stream.so"']
         cfg = workdir / f"bench_{sockets}.cfg"
         cfg.write_text("\n".join(lines) + "\n")
-        self.fs = subprocess.Popen([str(Path(PYTHON).with_name("opensips-fs")), "-f", str(cfg)],
+        env = dict(os.environ)
+        if code:
+            env["PYTHONPATH"] = str(Path(code).resolve())
+        self.fs = subprocess.Popen([PYTHON, "-m", "opensips_fs", "-f", str(cfg)], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert self.fs.stderr is not None  # a PIPE
         fs_err = self.fs.stderr
@@ -354,6 +393,13 @@ class Rig:
 
     def stats(self):
         return mi(self.mi_port, "get_statistics", [["all"]])
+
+    def rss_mb(self) -> float:
+        """The resident set of opensips-fs now, in MB."""
+        for line in Path(f"/proc/{self.fs.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def close(self):
         try:
@@ -445,6 +491,10 @@ def main(argv=None) -> int:
                         help="offered rates, 0 = full speed (default 0,5000,20000)")
     parser.add_argument("--kinds", default="udp,tcp,4udp")
     parser.add_argument("--quick", action="store_true", help="short runs (1 s, 30000 events)")
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="idle seconds after the runs before the settled RSS (default 60)")
+    parser.add_argument("--code", default=None,
+                        help="run the opensips-fs of this source tree (default: this one)")
     args = parser.parse_args(argv)
     if args.generator:
         args.sockets = int(args.sockets)
@@ -463,17 +513,26 @@ def main(argv=None) -> int:
           " cpu: opensips-fs CPU time per event")
     print(f"{'sockets':>7} {'subscribers':>11} {'offered':>8} {'events':>7} "
           f"{'ev/s/sub':>9} {'relay ev/s':>10} {'lost':>6} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'cpu us/ev':>9}  vs OpenSIPS 4.1")
+          f"{'cpu us/ev':>9} {'peak MB':>7}  vs OpenSIPS 4.1")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for sockets in [int(s) for s in args.sockets.split(",")]:
-            rig = Rig(sockets, Path(tmp))
+            rig = Rig(sockets, Path(tmp), args.code)
+            sampler = None
             try:
+                import gevent
+                gevent.sleep(1.0)
+                idle = rig.rss_mb()
+                sampler = RssSampler(rig)
                 run_case(rig, "udp", 0, 0, 20000)        # warm-up, not reported
+                overall_peak = sampler.peak
                 for kind in kinds:
                     for rate in rates:
+                        sampler.reset()
                         count, reply, rows = run_case(rig, kind, rate, args.duration,
                                                       args.full_count)
+                        case_peak = sampler.peak
+                        overall_peak = max(overall_peak, case_peak)
                         worst = min(rows, key=lambda r: r["rate"])
                         lost = sum(r["lost"] for r in rows)
                         p50 = max(r["p50"] for r in rows)
@@ -494,14 +553,23 @@ def main(argv=None) -> int:
                         print(f"{sockets:>7} {label:>11} {offered:>8} {count:>7} "
                               f"{worst['rate']:>9,.0f} {reply['relay_rate']:>10,.0f} {lost:>6} "
                               f"{p50:>7.2f} {p99:>7.2f} "
-                              f"{reply['cpu_us']:>9.1f}  {note}",
+                              f"{reply['cpu_us']:>9.1f} {case_peak:>7.0f}  {note}",
                               flush=True)
                         results.append({"sockets": sockets, "kind": kind, "rate": rate,
                                         "count": count, "rows": rows})
                 stats = rig.stats()
                 print(f"        opensips-fs statistics after {sockets}-socket runs: "
                       + ", ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+                sampler.stop()
+                gevent.sleep(args.settle)
+                settled = rig.rss_mb()
+                print(f"        RSS of opensips-fs with {sockets} socket(s): idle {idle:.0f} MB, "
+                      f"peak {overall_peak:.0f} MB during the runs (target <= 150), "
+                      f"{settled:.0f} MB {args.settle:g} s after them = {settled / idle:.2f}x idle "
+                      f"(target <= 1.5x)", flush=True)
             finally:
+                if sampler is not None:
+                    sampler.stop()
                 rig.close()
     return 0
 

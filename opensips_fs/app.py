@@ -86,7 +86,7 @@ class App:
             self.manager = EslManager(cfg.freeswitch, self.stats)
             self._start_room("ESL connection manager", self.manager)
 
-        self.evi = EviRegistry(self.stats, cfg.evi_transports())
+        self.evi = EviRegistry(self.stats, cfg.evi_transports(), cfg.evi_queue_bytes)
         self._start_room("event interface", self.evi)
 
         if cfg.freeswitch_scripting is not None:     # the config made sure freeswitch is loaded

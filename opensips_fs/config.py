@@ -150,7 +150,9 @@ class MiDatagramSettings:
 
 @dataclass
 class EviTransportSettings:
-    queue_size: int = 100000                # per destination (ours)
+    queue_size: int = 100000                # events queued per destination (ours)
+    queue_bytes: int = 16 << 20             # bytes queued per destination (ours)
+    drain_timeout: int = 3                  # seconds the queues get at shutdown (ours)
 
 
 @dataclass
@@ -215,6 +217,7 @@ class Config:
     log_stderror: bool = True               # ours: a foreground service
     stderror_log_format: str = "plain_text"  # plain_text, json, json_cee
     syslog_log_format: str = "plain_text"
+    evi_queue_bytes: int = 64 << 20         # ours: bytes queued by all EVI destinations
     loaded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # "FILE:LINE: text", to log
     freeswitch: FreeswitchSettings | None = None
@@ -399,7 +402,8 @@ class _Module:
     requires: str | None = None
 
 
-_evi_params = {"queue_size": _ranged(1)}
+_evi_params = {"queue_size": _ranged(1), "queue_bytes": _ranged(1024),
+               "drain_timeout": _ranged(0)}
 
 MODULES: dict[str, _Module] = {
     "freeswitch": _Module(FreeswitchSettings, {
@@ -575,13 +579,15 @@ def _number(written: str) -> int:
 
 _STATEMENTS = ("loadmodule, modparam(...), log_level=N, log_stderror=yes|no, "
                "stderror_log_format=..., syslog_log_format=..., include_file")
-_GLOBALS = "log_level, log_stderror, stderror_log_format and syslog_log_format"
+_GLOBALS = ("log_level, log_stderror, stderror_log_format, syslog_log_format "
+            "and evi_queue_bytes (ours)")
 _MAX_INCLUDE_DEPTH = 10
 
 
 # global parameter -> the _Parser method that checks and sets its value
 _GLOBAL_SETTERS = {"log_level": "set_log_level", "log_stderror": "set_log_stderror",
-                   "stderror_log_format": "set_log_format", "syslog_log_format": "set_log_format"}
+                   "stderror_log_format": "set_log_format", "syslog_log_format": "set_log_format",
+                   "evi_queue_bytes": "set_evi_queue_bytes"}
 _ROUTES = ("route", "startup_route", "timer_route", "event_route", "onreply_route",
            "failure_route", "branch_route", "local_route", "error_route")
 
@@ -676,6 +682,12 @@ class _Parser:
             raise self.error(value, f"bad {keyword} {value.text!r}: expected "
                              f"{', '.join(repr(f) for f in LOG_FORMATS)}")
         setattr(self.config, keyword, written)
+
+    def set_evi_queue_bytes(self, keyword: str, value: _Token) -> None:
+        if value.kind != "int" or not isinstance(value.value, int) or value.value < 1024:
+            raise self.error(value, f"bad evi_queue_bytes {value.text!r}: "
+                             "expected a number of bytes, at least 1024")
+        self.config.evi_queue_bytes = value.value
 
     def unknown_statement(self, token: _Token) -> ConfigError:
         keyword = token.value

@@ -69,6 +69,7 @@ _MODULE_OF = (
     ("opensips_fs.evi.stream", "event_stream"),
     ("opensips_fs.evi.xmlrpc", "event_xmlrpc"),
     ("opensips_fs.evi.http", "event_http"),
+    ("opensips_fs.evi.rabbitmq", "event_rabbitmq"),
     ("opensips_fs.sim", "sim"),
     ("opensips_fs", "core"),
 )

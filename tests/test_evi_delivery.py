@@ -381,24 +381,30 @@ def test_http_non_2xx_is_retried_then_delivered():
 
 
 @pytest.mark.timeout(10)
-def test_unsubscribed_destination_flushes_then_goes_away():
+def test_unsubscribe_drops_the_queue_at_once(caplog):
+    """Issue 11: the queue of an unsubscribed destination stayed (and kept
+    retrying) until the next raise; expire 0 now ends it at once, the
+    undelivered notifications counted as dropped and logged."""
     evi = registry()
-    tcp = TcpSink()
-    try:
-        evi.subscribe("E_FREESWITCH", tcp.socket, 3600)
+    with dead_port() as holder:
+        socket_text = f"tcp:127.0.0.1:{holder.getsockname()[1]}"
+        evi.subscribe("E_FREESWITCH", socket_text, 3600)
         for i in range(50):
             evi.raise_freeswitch("CHANNEL_STATE", "h", body(i))
-        evi.subscribe("E_FREESWITCH", tcp.socket, 0)
-        evi.clock = lambda: time.time() + 2
-        assert not evi.has_subscribers("E_FREESWITCH")
-        assert tcp.wait_for(50)
-        deadline = time.monotonic() + 2
-        while evi.destinations() and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        assert evi.destinations() == []
-    finally:
-        evi.stop()
-        tcp.close()
+        gevent.sleep(0.1)                       # the sender fails to connect
+        dest = evi.destinations()[0]
+        assert dest.queued == 50 and dest.running
+        with caplog.at_level("WARNING", logger="opensips_fs"):
+            evi.subscribe("E_FREESWITCH", socket_text, 0)
+        assert evi.destinations() == []         # no raise needed
+        assert dest.queued == 0 and not dest.running
+        assert dest.dropped == 50 == stat(evi, "notifications_dropped")
+        assert "unsubscribed with 50 undelivered notifications" in caplog.text
+        assert evi.budget.used == 0
+        errors = dest.send_errors
+        gevent.sleep(0.3)
+        assert dest.send_errors == errors       # no more retries
+    evi.stop()
 
 
 def test_stop_counts_what_was_never_delivered():

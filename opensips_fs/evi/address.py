@@ -7,14 +7,20 @@ touching the network: a DNS lookup at subscribe time, as OpenSIPS does) turns
 the host into the address the destination sends to.
 
 Goals: reject anything malformed with `None` (the caller answers 400 "Bad
-parameter value"); linear in the length of the string.
+parameter value"); linear in the length of the string. [EMU] A socket
+string holding a space or a control character (CR, LF, NUL, DEL, C1…)
+anywhere is malformed: such a path would be written into an HTTP request
+line (an `xmlrpc:` path with CR LF could smuggle requests), or never be
+deliverable. Non-ASCII text is allowed; an http(s) path is sent
+percent-encoded.
 """
 
 from __future__ import annotations
 
+import re
 import socket as _socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..logs import mask_password
 
@@ -51,6 +57,10 @@ class Target:
         return MODULE_OF[self.transport]
 
 
+_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f]")
+_URL_SAFE = "/?=&;:@!$'()*+,%~-._[]"
+
+
 def _port(text: str) -> int | None:
     if not text.isdigit() or not text.isascii():
         return None
@@ -68,6 +78,8 @@ def _host_port(rest: str):
 
 def parse_socket(text: str) -> Target | None:
     """Parse a socket string; None when malformed or of an unknown transport."""
+    if _FORBIDDEN.search(text):
+        return None
     transport, sep, rest = text.partition(":")
     if not sep or transport not in MODULE_OF:
         return None
@@ -117,6 +129,8 @@ def parse_socket(text: str) -> Target | None:
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
+    if not path.isascii():
+        path = quote(path, safe=_URL_SAFE)
     userinfo = ""
     printed = text
     if "@" in url.netloc:

@@ -16,6 +16,7 @@ its socket file is reached again.
 from __future__ import annotations
 
 import errno
+import logging
 import socket as _stdsocket
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ import gevent
 from gevent.socket import wait_write
 
 from ..reasons import short_reason
-from .delivery import Destination, log
+from .delivery import Destination
 
 __all__ = ["DatagramDestination", "MAX_UDP_PAYLOAD"]
 
@@ -35,12 +36,13 @@ _YIELD_EVERY = 512
 class DatagramDestination(Destination):
     """A UDP address (`address` = (ip, port)) or a unix datagram path."""
 
+    log = logging.getLogger(__name__)
     # evi/delivery.py's Destination declares _conn untyped (None)
     _conn: _socket.socket | None  # type: ignore[assignment]
     _send: Callable[[bytes], int]
 
-    def __init__(self, key, label, queue_size, counters, address):
-        super().__init__(key, label, queue_size, counters)
+    def __init__(self, key, label, queue_size, counters, address, **limits):
+        super().__init__(key, label, queue_size, counters, **limits)
         self.address = address
         self.transport = "unix" if isinstance(address, str) else "udp"
         self._family = _stdsocket.AF_UNIX if self.transport == "unix" else _stdsocket.AF_INET
@@ -99,6 +101,5 @@ class DatagramDestination(Destination):
             message = f"datagram lost: {short_reason(exc)}"
         self.send_errors += 1
         self.counters.errors.value += 1
-        if message != self.last_error:
-            log.warning("EVI %s: %s", self.label, message)
         self.last_error = message
+        self.warn(message)

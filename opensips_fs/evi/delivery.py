@@ -1,38 +1,48 @@
 """EVI delivery: one bounded queue and one sender greenlet per destination.
 
-A *destination* is a distinct target (a UDP address, a unix path, a TCP
-host:port shared by every `tcp:`/`jsonrpc:` subscriber of it, an XML-RPC
-server, an HTTP origin). Raising an event only appends the payload bytes to
-the destination's queue (`put`, never blocks); the sender greenlet drains
-the queue with the transport's `deliver`. A full queue drops its oldest
-payload and counts it. A payload that could not be written is kept (in
-`inflight`) and retried with a backoff capped at 1 s, so a peer that comes
-back gets the backlog within a second.
+A *destination* is a distinct target, identified by its whole address (a UDP
+address, a unix path, a TCP host:port shared by every `tcp:`/`jsonrpc:`
+subscriber of it, an XML-RPC server and path, an HTTP URL). Raising an
+event only appends the payload bytes to the destination's queue (`put`,
+never blocks, never raises); the sender greenlet drains the queue with the
+transport's `deliver`. The queue is a `queue.NotificationQueue`: bounded by
+events (`queue_size`) and bytes (`queue_bytes`) and inside the process-wide
+byte budget; what it drops is counted here. A payload that could not be
+written is kept (in `inflight`) and retried with a backoff capped at 1 s,
+so a peer that comes back gets the backlog within a second.
 
-Counters: per destination (`evi_status`) and in total (stats group `evi`:
-`notifications_sent`, `notifications_dropped`, `notifications_retried`,
-`send_errors`).
+Counters: per destination (`status()`, MI `evi_status`) and in total (stats
+group `evi`: `notifications_sent`, `notifications_dropped`,
+`notifications_retried`, `send_errors`). Warnings are logged under the
+transport's module name, at most one line per destination every
+`LOG_INTERVAL` seconds for a repeated error (the next line says how many
+were not logged).
+
+Lifecycle: `start`, `retire` (no subscriber left: drop what is queued and
+end at once), `drain(deadline)` (at shutdown: keep sending until the queue
+is empty or the deadline passes), `stop` (end; what is still queued is
+counted as dropped by `drop_queued`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 
 import gevent
 from gevent.event import Event
 
 from ..reasons import short_reason
+from .queue import DEFAULT_QUEUE_BYTES, NotificationQueue, QueueBudget
 
-__all__ = ["Destination", "EviCounters", "DEFAULT_QUEUE_SIZE"]
-
-log = logging.getLogger("opensips_fs.evi")
+__all__ = ["Destination", "EviCounters", "DEFAULT_QUEUE_SIZE", "DEFAULT_DRAIN_TIMEOUT",
+           "LOG_INTERVAL"]
 
 DEFAULT_QUEUE_SIZE = 100000
+DEFAULT_DRAIN_TIMEOUT = 3.0   # seconds given to the queues at shutdown
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0          # a peer that comes back is retried within 1 s
-LINGER = 5.0               # an unreferenced destination still flushes this long
+LOG_INTERVAL = 10.0        # one warning per destination per interval for a repeated error
 
 
 class EviCounters:
@@ -48,21 +58,24 @@ class EviCounters:
 class Destination:
     """Base class: the queue, the sender loop and the counters.
 
-    Subclasses set `transport` and implement `deliver()` (send some of the
+    Subclasses set `transport` and `log` (their module's logger: log lines
+    carry the module name) and implement `deliver()` (send some of the
     queue; raise OSError on failure after putting unsent payloads back into
     `inflight`). One that keeps a connection open between deliveries holds
     it in `_conn` (anything with `close()`): the base `close()` drops it.
+    `idle_wait()` may be overridden to watch the connection while the
+    queue is empty.
     """
 
     transport = "?"
-    batch = 256
+    log = logging.getLogger("opensips_fs.evi")
     _conn = None
 
-    def __init__(self, key, label: str, queue_size: int, counters: EviCounters):
+    def __init__(self, key, label: str, queue_size: int, counters: EviCounters, *,
+                 queue_bytes: int = DEFAULT_QUEUE_BYTES, budget: QueueBudget | None = None):
         self.key = key
         self.label = label
-        self.queue: deque = deque()
-        self.queue_size = max(1, int(queue_size))
+        self.queue = NotificationQueue(queue_size, queue_bytes, budget, self._queue_dropped)
         self.inflight: list = []
         self.counters = counters
         self.sent = self.dropped = self.retried = self.send_errors = 0
@@ -72,41 +85,67 @@ class Destination:
         self._idle = True
         self._wakeup = Event()
         self._greenlet = None
-        self._retiring_since = None
-        self.on_retired = None   # callback(dest) once an unreferenced one ends
+        self._last_log = float("-inf")
+        self._last_message = ""
+        self._unlogged = 0
+        self.on_retired = None   # callback(dest) once an unreferenced one ended
 
     # -- producer side (called from the raising greenlet; never blocks) ----
     def put(self, payload) -> None:
-        queue = self.queue
-        if len(queue) >= self.queue_size:
-            queue.popleft()
-            self.dropped += 1
-            self.counters.dropped.value += 1
-        queue.append(payload)
+        self.queue.put(payload)
         if self._idle:
             self._idle = False
             self._wakeup.set()
 
+    def _queue_dropped(self, count: int) -> None:
+        self.dropped += count
+        self.counters.dropped.value += count
+
+    def failed_to_build(self, exc: Exception) -> None:
+        """A notification for this destination could not be built or queued:
+        it is lost for this destination only (counted, logged)."""
+        self.send_errors += 1
+        self.counters.errors.value += 1
+        self._queue_dropped(1)
+        self.warn(f"notification not built: {exc.__class__.__name__}: {exc}")
+
     # -- lifecycle --------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None
+
     def start(self) -> None:
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
         greenlet, self._greenlet = self._greenlet, None
-        if greenlet is not None:
+        if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill(block=False)
         self._close_quietly()
         self.state = "closed"
 
     def retire(self) -> None:
-        """No subscriber references us any more: flush what is queued, then end."""
-        self._retiring_since = time.monotonic()
-        self._idle = False
-        self._wakeup.set()
+        """No subscriber references us any more: what is queued is dropped
+        (counted and logged) and the sender ends at once."""
+        self.drop_queued("unsubscribed with %d undelivered notifications")
+        self.stop()
+        if self.on_retired is not None:
+            self.on_retired(self)
 
-    def revive(self) -> None:
-        self._retiring_since = None
+    def drain(self, deadline: float) -> bool:
+        """Keep sending until the queue is empty or `deadline` (monotonic)
+        passes; True when nothing is left. Does not stop the sender."""
+        while (self.queued or self.unconfirmed()) and self.running:
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.02)
+        return not self.queued
+
+    def unconfirmed(self) -> int:
+        """Payloads written but not known to have arrived (0 unless the
+        transport can tell)."""
+        return 0
 
     @property
     def queued(self) -> int:
@@ -117,6 +156,7 @@ class Destination:
             "socket": self.label,
             "transport": self.transport,
             "queued": self.queued,
+            "queued_bytes": self.queue.bytes + sum(len(p) for p in self.inflight),
             "sent": self.sent,
             "dropped": self.dropped,
             "retried": self.retried,
@@ -131,23 +171,17 @@ class Destination:
         try:
             while True:
                 if not self.queue and not self.inflight:
-                    if self._retiring_since is not None:
-                        break
                     self._idle = True
                     self._wakeup.clear()
-                    self._wakeup.wait()
+                    self.idle_wait()
                     continue
                 try:
                     self.deliver()
                     backoff = 0.0
                 except Exception as exc:   # OSError, or a bug: never kill the sender
                     if not isinstance(exc, OSError):
-                        log.exception("EVI %s: delivery failed", self.label)
+                        self.log.exception("EVI %s: delivery failed", self.label)
                     self._failed(exc)
-                    if (self._retiring_since is not None
-                            and time.monotonic() - self._retiring_since > LINGER):
-                        self.drop_queued("unsubscribed and unreachable, %d notifications dropped")
-                        break
                     if backoff:
                         gevent.sleep(backoff)
                     # the first retry is immediate (a stale keep-alive socket)
@@ -158,28 +192,43 @@ class Destination:
             if self._greenlet is gevent.getcurrent():
                 self._greenlet = None
                 self._close_quietly()
-                if self.on_retired is not None and self._retiring_since is not None:
-                    self.on_retired(self)
+
+    def idle_wait(self) -> None:
+        """Wait for the next payload (`put` sets `_wakeup`)."""
+        self._wakeup.wait()
 
     def _failed(self, exc: Exception) -> None:
         self.send_errors += 1
         self.counters.errors.value += 1
-        message = short_reason(exc)
-        if message != self.last_error:
-            log.warning("EVI %s: %s", self.label, message)
-        self.last_error = message
+        self.last_error = short_reason(exc)
+        self.warn(self.last_error)
         self._close_quietly()
+
+    def warn(self, message: str) -> None:
+        """Log a warning for this destination, rate-limited: a message equal
+        to the last one logged waits LOG_INTERVAL seconds; the lines skipped
+        meanwhile are counted and mentioned by the next one."""
+        now = time.monotonic()
+        if message == self._last_message and now - self._last_log < LOG_INTERVAL:
+            self._unlogged += 1
+            return
+        if self._unlogged:
+            self.log.warning("EVI %s: %s (%d similar lines not logged)",
+                             self.label, message, self._unlogged)
+            self._unlogged = 0
+        else:
+            self.log.warning("EVI %s: %s", self.label, message)
+        self._last_message = message
+        self._last_log = now
 
     def drop_queued(self, why: str) -> None:
         """Count everything still queued as dropped and forget it; when
         something was lost, log `why` (a format taking that number)."""
-        lost = len(self.queue) + len(self.inflight)
-        self.queue.clear()
+        lost = self.queue.clear() + len(self.inflight)
         self.inflight = []
-        self.dropped += lost
-        self.counters.dropped.value += lost
+        self._queue_dropped(lost)
         if lost:
-            log.warning("EVI %s: " + why, self.label, lost)
+            self.log.warning("EVI %s: " + why, self.label, lost)
 
     def _delivered(self, n: int) -> None:
         self.sent += n

@@ -7,6 +7,11 @@ delivered; another status, a timeout (5 s) or a connection error leaves the
 payload queued and retries it (the first retry at once, for a stale
 keep-alive connection, then backing off up to 1 s): at-least-once within the
 queue bound. https verifies certificates unless `verify_cert` is off.
+
+The response is ours to bound, not the subscriber's: the whole exchange
+(request written, status, headers, body) must end within `TIMEOUT`, and at
+most `MAX_RESPONSE_BODY` bytes of the body are read — the rest of a longer
+(or endless) body is discarded by closing the connection.
 Credentials in the URL are sent as HTTP Basic and never printed.
 
 Built on the standard `http.client`, whose sockets are gevent's once the
@@ -17,15 +22,19 @@ from __future__ import annotations
 
 import base64
 import http.client
+import logging
 import socket
 import ssl
 from urllib.parse import unquote
 
+import gevent
+
 from .delivery import Destination
 
-__all__ = ["HttpDestination", "TIMEOUT"]
+__all__ = ["HttpDestination", "TIMEOUT", "MAX_RESPONSE_BODY"]
 
-TIMEOUT = 5.0
+TIMEOUT = 5.0                   # connect, and the whole exchange of one notification
+MAX_RESPONSE_BODY = 64 * 1024   # read of a response body; the rest closes the connection
 
 
 class HttpStatusError(OSError):
@@ -34,10 +43,10 @@ class HttpStatusError(OSError):
 
 class HttpDestination(Destination):
     transport = "http"
-    batch = 1
+    log = logging.getLogger(__name__)
 
-    def __init__(self, key, label, queue_size, counters, target, verify_cert=True):
-        super().__init__(key, label, queue_size, counters)
+    def __init__(self, key, label, queue_size, counters, target, verify_cert=True, **limits):
+        super().__init__(key, label, queue_size, counters, **limits)
         self.target = target
         self.transport = target.transport
         self.verify_cert = verify_cert
@@ -74,19 +83,24 @@ class HttpDestination(Destination):
         if not self.inflight:
             self.inflight = [self.queue.popleft()]
         payload = self.inflight[0]
-        conn = self._connection()
+        timer = gevent.Timeout(TIMEOUT, OSError(f"no complete response within {TIMEOUT:g} s"))
+        timer.start()
         try:
+            conn = self._connection()
             conn.request("POST", self.target.path, body=payload,
                          headers=self._headers(len(payload)))
             response = conn.getresponse()
-            response.read()
+            response.read(MAX_RESPONSE_BODY)
+            complete = response.isclosed()
         except (OSError, http.client.HTTPException) as exc:
             self._retrying(1)
             if isinstance(exc, OSError):
                 raise
             raise OSError(f"{exc.__class__.__name__}: {exc}") from exc
-        if response.will_close:
-            self.close()
+        finally:
+            timer.close()
+        if response.will_close or not complete:
+            self.close()          # a body over the bound: the rest is not read
         if not 200 <= response.status < 300:
             self._retrying(1)
             raise HttpStatusError(f"HTTP {response.status} {response.reason}")

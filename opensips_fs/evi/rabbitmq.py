@@ -51,7 +51,7 @@ from .rabbitmq_address import RabbitTarget, wire_name
 
 __all__ = ["RabbitmqDestination", "CONFIRM_WINDOW", "label_of"]
 
-log = logging.getLogger("opensips_fs.evi")
+log = logging.getLogger(__name__)
 
 CONFIRM_WINDOW = 1024        # unconfirmed publishes in flight per connection
 
@@ -109,10 +109,12 @@ class _Link:
 
 class RabbitmqDestination(Destination):
     transport = "rabbitmq"
+    log = log
     batch = 256
 
-    def __init__(self, key, label, queue_size, counters, target: RabbitTarget, settings):
-        super().__init__(key, label, queue_size, counters)
+    def __init__(self, key, label, queue_size, counters, target: RabbitTarget, settings,
+                 **limits):
+        super().__init__(key, label, queue_size, counters, **limits)
         self.target = target
         self.settings = settings
         self.returned = 0

@@ -9,7 +9,25 @@ refreshes in place, `expire` 0 unsubscribes), lazy whole-second expiry
 
 Raising never blocks: the payload is serialized once and appended to each
 subscriber's destination queue (see `delivery`). `raise_freeswitch` is the
-hot path called from the ESL reader for every relayed event.
+hot path called from the ESL reader for every relayed event. A subscriber
+whose notification cannot be built or queued loses it alone: the error is
+counted and logged on its destination, the other subscribers get theirs.
+While more than `YIELD_ABOVE_BYTES` are queued in the process, the raising
+greenlet yields every `YIELD_EVERY` raises so that the senders drain the
+queues as fast as the events come (an ESL reader with data always waiting
+would otherwise fill the queues before any sender runs).
+
+Destinations are identified by their whole address (`_destination_key`):
+two http subscribers of one host with different paths are two
+destinations. Only `tcp:`/`jsonrpc:` subscribers of one host:port share
+one (one connection, EVI.md §4.4).
+
+[EMU] `expire` 0 stops the subscriber's deliveries at once (OpenSIPS still
+delivers what is raised during the same second); the row stays listed as
+`"expired"` until the lazy expiry removes it, as OpenSIPS shows it. A
+destination no subscriber uses any more drops its queue (counted, logged)
+and closes at once. A timer also removes expired subscribers every second.
+At `stop()` the queues get their module's `drain_timeout` to empty.
 """
 
 from __future__ import annotations
@@ -17,13 +35,16 @@ from __future__ import annotations
 import logging
 import time
 
+import gevent
+
 from ..config import EventHttpSettings, EventXmlRpcSettings
 from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
 from .address import Target, parse_socket, resolve
 from .datagram import DatagramDestination
-from .delivery import Destination, EviCounters
+from .delivery import DEFAULT_DRAIN_TIMEOUT, Destination, EviCounters
 from .http import HttpDestination
+from .queue import DEFAULT_TOTAL_BYTES, QueueBudget
 from .rabbitmq import RabbitmqDestination, label_of
 from .stream import StreamDestination
 from .xmlrpc import XmlRpcDestination, request, request_params
@@ -45,15 +66,19 @@ PUBLISHED_EVENTS = (
     "E_CORE_LOG",
 )
 DEFAULT_EXPIRE = 3600
+YIELD_ABOVE_BYTES = 1 << 20
+YIELD_EVERY = 32
+SWEEP_INTERVAL = 1.0
 _NEVER = float("inf")
 
 
 class Subscriber:
-    """One row of the subscriber table."""
+    """One row of the subscriber table; `dest` is None once it unsubscribed
+    (expire 0) and until the lazy expiry removes the row."""
 
     __slots__ = ("target", "expire", "since", "dest", "head", "plain")
 
-    def __init__(self, target: Target, expire: int, since: int, dest: Destination):
+    def __init__(self, target: Target, expire: int, since: int, dest: Destination | None):
         self.target = target
         self.expire = expire
         self.since = since
@@ -75,22 +100,28 @@ class Subscriber:
 
 
 class Event:
-    __slots__ = ("id", "name", "subscribers", "next_deadline")
+    """A published event: its subscriber table and the subscribers that
+    receive it (`live`: those with a destination, same order)."""
+
+    __slots__ = ("id", "name", "subscribers", "live", "next_deadline")
 
     def __init__(self, id_: int, name: str):
         self.id = id_
         self.name = name
         self.subscribers: list[Subscriber] = []
+        self.live: list[Subscriber] = []
         self.next_deadline = _NEVER
 
-    def refresh_deadline(self) -> None:
+    def refresh(self) -> None:
+        """After any change of the table."""
+        self.live = [s for s in self.subscribers if s.dest is not None]
         self.next_deadline = min((s.deadline for s in self.subscribers), default=_NEVER)
 
 
 class EviRegistry:
     """Events, subscribers and their destinations (see module docstring)."""
 
-    def __init__(self, stats, transports: dict):
+    def __init__(self, stats, transports: dict, total_queue_bytes: int = DEFAULT_TOTAL_BYTES):
         self.stats = stats
         self.transports = dict(transports or {})
         # a module not loaded has no subscribers; its defaults keep these typed
@@ -104,7 +135,10 @@ class EviRegistry:
             self.events[name] = Event(len(self.events), name)
         self._freeswitch = self.events["E_FREESWITCH"]
         self._destinations: dict[tuple, Destination] = {}
+        self.budget = QueueBudget(total_queue_bytes)   # every queue of the process
         self._started = False
+        self._sweeper = None
+        self._raised = 0
         self.clock = time.time   # whole seconds of it decide expiry (tests set it)
         stats.gauge("evi", "subscribers",
                     lambda: sum(len(e.subscribers) for e in self.events.values()))
@@ -116,45 +150,69 @@ class EviRegistry:
         self._started = True
         for dest in list(self._destinations.values()):
             dest.start()
+        if self._sweeper is None:
+            self._sweeper = gevent.spawn(self._sweep)
 
     def stop(self) -> None:
-        """Stop every sender; what is still queued is counted as dropped."""
+        """Give every queue its module's `drain_timeout` to empty, then stop
+        every sender; what is still queued is counted as dropped (logged)."""
         self._started = False
-        for dest in list(self._destinations.values()):
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+            self._sweeper = None
+        dests = list(self._destinations.values())
+        now = time.monotonic()
+        gevent.joinall([gevent.spawn(d.drain, now + d.drain_timeout) for d in dests
+                        if d.running and (d.queued or d.unconfirmed())])
+        for dest in dests:
             dest.stop()
             dest.drop_queued("stopped with %d undelivered notifications")
 
+    def _sweep(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_INTERVAL)
+            now = int(self.clock())
+            for event in self.events.values():
+                self._expire(event, now)
+
     # -- raising --------------------------------------------------------------
     def has_subscribers(self, name: str) -> bool:
+        """Whether raising `name` now would notify anyone."""
         event = self.events.get(name)
         if event is None or not event.subscribers:
             return False
         self._expire(event, int(self.clock()))
-        return bool(event.subscribers)
+        return bool(event.live)
 
     def raise_freeswitch(self, name: str, sender: str, body: bytes) -> None:
         """Raise E_FREESWITCH (name, sender, body). The relay hot path."""
         event = self._freeswitch
-        subscribers = event.subscribers
-        if not subscribers:
+        if not event.live:
             return
         try:
             if self.clock() >= event.next_deadline + 1:
                 self._expire(event, int(self.clock()))
-                subscribers = event.subscribers
-                if not subscribers:
+                if not event.live:
                     return
             text = body.decode("utf-8", "surrogateescape")
             tail = P.freeswitch_tail(name, sender, text)
-            payload = P.FREESWITCH_HEAD + tail
-            for sub in subscribers:
+        except Exception:  # never let a bad event hurt the ESL reader
+            log.exception("E_FREESWITCH raise failed (event %r from %r)", name, sender)
+            return
+        payload = P.FREESWITCH_HEAD + tail
+        for sub in event.live:
+            try:
                 if sub.plain:
                     sub.dest.put(payload)
                 else:
                     self._put_special(sub, event.name,
                                       [("name", name), ("sender", sender), ("body", text)], tail)
-        except Exception:  # never let a bad event hurt the ESL reader
-            log.exception("E_FREESWITCH raise failed (event %r from %r)", name, sender)
+            except Exception as exc:   # this subscriber's loss only
+                sub.dest.failed_to_build(exc)
+        if self.budget.used > YIELD_ABOVE_BYTES:
+            self._raised += 1
+            if not self._raised % YIELD_EVERY:
+                gevent.sleep(0)    # let the senders drain (see the module docstring)
 
     def raise_event(self, name: str, params=None) -> None:
         """Raise any published event with params [(name, str|int)]; never blocks.
@@ -165,14 +223,17 @@ class EviRegistry:
             log.warning("EVI: cannot raise %s: not a published event", name)
             return
         self._expire(event, int(self.clock()))
-        if not event.subscribers:
+        if not event.live:
             return
         note = P.notification(name, params)
-        for sub in event.subscribers:
-            if sub.plain:
-                sub.dest.put(note.payload)
-            else:
-                self._put_special(sub, name, params, note.tail)
+        for sub in event.live:
+            try:
+                if sub.plain:
+                    sub.dest.put(note.payload)
+                else:
+                    self._put_special(sub, name, params, note.tail)
+            except Exception as exc:   # this subscriber's loss only
+                sub.dest.failed_to_build(exc)
 
     def _put_special(self, sub: Subscriber, event: str, params, tail: bytes) -> None:
         if sub.head is not None:
@@ -189,11 +250,17 @@ class EviRegistry:
         keep = []
         for sub in event.subscribers:
             if sub.deadline < now:
-                self._release(sub.dest)
+                self._end(sub)
             else:
                 keep.append(sub)
         event.subscribers = keep
-        event.refresh_deadline()
+        event.refresh()
+
+    def _end(self, sub: Subscriber) -> None:
+        """The subscriber receives nothing more; its destination is released."""
+        dest, sub.dest = sub.dest, None
+        if dest is not None:
+            self._release(dest)
 
     def subscribe(self, event_name: str, socket_text: str, expire: int) -> None:
         """`event_subscribe` minus the MI param reading (raises MiError 400)."""
@@ -209,61 +276,48 @@ class EviRegistry:
         now = int(self.clock())
         for sub in event.subscribers:
             if sub.target.match == target.match:
+                if expire == 0:
+                    self._end(sub)
+                elif sub.dest is None:       # unsubscribed this second, back again
+                    sub.dest = self._acquire(sub.target, resolve_or_400(sub.target))
                 sub.since = now
                 sub.expire = expire
-                event.refresh_deadline()
+                event.refresh()
                 return
-        try:
-            address = resolve(target)
-        except OSError:
-            raise MiError(400, "Bad parameter value") from None
-        dest = self._acquire(target, address)
+        address = resolve_or_400(target)
+        dest = self._acquire(target, address) if expire else None
         sub = Subscriber(target, expire, now, dest)
         event.subscribers.insert(0, sub)
-        event.refresh_deadline()
+        event.refresh()
 
     # -- destinations -------------------------------------------------------------
+    def queue_limits(self, module: str) -> dict:
+        """The queue bounds of a destination of `module` (keyword arguments
+        of `Destination`): its modparams and the process-wide budget."""
+        return {"queue_bytes": self.transports[module].queue_bytes, "budget": self.budget}
+
     def _acquire(self, target: Target, address) -> Destination:
-        transport = target.transport
-        if transport in ("tcp", "jsonrpc"):
-            key = ("tcp", address)
-            label = f"tcp:{address[0]}:{address[1]}"
-        elif transport == "xmlrpc":
-            key = ("xmlrpc", address, target.path)
-            label = f"xmlrpc:{address[0]}:{address[1]}{target.path}"
-        elif transport in ("http", "https"):
-            key = (transport, target.host, target.port, target.userinfo)
-            label = f"{transport}://{target.host}:{target.port}"
-        elif transport == "rabbitmq":
-            key = ("rabbitmq", target)   # one connection per subscriber socket
-            label = label_of(target)
-        elif transport == "unix":
-            key = ("unix", address)
-            label = f"unix:{address}"
-        else:
-            key = ("udp", address)
-            label = f"udp:{address[0]}:{address[1]}"
+        key, label = _destination_key(target, address)
         dest = self._destinations.get(key)
         if dest is None:
-            size = self.transports[target.module].queue_size  # subscribe checked it is loaded
+            settings = self.transports[target.module]  # subscribe checked it is loaded
+            size = settings.queue_size
+            limits = self.queue_limits(target.module)
+            transport = target.transport
             if transport in ("tcp", "jsonrpc"):
-                dest = StreamDestination(key, label, size, self.counters, address)
+                dest = StreamDestination(key, label, size, self.counters, address, **limits)
             elif transport == "xmlrpc":
-                dest = XmlRpcDestination(key, label, size, self.counters, address)
+                dest = XmlRpcDestination(key, label, size, self.counters, address, **limits)
             elif transport in ("http", "https"):
                 dest = HttpDestination(key, label, size, self.counters, target,
-                                       verify_cert=self._verify_cert)
+                                       verify_cert=self._verify_cert, **limits)
             elif transport == "rabbitmq":
                 dest = RabbitmqDestination(key, label, size, self.counters, target,
-                                           self.transports[target.module])
+                                           settings, **limits)
             else:
-                dest = DatagramDestination(key, label, size, self.counters, address)
-            dest.on_retired = self._retired
+                dest = DatagramDestination(key, label, size, self.counters, address, **limits)
+            dest.drain_timeout = getattr(settings, "drain_timeout", DEFAULT_DRAIN_TIMEOUT)
             self._destinations[key] = dest
-            if self._started:
-                dest.start()
-        elif dest.refs == 0:
-            dest.revive()
             if self._started:
                 dest.start()
         dest.refs += 1
@@ -272,17 +326,18 @@ class EviRegistry:
     def _release(self, dest: Destination) -> None:
         dest.refs -= 1
         if dest.refs <= 0:
+            if self._destinations.get(dest.key) is dest:
+                del self._destinations[dest.key]
             dest.retire()
-            if not dest.queued and dest._greenlet is None:
-                self._retired(dest)
-
-    def _retired(self, dest: Destination) -> None:
-        if dest.refs <= 0 and self._destinations.get(dest.key) is dest:
-            del self._destinations[dest.key]
-            dest.stop()
 
     def destinations(self) -> list[Destination]:
         return list(self._destinations.values())
+
+    def status(self) -> list[dict]:
+        """Per destination: socket, transport, queued (events, bytes), sent,
+        dropped, retried, send_errors, state, last_error (MI `evi_status`,
+        metrics)."""
+        return [d.status() for d in self._destinations.values()]
 
     # -- MI -------------------------------------------------------------------------
     def mi_commands(self) -> list[MiCommand]:
@@ -348,10 +403,36 @@ class EviRegistry:
         if event is None:
             raise MiError(404, "Event not registered")
         self._expire(event, int(self.clock()))
-        if not event.subscribers:
+        if not event.live:
             raise MiError(480, "Temporarily Unavailable")
         self.raise_event(event.name, P.parse_mi_params(params.raw("params")))
         return "OK"
 
     def _mi_status(self, params):
-        return {"Destinations": [d.status() for d in self._destinations.values()]}
+        return {"Destinations": self.status()}
+
+
+def resolve_or_400(target: Target):
+    try:
+        return resolve(target)
+    except OSError:
+        raise MiError(400, "Bad parameter value") from None
+
+
+def _destination_key(target: Target, address) -> tuple[tuple, str]:
+    """(key, label) of the destination of a subscriber: its whole address
+    (only tcp / jsonrpc subscribers of one host:port share one)."""
+    transport = target.transport
+    if transport in ("tcp", "jsonrpc"):
+        return ("tcp", address), f"tcp:{address[0]}:{address[1]}"
+    if transport == "xmlrpc":
+        return (("xmlrpc", address, target.path),
+                f"xmlrpc:{address[0]}:{address[1]}{target.path}")
+    if transport in ("http", "https"):
+        return ((transport, target.host, target.port, target.path, target.userinfo),
+                f"{transport}://{target.host}:{target.port}{target.path}")
+    if transport == "rabbitmq":
+        return ("rabbitmq", target), label_of(target)   # one connection per subscriber socket
+    if transport == "unix":
+        return ("unix", address), f"unix:{address}"
+    return ("udp", address), f"udp:{address[0]}:{address[1]}"

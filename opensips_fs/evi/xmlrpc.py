@@ -9,13 +9,16 @@ integer params, `<string>` otherwise), or — with modparam
 `use_struct_param` — a one-member `<struct>`. One connection per request,
 no response awaited. [EMU] `&`, `<`, `>` in values are escaped (OpenSIPS
 copies them raw, producing malformed XML); a request that cannot be sent is
-kept and retried like tcp.
+kept and retried like tcp. A path or method out of ASCII is written as its
+UTF-8 bytes, as OpenSIPS copies the subscriber's bytes (addresses with
+spaces or control characters are refused at `event_subscribe`).
 
 `request_params` and `request` are pure byte builders.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from gevent import socket as gsocket
@@ -61,7 +64,7 @@ def request(host: str, port: int, path: str, method: str, event: str,
             f"{params_xml}</params>\n</methodCall>").encode("utf-8", "surrogateescape")
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
             "User-Agent: OpenSIPS XMLRPC Notifier\r\nContent-type: text/xml\r\n"
-            f"Content-length: {len(body)}\r\n\r\n").encode("ascii")
+            f"Content-length: {len(body)}\r\n\r\n").encode("utf-8", "surrogateescape")
     return head + body
 
 
@@ -69,10 +72,10 @@ class XmlRpcDestination(Destination):
     """An XML-RPC server; queue items are complete requests."""
 
     transport = "xmlrpc"
-    batch = 1
+    log = logging.getLogger(__name__)
 
-    def __init__(self, key, label, queue_size, counters, address):
-        super().__init__(key, label, queue_size, counters)
+    def __init__(self, key, label, queue_size, counters, address, **limits):
+        super().__init__(key, label, queue_size, counters, **limits)
         self.address = address
         self.state = "ready"
 
