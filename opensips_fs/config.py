@@ -403,7 +403,7 @@ class _Module:
 
 
 _evi_params = {"queue_size": _ranged(1), "queue_bytes": _ranged(1024),
-               "drain_timeout": _ranged(0)}
+               "drain_timeout": _ranged(0, 8)}
 
 MODULES: dict[str, _Module] = {
     "freeswitch": _Module(FreeswitchSettings, {

@@ -167,3 +167,32 @@ def test_unwritable_fifo_path_exits_1_naming_the_path(tmp_path, services):
     assert service.proc.wait(15) == 1
     assert str(fifo) in service.log
     assert "Traceback" not in service.log
+
+
+def test_sigterm_gives_queued_events_time_to_drain(tmp_path, services):
+    """Issue 11: SIGTERM dropped every queued notification at once. Now a
+    subscriber that comes back within the drain_timeout (3 s by default)
+    gets them all."""
+    from opensips_fs.evi.sink import TcpSink
+    import gevent
+    sink = TcpSink()
+    sink.pause()
+    with reserved_port() as holder:
+        port = holder.getsockname()[1]
+        cfg = make_config(tmp_path, http_port=port)
+        service = services(cfg)
+        wait_for_port(port, service)
+    try:
+        assert mi_http(port, "event_subscribe", ["E_FREESWITCH", sink.socket])["result"] == "OK"
+        for i in range(20):
+            mi_http(port, "raise_event", ["E_FREESWITCH", json.dumps({"n": i})])
+        gevent.sleep(0.3)                      # the sender has found the subscriber away
+        gevent.spawn_later(1.0, sink.resume)
+        service.proc.send_signal(signal.SIGTERM)
+        while service.proc.poll() is None:
+            gevent.sleep(0.05)
+        assert service.proc.returncode == 0
+        assert sink.wait_for(20, timeout=1)
+        assert [d["params"]["n"] for d in sink.documents()] == list(range(20))
+    finally:
+        sink.close()

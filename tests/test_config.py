@@ -165,6 +165,18 @@ def test_event_xmlrpc_use_struct_param(tmp_path, written, value):
     assert cfg.evi_transports()["event_xmlrpc"] is cfg.event_xmlrpc
 
 
+def test_evi_queue_bounds(tmp_path):
+    """Issue 11: queues bounded by bytes per destination and in all."""
+    cfg = config.load(write(tmp_path, 'loadmodule "event_stream.so"\n'))
+    assert cfg.evi_queue_bytes == 64 << 20
+    assert (cfg.event_stream.queue_bytes, cfg.event_stream.drain_timeout) == (16 << 20, 3)
+    cfg = config.load(write(tmp_path, 'evi_queue_bytes = 0x100000\nloadmodule "event_stream.so"\n'
+                            'modparam("event_stream", "queue_bytes", 65536)\n'
+                            'modparam("event_stream", "drain_timeout", 0)\n'))
+    assert cfg.evi_queue_bytes == 1 << 20
+    assert (cfg.event_stream.queue_bytes, cfg.event_stream.drain_timeout) == (65536, 0)
+
+
 def test_secrets_stay_out_of_reprs(tmp_path):
     cfg = config.load(write(tmp_path, '''
 loadmodule "freeswitch.so"
@@ -271,6 +283,10 @@ def test_demo_config_loads():
 
 BAD = [
     # (config text, line of the error, words the message must contain)
+    ('evi_queue_bytes = 10', 1, ["bad evi_queue_bytes '10'", "at least 1024"]),
+    ('evi_queue_bytes = "big"', 1, ["bad evi_queue_bytes", "a number of bytes"]),
+    ('loadmodule "event_http.so"\nmodparam("event_http", "queue_bytes", 100)', 2,
+     ['modparam("event_http", "queue_bytes")', "out of range"]),
     ('loadmodule "tm.so"', 1, ['unknown module "tm"', "freeswitch, freeswitch_scripting"]),
     ('loadmodule "freeswich.so"', 1, ['unknown module "freeswich"', 'did you mean "freeswitch"']),
     ('loadmodule httpd.so', 1, ["expected a quoted module name"]),

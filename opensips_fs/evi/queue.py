@@ -23,7 +23,7 @@ than its queue's `max_bytes` is dropped at once.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable
+from typing import Callable
 
 __all__ = ["NotificationQueue", "QueueBudget", "DEFAULT_QUEUE_BYTES", "DEFAULT_TOTAL_BYTES"]
 
@@ -111,22 +111,6 @@ class NotificationQueue:
         self.bytes -= size
         self.budget.used -= size
         return payload
-
-    def push_front(self, payloads: Iterable) -> None:
-        """Put payloads taken out (and not delivered) back at the head, in
-        order: they go first. Over the bounds the oldest are dropped."""
-        payloads = list(payloads)
-        items = self._items
-        budget = self.budget
-        for payload in reversed(payloads):
-            items.appendleft(payload)
-            size = len(payload)
-            self.bytes += size
-            budget.used += size
-        while items and (len(items) > self.max_events or self.bytes > self.max_bytes):
-            self.drop_oldest()
-        if budget.used > budget.max_bytes:
-            budget.make_room(0)
 
     def drop_oldest(self) -> None:
         self.popleft()
