@@ -2,7 +2,8 @@
 
 Supports `udp:host:port`, `unix:/path`, `tcp:host:port[/method]` and its
 3.0 alias `jsonrpc:`, `xmlrpc:host:port[/path]:method`, and `http://` /
-`https://` URLs, and `rabbitmq:` (parsed in `rabbitmq_address`). `parse_socket` is pure text work; `resolve` (the only part
+`https://` URLs, and `rabbitmq:` (parsed in `rabbitmq_address`).
+`parse_socket` is pure text work; `resolve` (the only part
 touching the network: a DNS lookup at subscribe time, as OpenSIPS does) turns
 the host into the address the destination sends to.
 
@@ -18,6 +19,7 @@ percent-encoded.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 import socket as _socket
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -83,41 +85,54 @@ def parse_socket(text: str) -> Target | None:
     transport, sep, rest = text.partition(":")
     if not sep or transport not in MODULE_OF:
         return None
-    if transport == "rabbitmq":
-        from .rabbitmq_address import parse_rabbitmq   # it builds on Target
-        return parse_rabbitmq(rest)
-    if transport == "udp":
-        hp = _host_port(rest)
-        if hp is None:
-            return None
-        host, port = hp
-        return Target("udp", f"udp:{host}:{port}", ("udp", host, port), host, port)
-    if transport == "unix":
-        if not rest:
-            return None
-        return Target("unix", f"unix:{rest}", ("unix", rest), rest)
-    if transport in ("tcp", "jsonrpc"):
-        address, slash, method = rest.partition("/")
-        hp = _host_port(address)
-        if hp is None:
-            return None
-        host, port = hp
-        method = method or None
-        printed = f"{transport}:{host}:{port}" + (f"/{method}" if method else "")
-        return Target(transport, printed, (transport, host, port, method),
-                      host, port, method)
-    if transport == "xmlrpc":
-        host, sep, rest = rest.partition(":")
-        address, sep2, method = rest.rpartition(":")
-        if not host or not sep or not sep2 or not method:
-            return None
-        port_text, slash, path = address.partition("/")
-        port = _port(port_text)
-        if port is None:
-            return None
-        path = "/" + path if slash else "/RPC2"
-        return Target("xmlrpc", text, ("xmlrpc", text), host, port, method, path)
-    # http / https: a URL
+    return _PARSERS[transport](transport, rest, text)
+
+
+def _parse_rabbitmq(transport: str, rest: str, text: str) -> Target | None:
+    from .rabbitmq_address import parse_rabbitmq   # it builds on Target
+    return parse_rabbitmq(rest)
+
+
+def _parse_udp(transport: str, rest: str, text: str) -> Target | None:
+    hp = _host_port(rest)
+    if hp is None:
+        return None
+    host, port = hp
+    return Target("udp", f"udp:{host}:{port}", ("udp", host, port), host, port)
+
+
+def _parse_unix(transport: str, rest: str, text: str) -> Target | None:
+    if not rest:
+        return None
+    return Target("unix", f"unix:{rest}", ("unix", rest), rest)
+
+
+def _parse_stream(transport: str, rest: str, text: str) -> Target | None:
+    address, _, method_text = rest.partition("/")
+    hp = _host_port(address)
+    if hp is None:
+        return None
+    host, port = hp
+    method = method_text or None
+    printed = f"{transport}:{host}:{port}" + (f"/{method}" if method else "")
+    return Target(transport, printed, (transport, host, port, method), host, port, method)
+
+
+def _parse_xmlrpc(transport: str, rest: str, text: str) -> Target | None:
+    host, sep, rest = rest.partition(":")
+    address, sep2, method = rest.rpartition(":")
+    if not host or not sep or not sep2 or not method:
+        return None
+    port_text, slash, path = address.partition("/")
+    port = _port(port_text)
+    if port is None:
+        return None
+    path = "/" + path if slash else "/RPC2"
+    return Target("xmlrpc", text, ("xmlrpc", text), host, port, method, path)
+
+
+def _parse_url(transport: str, rest: str, text: str) -> Target | None:
+    """http / https: a URL."""
     try:
         url = urlsplit(text)
         port = url.port
@@ -138,6 +153,13 @@ def parse_socket(text: str) -> Target | None:
         printed = text.replace(url.netloc, mask_password(url.netloc), 1)
     return Target(transport, printed, (transport, text), url.hostname, port,
                   None, path, userinfo)
+
+
+_PARSERS: dict[str, Callable[[str, str, str], Target | None]] = {
+    "rabbitmq": _parse_rabbitmq, "udp": _parse_udp, "unix": _parse_unix,
+    "tcp": _parse_stream, "jsonrpc": _parse_stream, "xmlrpc": _parse_xmlrpc,
+    "http": _parse_url, "https": _parse_url,
+}
 
 
 def resolve(target: Target):

@@ -84,7 +84,8 @@ class Destination:
         self.refs = 0
         self._idle = True
         self._wakeup = Event()
-        self._greenlet = None
+        self._greenlet: gevent.Greenlet | None = None
+        self.drain_timeout: float = DEFAULT_DRAIN_TIMEOUT   # the registry sets its module's
         self._last_log = float("-inf")
         self._last_message = ""
         self._unlogged = 0

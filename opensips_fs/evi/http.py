@@ -44,6 +44,8 @@ class HttpStatusError(OSError):
 class HttpDestination(Destination):
     transport = "http"
     log = logging.getLogger(__name__)
+    # evi/delivery.py's Destination declares _conn untyped (None)
+    _conn: http.client.HTTPConnection | None  # type: ignore[assignment]
 
     def __init__(self, key, label, queue_size, counters, target, verify_cert=True, **limits):
         super().__init__(key, label, queue_size, counters, **limits)
@@ -60,8 +62,8 @@ class HttpDestination(Destination):
                 if not self.verify_cert:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
-                conn = http.client.HTTPSConnection(t.host, t.port, timeout=TIMEOUT,
-                                                   context=context)
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    t.host, t.port, timeout=TIMEOUT, context=context)
             else:
                 conn = http.client.HTTPConnection(t.host, t.port, timeout=TIMEOUT)
             self.state = "connecting"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 import gevent
 
@@ -42,10 +43,11 @@ from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
 from .address import Target, parse_socket, resolve
 from .datagram import DatagramDestination
-from .delivery import DEFAULT_DRAIN_TIMEOUT, Destination, EviCounters
+from .delivery import Destination, EviCounters
 from .http import HttpDestination
 from .queue import DEFAULT_TOTAL_BYTES, QueueBudget
 from .rabbitmq import RabbitmqDestination, label_of
+from .rabbitmq_address import RabbitTarget
 from .stream import StreamDestination
 from .xmlrpc import XmlRpcDestination, request, request_params
 
@@ -137,7 +139,7 @@ class EviRegistry:
         self._destinations: dict[tuple, Destination] = {}
         self.budget = QueueBudget(total_queue_bytes)   # every queue of the process
         self._started = False
-        self._sweeper = None
+        self._sweeper: gevent.Greenlet | None = None
         self._raised = 0
         self.clock = time.time   # whole seconds of it decide expiry (tests set it)
         stats.gauge("evi", "subscribers",
@@ -201,14 +203,17 @@ class EviRegistry:
             return
         payload = P.FREESWITCH_HEAD + tail
         for sub in event.live:
+            dest = sub.dest
+            if dest is None:           # not in `live`; this keeps the type checker informed
+                continue
             try:
                 if sub.plain:
-                    sub.dest.put(payload)
+                    dest.put(payload)
                 else:
-                    self._put_special(sub, event.name,
+                    self._put_special(sub, dest, event.name,
                                       [("name", name), ("sender", sender), ("body", text)], tail)
             except Exception as exc:   # this subscriber's loss only
-                sub.dest.failed_to_build(exc)
+                dest.failed_to_build(exc)
         if self.budget.used > YIELD_ABOVE_BYTES:
             self._raised += 1
             if not self._raised % YIELD_EVERY:
@@ -227,21 +232,25 @@ class EviRegistry:
             return
         note = P.notification(name, params)
         for sub in event.live:
+            dest = sub.dest
+            if dest is None:
+                continue
             try:
                 if sub.plain:
-                    sub.dest.put(note.payload)
+                    dest.put(note.payload)
                 else:
-                    self._put_special(sub, name, params, note.tail)
+                    self._put_special(sub, dest, name, params, note.tail)
             except Exception as exc:   # this subscriber's loss only
-                sub.dest.failed_to_build(exc)
+                dest.failed_to_build(exc)
 
-    def _put_special(self, sub: Subscriber, event: str, params, tail: bytes) -> None:
+    def _put_special(self, sub: Subscriber, dest: Destination, event: str, params,
+                     tail: bytes) -> None:
         if sub.head is not None:
-            sub.dest.put(sub.head + tail)
+            dest.put(sub.head + tail)
         else:
             t = sub.target
-            sub.dest.put(request(t.host, t.port, t.path, t.method, event,
-                                 request_params(params, self._xmlrpc_struct)))
+            dest.put(request(t.host, t.port, t.path, t.method or "", event,
+                             request_params(params, self._xmlrpc_struct)))
 
     # -- subscriber table -------------------------------------------------------
     def _expire(self, event: Event, now: int) -> None:
@@ -312,11 +321,11 @@ class EviRegistry:
                 dest = HttpDestination(key, label, size, self.counters, target,
                                        verify_cert=self._verify_cert, **limits)
             elif transport == "rabbitmq":
-                dest = RabbitmqDestination(key, label, size, self.counters, target,
-                                           settings, **limits)
+                dest = RabbitmqDestination(key, label, size, self.counters,
+                                           cast(RabbitTarget, target), settings, **limits)
             else:
                 dest = DatagramDestination(key, label, size, self.counters, address, **limits)
-            dest.drain_timeout = getattr(settings, "drain_timeout", DEFAULT_DRAIN_TIMEOUT)
+            dest.drain_timeout = settings.drain_timeout
             self._destinations[key] = dest
             if self._started:
                 dest.start()
@@ -382,9 +391,10 @@ class EviRegistry:
                     listed.append({"name": event.name, "id": event.id,
                                    "Subscribers": [s.to_json(now) for s in event.subscribers]})
             return {"Events": listed}
-        event = self.events.get(params.string("event"))
-        if event is None:
+        chosen = self.events.get(params.string("event"))
+        if chosen is None:
             raise MiError(404, "Event not published")
+        event = chosen
         self._expire(event, now)
         if "socket" in params:
             target = parse_socket(params.string("socket"))
@@ -432,7 +442,7 @@ def _destination_key(target: Target, address) -> tuple[tuple, str]:
         return ((transport, target.host, target.port, target.path, target.userinfo),
                 f"{transport}://{target.host}:{target.port}{target.path}")
     if transport == "rabbitmq":
-        return ("rabbitmq", target), label_of(target)   # one connection per subscriber socket
+        return ("rabbitmq", target), label_of(cast(RabbitTarget, target))   # one connection per subscriber socket
     if transport == "unix":
         return ("unix", address), f"unix:{address}"
     return ("udp", address), f"udp:{address[0]}:{address[1]}"

@@ -85,6 +85,8 @@ class StreamDestination(Destination):
         when the connection is no longer established (a reset empties the
         send queue: its figure would say everything arrived)."""
         conn = self._conn
+        if conn is None:
+            return None
         try:
             raw = fcntl.ioctl(conn.fileno(), _SIOCOUTQ, b"\0\0\0\0")
             state = conn.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
@@ -97,11 +99,11 @@ class StreamDestination(Destination):
         connection failed (the unacknowledged ones were put back)."""
         pending = self._not_acknowledged()
         if pending is None or self._peer_closed():
-            unacked = len(self._unacked)
+            lost = len(self._unacked)
             self._connection_lost()
-            if unacked:
+            if lost:
                 self._failed(ConnectionError(
-                    f"connection lost with {unacked} notifications not acknowledged: "
+                    f"connection lost with {lost} notifications not acknowledged: "
                     "writing them again"))
             return False
         unacked = self._unacked
