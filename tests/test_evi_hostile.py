@@ -19,7 +19,7 @@ from opensips_fs import logs
 from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
 from opensips_fs.evi.registry import EviRegistry
 from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink, split_documents
-from opensips_fs.mi.commands import MiRegistry
+from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
 
 from test_evi_delivery import XmlRpcListener, body, dead_port, seqs, stat

@@ -18,8 +18,8 @@ transport's module name, at most one line per destination every
 `LOG_INTERVAL` seconds for a repeated error (the next line says how many
 were not logged).
 
-Lifecycle: `start`, `retire` (no subscriber left: drop what is queued and
-end at once), `drain(deadline)` (at shutdown: keep sending until the queue
+Lifecycle: `start`, `retire` (no subscriber left: send what is queued while
+it works, at most `drain_timeout`, never retry; drop the rest), `drain(deadline)` (at shutdown: keep sending until the queue
 is empty or the deadline passes), `stop` (end; what is still queued is
 counted as dropped by `drop_queued`).
 """
@@ -85,11 +85,13 @@ class Destination:
         self._idle = True
         self._wakeup = Event()
         self._greenlet: gevent.Greenlet | None = None
+        self._failing = False     # the last delivery failed
+        self._retiring = False
+        self._retire_timer: gevent.Greenlet | None = None
         self.drain_timeout: float = DEFAULT_DRAIN_TIMEOUT   # the registry sets its module's
         self._last_log = float("-inf")
         self._last_message = ""
         self._unlogged = 0
-        self.on_retired = None   # callback(dest) once an unreferenced one ended
 
     # -- producer side (called from the raising greenlet; never blocks) ----
     def put(self, payload) -> None:
@@ -127,12 +129,25 @@ class Destination:
         self.state = "closed"
 
     def retire(self) -> None:
-        """No subscriber references us any more: what is queued is dropped
-        (counted and logged) and the sender ends at once."""
+        """No subscriber references us any more. What is queued is still
+        sent while the subscriber takes it, for at most `drain_timeout`; at
+        the first failure (or at once when it is failing already), or when
+        that time is up, the rest is dropped (counted and logged) and the
+        sender ends: an unsubscribed destination is never retried."""
+        self._retiring = True
+        if not self.running or self._failing or not self.queued:
+            self._give_up()
+            return
+        self._retire_timer = gevent.spawn_later(self.drain_timeout, self._give_up)
+        self._idle = False
+        self._wakeup.set()
+
+    def _give_up(self) -> None:
+        timer, self._retire_timer = self._retire_timer, None
+        if timer is not None and timer is not gevent.getcurrent():
+            timer.kill(block=False)
         self.drop_queued("unsubscribed with %d undelivered notifications")
         self.stop()
-        if self.on_retired is not None:
-            self.on_retired(self)
 
     def drain(self, deadline: float) -> bool:
         """Keep sending until the queue is empty or `deadline` (monotonic)
@@ -172,6 +187,8 @@ class Destination:
         try:
             while True:
                 if not self.queue and not self.inflight:
+                    if self._retiring:
+                        break
                     self._idle = True
                     self._wakeup.clear()
                     self.idle_wait()
@@ -179,10 +196,14 @@ class Destination:
                 try:
                     self.deliver()
                     backoff = 0.0
+                    self._failing = False
                 except Exception as exc:   # OSError, or a bug: never kill the sender
                     if not isinstance(exc, OSError):
                         self.log.exception("EVI %s: delivery failed", self.label)
                     self._failed(exc)
+                    self._failing = True
+                    if self._retiring:
+                        break
                     if backoff:
                         gevent.sleep(backoff)
                     # the first retry is immediate (a stale keep-alive socket)
@@ -193,6 +214,8 @@ class Destination:
             if self._greenlet is gevent.getcurrent():
                 self._greenlet = None
                 self._close_quietly()
+                if self._retiring:
+                    self._give_up()
 
     def idle_wait(self) -> None:
         """Wait for the next payload (`put` sets `_wakeup`)."""

@@ -25,8 +25,8 @@ one (one connection, EVI.md §4.4).
 [EMU] `expire` 0 stops the subscriber's deliveries at once (OpenSIPS still
 delivers what is raised during the same second); the row stays listed as
 `"expired"` until the lazy expiry removes it, as OpenSIPS shows it. A
-destination no subscriber uses any more drops its queue (counted, logged)
-and closes at once. A timer also removes expired subscribers every second.
+destination no subscriber uses any more is retired (`Destination.retire`:
+what is queued goes out only while it works, never retried). A timer also removes expired subscribers every second.
 At `stop()` the queues get their module's `drain_timeout` to empty.
 """
 
