@@ -19,7 +19,8 @@ transport's module name, at most one line per destination every
 were not logged).
 
 Lifecycle: `start`, `retire` (no subscriber left: send what is queued while
-it works, at most `drain_timeout`, never retry; drop the rest), `drain(deadline)` (at shutdown: keep sending until the queue
+it works, at most `drain_timeout`, never retry; drop the rest),
+`drain(deadline)` (at shutdown: keep sending until the queue
 is empty or the deadline passes), `stop` (end; what is still queued is
 counted as dropped by `drop_queued`).
 """
