@@ -1,14 +1,17 @@
 """The `opensips-fs` command as a user runs it: exit codes, config check,
 start, clean stop on SIGTERM/SIGINT, start-up failures naming the address."""
 
+import json
 import signal
 import socket
 import time
 
+import gevent
 import pytest
 
 from opensips_fs import __version__
 from support.service import DEFAULT_CFG, make_config, mi_http, opensips_fs, reserved_port
+from support.sink import TcpSink
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -173,8 +176,6 @@ def test_sigterm_gives_queued_events_time_to_drain(tmp_path, services):
     """Issue 11: SIGTERM dropped every queued notification at once. Now a
     subscriber that comes back within the drain_timeout (3 s by default)
     gets them all."""
-    from opensips_fs.evi.sink import TcpSink
-    import gevent
     sink = TcpSink()
     sink.pause()
     with reserved_port() as holder:

@@ -14,11 +14,11 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-import golden
+from support import golden
 from opensips_fs import logs
 from opensips_fs.config import EventHttpSettings, EventXmlRpcSettings, EviTransportSettings
 from opensips_fs.evi.registry import EviRegistry
-from opensips_fs.evi.sink import HttpSink, TcpSink, UdpSink, split_documents
+from support.sink import HttpSink, TcpSink, UdpSink, split_documents
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.stats import Stats
 
