@@ -20,7 +20,7 @@ would otherwise fill the queues before any sender runs).
 Destinations are identified by their whole address (`_destination_key`):
 two http subscribers of one host with different paths are two
 destinations. Only `tcp:`/`jsonrpc:` subscribers of one host:port share
-one (one connection, EVI.md §4.4).
+one (one connection, docs/protocols/evi.md §4.4).
 
 [EMU] `expire` 0 stops the subscriber's deliveries at once (OpenSIPS still
 delivers what is raised during the same second); the row stays listed as
