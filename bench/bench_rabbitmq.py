@@ -8,7 +8,7 @@ Processes, all on 127.0.0.1: a private RabbitMQ broker
 (the simulator, CHANNEL_STATE events of 0.9-2.5 KB carrying their sequence
 number and send time), `opensips-fs` with `event_rabbitmq` and
 `event_datagram` loaded, and this process: a UDP subscriber and an AMQP
-consumer (pika, auto-ack, reconnecting) of a durable queue bound to the
+consumer (pika, acking every 100 messages, reconnecting) of a durable queue bound to the
 `rabbitmq:…/persistent?bench` subscriber.
 
 Cases:
@@ -58,15 +58,24 @@ def consumer(broker, counter: relay.Counter, state: dict):
                 channel.basic_qos(prefetch_count=2000)
                 append = counter.reads.append
                 now = time.time
+                unacked = [0]
 
                 def on_message(ch, method, properties, body):
                     append((body, now()))
-                    ch.basic_ack(method.delivery_tag)
+                    if method.redelivered:
+                        state["redelivered"] = state.get("redelivered", 0) + 1
+                    unacked[0] = method.delivery_tag
+                    if method.delivery_tag % 100 == 0:
+                        ch.basic_ack(method.delivery_tag, multiple=True)
+                        unacked[0] = 0
 
                 channel.basic_consume(QUEUE, on_message)
                 state["consuming"] = True
                 while not state.get("stop"):
-                    conn.process_data_events(time_limit=0.1)
+                    conn.process_data_events(time_limit=0.05)
+                    if unacked[0]:
+                        channel.basic_ack(unacked[0], multiple=True)
+                        unacked[0] = 0
                 conn.close()
             except Exception:   # the broker restarts: connect again
                 state["consuming"] = False
@@ -191,8 +200,9 @@ def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | 
     for name, row in rows.items():
         extra = ""
         if name == "RabbitMQ":
-            extra = (f"  confirmed {status['sent']:,}, re-published {status['retried']:,}, "
-                     f"send errors {status['send_errors']}")
+            extra = (f"  confirmed {status['sent']:,} in all, re-published {status['retried']:,}, "
+                     f"send errors {status['send_errors']}, redelivered to the consumer "
+                     f"{state.get('redelivered', 0)}")
             if outage is not None:
                 extra += f"; broker down and back in {outage:.1f} s"
         print(f"{label:>22} {name:>9} {count:>7,} {row['rate']:>9,.0f} {row['lost']:>6} "

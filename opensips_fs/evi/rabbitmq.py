@@ -41,6 +41,7 @@ import time
 
 import amqp
 import gevent
+from amqp import method_framing, serialization, spec
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
@@ -54,6 +55,7 @@ __all__ = ["RabbitmqDestination", "CONFIRM_WINDOW", "label_of"]
 log = logging.getLogger(__name__)
 
 CONFIRM_WINDOW = 1024        # unconfirmed publishes in flight per connection
+_PUBLISH = spec.Basic.Publish
 
 
 class _Connection(amqp.Connection):
@@ -82,12 +84,37 @@ def describe(exc: BaseException) -> str:
     return short_reason(exc)
 
 
+class _BatchingTransport:
+    """What py-amqp's frame writer writes to. Between `hold()` and `flush()`
+    the frames are collected and sent with one write: a batch of publishes
+    costs one system call instead of one each."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.parts: list | None = None
+
+    def write(self, data) -> None:
+        if self.parts is None:
+            self.transport.write(data)
+        else:
+            self.parts.append(bytes(data))   # the writer reuses its buffer
+
+    def hold(self) -> None:
+        self.parts = []
+
+    def flush(self) -> None:
+        parts, self.parts = self.parts, None
+        if parts:
+            self.transport.write(b"".join(parts))
+
+
 class _Link:
     """One AMQP connection + channel 1 in confirm mode, and its greenlets."""
 
-    def __init__(self, conn, channel):
+    def __init__(self, conn, channel, writes: _BatchingTransport):
         self.conn = conn
         self.channel = channel
+        self.writes = writes
         self.write_lock = BoundedSemaphore()
         self.broken: str | None = None
         self.greenlets: list = []
@@ -122,6 +149,8 @@ class RabbitmqDestination(Destination):
         self._exchange = wire_name(target.exchange)
         self._routing_key = wire_name(target.routing_key)
         self._properties = {"delivery_mode": 2} if target.persistent else {}
+        self._publish_arguments = serialization.dumps(
+            "Bssbb", (0, self._exchange, self._routing_key, True, False))   # ticket, …, mandatory
         self._progress = Event()
         self._waiting = False
         self._relink_delay = 0.0
@@ -165,11 +194,17 @@ class RabbitmqDestination(Destination):
     def _open(self) -> _Link:
         t, s = self.target, self.settings
         self.state = "connecting"
+        writes: list[_BatchingTransport] = []
+
+        def frame_writer(connection, transport):
+            writes.append(_BatchingTransport(transport))
+            return method_framing.frame_writer(connection, writes[-1])
+
         conn = _Connection(
             host=f"{t.host}:{t.port}", userid=t.user, password=t.password,
             virtual_host="/", login_method="PLAIN", heartbeat=s.heartbeat,
             connect_timeout=s.connect_timeout / 1000.0, ssl=self._ssl_options(),
-            client_properties={"product": "opensips-fs"})
+            client_properties={"product": "opensips-fs"}, frame_writer=frame_writer)
         try:
             conn.connect()
             channel = conn.channel(1)
@@ -180,7 +215,7 @@ class RabbitmqDestination(Destination):
             except Exception:
                 pass
             raise
-        link = _Link(conn, channel)
+        link = _Link(conn, channel, writes[-1])
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
         channel.events["basic_return"].add(self._on_return)
@@ -314,26 +349,31 @@ class RabbitmqDestination(Destination):
                 self._waiting = False
 
     def _publish_some(self, link: _Link) -> int:
+        """Publish what the confirm window allows, as one write.
+
+        Each message is what `channel.basic_publish(msg, exchange, routing_key,
+        mandatory=True)` sends — py-amqp's frame writer builds the frames —
+        with the method arguments serialised once per destination."""
         ledger = self.ledger
-        channel = link.channel
-        exchange, routing_key, properties = self._exchange, self._routing_key, self._properties
+        write_frame = link.conn.frame_writer
+        publish, arguments, properties = _PUBLISH, self._publish_arguments, self._properties
         published = 0
         with link.write_lock:
-            while len(ledger) < CONFIRM_WINDOW and published < self.batch:
-                if self.inflight:
-                    payload = self.inflight.pop(0)
-                    self._retrying(1)
-                elif self.queue:
-                    payload = self.queue.popleft()
-                else:
-                    break
-                ledger.published(payload, time.monotonic())
-                try:
-                    channel.basic_publish(amqp.Message(payload, **properties),
-                                          exchange=exchange, routing_key=routing_key,
-                                          mandatory=True)
-                except (OSError, amqp.exceptions.AMQPError) as exc:
-                    self._broken(link, exc)   # counted once, even if the reader saw it first
-                    return published
-                published += 1
+            link.writes.hold()
+            try:
+                while len(ledger) < CONFIRM_WINDOW and published < self.batch:
+                    if self.inflight:
+                        payload = self.inflight.pop(0)
+                        self._retrying(1)
+                    elif self.queue:
+                        payload = self.queue.popleft()
+                    else:
+                        break
+                    ledger.published(payload, time.monotonic())
+                    write_frame(1, 1, publish, arguments, amqp.Message(payload, **properties))
+                    published += 1
+                link.writes.flush()
+            except (OSError, amqp.exceptions.AMQPError) as exc:
+                link.writes.parts = None
+                self._broken(link, exc)   # counted once, even if the reader saw it first
         return published
