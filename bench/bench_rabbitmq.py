@@ -7,9 +7,9 @@ Processes, all on 127.0.0.1: a private RabbitMQ broker
 (opensips_fs.tools.rabbitmq_broker), the event generator of bench_relay.py
 (the simulator, CHANNEL_STATE events of 0.9-2.5 KB carrying their sequence
 number and send time), `opensips-fs` with `event_rabbitmq` and
-`event_datagram` loaded, and this process: a UDP subscriber and an AMQP
-consumer (pika, acking every 100 messages, reconnecting) of a durable queue bound to the
-`rabbitmq:…/persistent?bench` subscriber.
+`event_datagram` loaded, this process (the UDP subscriber) and an AMQP
+consumer process (pika, acking every 100 messages, reconnecting) of the durable
+queue of the `rabbitmq:…/persistent?bench` subscriber.
 
 Cases:
 * full speed: events/s each subscriber got, p50/p99 latency;
@@ -42,17 +42,24 @@ import bench_relay as relay  # noqa: E402  (the generator and the UDP subscriber
 QUEUE = "bench"
 
 
-def consumer(broker, counter: relay.Counter, state: dict):
-    """Consume QUEUE into `counter` (raw bodies + arrival time) until
-    state["stop"]; reconnects when the broker goes away."""
+def run_consumer(port: int) -> int:
+    """The AMQP consumer process: consume QUEUE (acking every 100 messages,
+    reconnecting when the broker goes away); on stdin `count` prints the
+    events received so far, `stop` prints the analysis as JSON and exits."""
+    from gevent import monkey
+    monkey.patch_all()
     import gevent
     import pika
+    from gevent.socket import wait_read
 
-    def run():
-        while not state.get("stop"):
+    counter = relay.Counter()
+    state = {"redelivered": 0, "reconnects": 0, "consuming": False, "stop": False}
+
+    def consume():
+        while not state["stop"]:
             try:
                 conn = pika.BlockingConnection(pika.ConnectionParameters(
-                    "127.0.0.1", broker.port, heartbeat=0, connection_attempts=1))
+                    "127.0.0.1", port, heartbeat=0, connection_attempts=1))
                 channel = conn.channel()
                 channel.queue_declare(QUEUE, durable=True)
                 channel.basic_qos(prefetch_count=2000)
@@ -63,7 +70,7 @@ def consumer(broker, counter: relay.Counter, state: dict):
                 def on_message(ch, method, properties, body):
                     append((body, now()))
                     if method.redelivered:
-                        state["redelivered"] = state.get("redelivered", 0) + 1
+                        state["redelivered"] += 1
                     unacked[0] = method.delivery_tag
                     if method.delivery_tag % 100 == 0:
                         ch.basic_ack(method.delivery_tag, multiple=True)
@@ -71,7 +78,7 @@ def consumer(broker, counter: relay.Counter, state: dict):
 
                 channel.basic_consume(QUEUE, on_message)
                 state["consuming"] = True
-                while not state.get("stop"):
+                while not state["stop"]:
                     conn.process_data_events(time_limit=0.05)
                     if unacked[0]:
                         channel.basic_ack(unacked[0], multiple=True)
@@ -79,10 +86,52 @@ def consumer(broker, counter: relay.Counter, state: dict):
                 conn.close()
             except Exception:   # the broker restarts: connect again
                 state["consuming"] = False
-                state["reconnects"] = state.get("reconnects", 0) + 1
+                state["reconnects"] += 1
                 gevent.sleep(0.2)
 
-    return gevent.spawn(run)
+    worker = gevent.spawn(consume)
+    while True:
+        wait_read(sys.stdin.fileno())
+        line = sys.stdin.readline().strip()
+        if line == "ready":
+            while not state["consuming"]:
+                gevent.sleep(0.05)
+            print(json.dumps({"ready": True}), flush=True)
+        elif line == "count":
+            print(json.dumps({"count": counter.received()}), flush=True)
+        else:
+            break
+    state["stop"] = True
+    worker.join(5)
+    counter.analyse()
+    print(json.dumps({"seen": len(counter.seen), "dups": counter.duplicates,
+                      "latencies": counter.latencies, "last": counter.last,
+                      "redelivered": state["redelivered"]}), flush=True)
+    return 0
+
+
+class Consumer:
+    """The consumer process, seen from here."""
+
+    def __init__(self, port: int):
+        self.proc = subprocess.Popen([relay.PYTHON, __file__, "--consumer", str(port)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.into, self.out = self.proc.stdin, self.proc.stdout
+        self.ask("ready")
+
+    def ask(self, what: str) -> dict:
+        self.into.write(what + "\n")
+        self.into.flush()
+        return json.loads(self.out.readline())
+
+    def received(self) -> int:
+        return self.ask("count")["count"]
+
+    def stop(self) -> dict:
+        result = self.ask("stop")
+        self.proc.wait(10)
+        return result
 
 
 class Rig:
@@ -150,12 +199,9 @@ class Rig:
 
 def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | None):
     import gevent
-    udp_counter, rmq_counter = relay.Counter(), relay.Counter()
+    udp_counter = relay.Counter()
     udp_sock, udp_socket, udp_greenlet = relay.udp_subscriber(udp_counter)
-    state: dict = {}
-    consuming = consumer(rig.broker, rmq_counter, state)
-    while not state.get("consuming"):
-        gevent.sleep(0.05)
+    rmq = Consumer(rig.broker.port)
     rmq_socket = f"rabbitmq:127.0.0.1:{rig.broker.port}/persistent?{QUEUE}"
     for socket in (udp_socket, rmq_socket):
         relay.mi(rig.mi_port, "event_subscribe", ["E_FREESWITCH", socket, 3600])
@@ -169,40 +215,44 @@ def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | 
         rig.broker.up()
         outage = time.monotonic() - t0
     emitting.join()
-    # wait until both got everything, or nothing moved for 5 s
+    # wait until both got everything (duplicates count here, so also until
+    # nothing moved for 1 s), or nothing moved for 5 s
     last, still = -1, time.monotonic()
     while True:
-        total = udp_counter.received() + rmq_counter.received()
-        if udp_counter.received() >= count and rmq_counter.received() >= count:
-            break
+        got = rmq.received()
+        total = udp_counter.received() + got
         if total != last:
             last, still = total, time.monotonic()
-        elif time.monotonic() - still > 5.0:
+        quiet = time.monotonic() - still
+        if udp_counter.received() >= count and got >= count and quiet > 1.0:
+            break
+        if quiet > 5.0:
             break
         gevent.sleep(0.05)
     status = [d for d in rig.status() if d["transport"] == "rabbitmq"][0]
     for socket in (udp_socket, rmq_socket):
         relay.mi(rig.mi_port, "event_subscribe", ["E_FREESWITCH", socket, 0])
     gevent.sleep(1.1)
-    state["stop"] = True
-    consuming.join(5)
+    consumed = rmq.stop()
     udp_greenlet.kill()
     udp_sock.close()
+    udp_counter.analyse()
+    results = {"RabbitMQ": (consumed["seen"], consumed["dups"], consumed["latencies"], consumed["last"]),
+               "UDP": (len(udp_counter.seen), udp_counter.duplicates, udp_counter.latencies,
+                       udp_counter.last)}
     rows = {}
-    for name, counter in (("RabbitMQ", rmq_counter), ("UDP", udp_counter)):
-        counter.analyse()
-        received = len(counter.seen)
-        span = (counter.last - t_start) if counter.last else float("nan")
-        rows[name] = {"received": received, "lost": count - received, "dups": counter.duplicates,
+    for name, (received, dups, latencies, last) in results.items():
+        span = (last - t_start) if last else float("nan")
+        rows[name] = {"received": received, "lost": count - received, "dups": dups,
                       "rate": received / span if span and span > 0 else 0.0,
-                      "p50": relay.percentile(counter.latencies, 0.5) * 1000,
-                      "p99": relay.percentile(counter.latencies, 0.99) * 1000}
+                      "p50": relay.percentile(latencies, 0.5) * 1000,
+                      "p99": relay.percentile(latencies, 0.99) * 1000}
     for name, row in rows.items():
         extra = ""
         if name == "RabbitMQ":
             extra = (f"  confirmed {status['sent']:,} in all, re-published {status['retried']:,}, "
                      f"send errors {status['send_errors']}, redelivered to the consumer "
-                     f"{state.get('redelivered', 0)}")
+                     f"{consumed['redelivered']}")
             if outage is not None:
                 extra += f"; broker down and back in {outage:.1f} s"
         print(f"{label:>22} {name:>9} {count:>7,} {row['rate']:>9,.0f} {row['lost']:>6} "
@@ -219,7 +269,10 @@ def main(argv=None) -> int:
     parser.add_argument("--full-count", type=int, default=50000,
                         help="events of the full-speed case (default 50000)")
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--consumer", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.consumer:
+        return run_consumer(args.consumer)
     from gevent import monkey
     monkey.patch_all()
     if args.quick:
