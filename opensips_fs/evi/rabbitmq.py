@@ -1,7 +1,7 @@
 """`event_rabbitmq` delivery: `rabbitmq:` subscribers published to a RabbitMQ broker.
 
 What goes on the wire is what OpenSIPS's event_rabbitmq means to send
-(docs/protocols/evi.md, "RabbitMQ"): per notification one `basic.publish` on
+(docs/protocols/evi.md §4.8): per notification one `basic.publish` on
 channel 1 to the socket's exchange (default `''`) with its routing key,
 `mandatory` set, the body byte for byte the `event_datagram` payload, and
 no properties at all unless the socket says `persistent` (then only

@@ -1,7 +1,7 @@
 """`rabbitmq:` subscriber socket strings, as OpenSIPS's event_rabbitmq reads them.
 
 Supports the whole grammar of OpenSIPS 4.1's `rmq_parse`
-(docs/protocols/evi.md, "RabbitMQ"):
+(docs/protocols/evi.md §4.8):
 
     rabbitmq:[user[:password]@]host[:port]/[param[;param]…?]routing_key
 
