@@ -90,11 +90,12 @@ class App:
         self._start_room("event interface", self.evi)
 
         if cfg.freeswitch_scripting is not None:     # the config made sure freeswitch is loaded
+            assert self.manager is not None
             self.scripting = Scripting(cfg.freeswitch_scripting, self.manager, self.evi,
                                        self.stats, cfg.dir)
             self._start_room("freeswitch_scripting", self.scripting)
 
-        self.registry = MiRegistry(self.stats)
+        registry = self.registry = MiRegistry(self.stats)
         self.context = CoreContext(
             started_at=self.started_at, stats=self.stats, processes=self.processes,
             get_log_level=logs.get_level, set_log_level=logs.set_level,
@@ -111,14 +112,14 @@ class App:
             httpd, mi_http = cfg.httpd, cfg.mi_http
             assert httpd is not None  # the config loads mi_http only with httpd
             self._start_transport("MI HTTP", httpd.address, lambda: MiHttpServer(
-                httpd, mi_http, self.registry, self.stats))
-        if cfg.mi_fifo is not None:
-            self._start_transport("MI FIFO", cfg.mi_fifo.fifo_name, lambda: MiFifoServer(
-                cfg.mi_fifo, self.registry, self.stats))
-        if cfg.mi_datagram is not None:
-            self._start_transport("MI datagram", cfg.mi_datagram.socket_name,
-                                  lambda: MiDatagramServer(cfg.mi_datagram, self.registry,
-                                                           self.stats))
+                httpd, mi_http, registry, self.stats))
+        mi_fifo, mi_datagram = cfg.mi_fifo, cfg.mi_datagram
+        if mi_fifo is not None:
+            self._start_transport("MI FIFO", mi_fifo.fifo_name, lambda: MiFifoServer(
+                mi_fifo, registry, self.stats))
+        if mi_datagram is not None:
+            self._start_transport("MI datagram", mi_datagram.socket_name,
+                                  lambda: MiDatagramServer(mi_datagram, registry, self.stats))
 
         self._up = True
         log.log(logs.NOTICE, "opensips-fs %s started: %s", __version__, ", ".join(

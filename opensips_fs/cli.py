@@ -19,6 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported at run time only once main() has monkey-patched
+    from gevent.event import Event
+
+    from .config import Config
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 STOP_TIMEOUT = 10.0   # s to stop the rooms before exiting anyway
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             handler.cancel()
 
 
-def _run(argv, stop_requested, signals_seen: list[str], running: list) -> int:
+def _run(argv: list[str] | None, stop_requested: Event, signals_seen: list[str], running: list) -> int:
     import logging
 
     import gevent
@@ -141,7 +147,7 @@ def _run(argv, stop_requested, signals_seen: list[str], running: list) -> int:
     return EXIT_OK
 
 
-def _local_problem(config) -> str | None:
+def _local_problem(config: Config) -> str | None:
     """What the config needs from this host and does not find (no network):
     the database driver, the SQLite file's folder."""
     from .db import DbError, check_db_url

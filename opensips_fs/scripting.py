@@ -37,6 +37,8 @@ from __future__ import annotations
 import builtins
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.lock
@@ -49,7 +51,13 @@ from .esl.manager import EslNoPassword, EslTooManySockets
 from .esl.protocol import CommandTextError, breaks_line, command_text
 from .logs import NOTICE
 from .mi import StartupError
-from .mi.commands import MiCommand, MiError
+from .mi.commands import MiCommand, MiError, Params
+
+if TYPE_CHECKING:
+    from .esl.manager import EslManager
+    from .esl.socket import EslSocket
+    from .evi.registry import EviRegistry
+    from .stats import Stats
 
 __all__ = ["MAX_COMMAND_BYTES", "Entry", "Scripting", "SubscriptionSet", "normalize_command"]
 
@@ -76,7 +84,7 @@ class Entry:
 
     __slots__ = ("socket", "events")
 
-    def __init__(self, socket, events=()):
+    def __init__(self, socket: EslSocket, events: Iterable[str] = ()):
         self.socket = socket
         self.events: list[str] = list(events)
 
@@ -90,11 +98,11 @@ class SubscriptionSet:
     use, entries change only through `add` and `remove` (`as_list` keeps its
     answer until they do)."""
 
-    def __init__(self, entries=None):
+    def __init__(self, entries: Iterable[Entry] | None = None):
         self.entries: list[Entry] = list(entries or [])
         self._listing: dict | None = None
 
-    def first(self, socket) -> Entry | None:
+    def first(self, socket: EslSocket) -> Entry | None:
         """The newest entry of `socket` (MI calls only ever touch that one)."""
         for entry in self.entries:
             if entry.socket is socket:
@@ -109,7 +117,7 @@ class SubscriptionSet:
                 out.append(entry.socket)
         return out
 
-    def add(self, socket, names) -> tuple[bool, list[str]]:
+    def add(self, socket: EslSocket, names: Iterable[str]) -> tuple[bool, list[str]]:
         """Subscribe `names` on the socket's first entry, creating (prepending)
         the entry if there is none. Empty names and names already in the entry
         are skipped; each new name is prepended. Returns (entry created, names
@@ -127,7 +135,7 @@ class SubscriptionSet:
                 added.append(name)
         return created, added
 
-    def remove(self, socket, names) -> tuple[bool, list[str]]:
+    def remove(self, socket: EslSocket, names: Iterable[str]) -> tuple[bool, list[str]]:
         """Unsubscribe `names` from the socket's first entry. An entry left
         without events leaves the set (also one that had none, as soon as a
         non-empty name is given). Returns (entry removed, names removed)."""
@@ -146,7 +154,7 @@ class SubscriptionSet:
             self.entries.remove(entry)
         return dropped, removed
 
-    def extend(self, entries) -> None:
+    def extend(self, entries: Iterable[Entry]) -> None:
         """Add `entries` after the current ones (the DB loaded late)."""
         self._listing = None
         self.entries.extend(entries)
@@ -160,7 +168,7 @@ class SubscriptionSet:
         return self._listing
 
 
-def _socket_name(socket) -> str:
+def _socket_name(socket: object) -> str:
     return getattr(socket, "name", None) or str(socket)
 
 
@@ -183,7 +191,8 @@ _COMMAND_ERRORS = {"empty": "Empty ESL command", "too long": "ESL command too lo
 class Scripting:
     """The freeswitch_scripting module: MI commands, modparams, DB reloads."""
 
-    def __init__(self, settings, manager, evi, stats, cfg_dir=None):
+    def __init__(self, settings: ScriptingSettings, manager: EslManager, evi: EviRegistry | None, stats: Stats,
+                 cfg_dir: str | None = None):
         self.settings = settings
         self.manager = manager
         self.evi = evi
@@ -243,7 +252,7 @@ class Scripting:
         old, self.set = self.set, SubscriptionSet()
         self._release(old.entries)
 
-    def on_event(self, socket, name: str, body: bytes) -> None:
+    def on_event(self, socket: EslSocket, name: str, body: bytes) -> None:
         """Called by the ESL reader for each subscribed event: raise E_FREESWITCH."""
         self._raise(name, socket.host, body)
 
@@ -256,21 +265,21 @@ class Scripting:
             raise ValueError(f"fs_subscribe URL {parsed.key} has no password")
         if _multiline(parsed.events):
             raise ValueError("fs_subscribe URL has an event name on several lines")
-        socket = self._socket(parsed, create=True, limited=False)
+        socket = self._socket(parsed, limited=False)
         self._subscribe(socket, parsed, parsed.events)
 
-    def subscribe(self, url_text: str, params_events) -> str:
+    def subscribe(self, url_text: str, params_events: Callable[[], list[str]]) -> str:
         parsed, socket = self._resolve(url_text)
         events = params_events()  # typed read: may raise, nothing changed yet
         if _multiline(events):
             # it would end the `event json` command and start another one
             raise MiError(400, "Bad event name")
         if socket is None:
-            socket = self._socket(parsed, create=True)
+            socket = self._socket(parsed)
         self._subscribe(socket, parsed, events)
         return "OK"
 
-    def _subscribe(self, socket, parsed, events) -> None:
+    def _subscribe(self, socket: EslSocket, parsed: fsurl.FsUrl, events: Iterable[str]) -> None:
         changed = self._update_credentials(socket, parsed)
         created, added = self.set.add(socket, events)
         if created:
@@ -280,7 +289,7 @@ class Scripting:
         if changed:
             socket.wait_attempt()  # corrected credentials: answer once they were tried
 
-    def unsubscribe(self, url_text: str, params_events) -> str:
+    def unsubscribe(self, url_text: str, params_events: Callable[[], list[str]]) -> str:
         parsed, socket = self._resolve(url_text)
         if socket is None or self.set.first(socket) is None:
             # [OS] answer OK before even reading the events; [EMU] never create
@@ -442,7 +451,7 @@ class Scripting:
             entry.socket.subscribe(name)
 
     @staticmethod
-    def _release(entries) -> None:
+    def _release(entries: Iterable[Entry]) -> None:
         for entry in entries:
             for name in entry.events:
                 entry.socket.unsubscribe(name)
@@ -454,7 +463,7 @@ class Scripting:
         text = normalize_command(command, self.max_command_bytes)
         parsed, socket = self._resolve(url_text)
         if socket is None:
-            socket = self._socket(parsed, create=True)
+            socket = self._socket(parsed)
         else:
             self._update_credentials(socket, parsed)
         self._esl_commands.value += 1
@@ -495,7 +504,7 @@ class Scripting:
 
     # -- sockets ----------------------------------------------------------------
 
-    def _resolve(self, url_text: str):
+    def _resolve(self, url_text: str) -> tuple[fsurl.FsUrl, EslSocket | None]:
         """Parse the URL and find its socket without creating anything:
         (parsed, socket or None). A bad URL, or an unknown socket without a
         password, is `500 Internal Error` (docs/protocols/scripting.md §2.3, §4 step 2)."""
@@ -506,11 +515,11 @@ class Scripting:
             raise internal_error()
         return parsed, socket
 
-    def _socket(self, parsed, create: bool, limited: bool = True):
-        """The URL's socket; `create` it if needed — within `esl_max_sockets`
+    def _socket(self, parsed: fsurl.FsUrl, limited: bool = True) -> EslSocket:
+        """The URL's socket, created if needed — within `esl_max_sockets`
         when `limited` (MI calls; not the modparams)."""
         socket = self.manager.find(parsed.host, parsed.port)
-        if socket is not None or not create:
+        if socket is not None:
             return socket
         try:
             return self.manager.get(parsed.host, parsed.port, parsed.username, parsed.password,
@@ -522,7 +531,7 @@ class Scripting:
             raise MiError(500, "Too many FreeSWITCH sockets") from None
 
     @staticmethod
-    def _update_credentials(socket, parsed) -> bool:
+    def _update_credentials(socket: EslSocket, parsed: fsurl.FsUrl) -> bool:
         """docs/protocols/scripting.md §2.3: a URL naming a socket that is not DB-provisioned sets
         its username (cleared if none) and, when given, its password. True if
         they changed (a failing socket then tries them at once)."""
@@ -533,20 +542,20 @@ class Scripting:
     # -- MI -------------------------------------------------------------------
 
     def mi_commands(self) -> builtins.list[MiCommand]:  # `list` is a method here
-        def subscribe(params):
+        def subscribe(params: Params) -> str:
             return self.subscribe(params.string("freeswitch_url"),
                                   lambda: params.strings("events"))
 
-        def unsubscribe(params):
+        def unsubscribe(params: Params) -> str:
             return self.unsubscribe(params.string("freeswitch_url"),
                                     lambda: params.strings("events"))
 
-        def esl(params):
+        def esl(params: Params) -> object:
             # both strings are read first: bad types are -32602 before anything runs
             command = params.string("command")
             return self.esl(command, params.string("freeswitch_url"))
 
-        def status(params):
+        def status(params: Params) -> object:
             if "freeswitch_url" in params:
                 return self.status(params.string("freeswitch_url"))
             return self.status()
@@ -563,7 +572,7 @@ class Scripting:
         ]
 
 
-def _parse_url(url_text: str, what: str):
+def _parse_url(url_text: str, what: str) -> fsurl.FsUrl:
     """The parsed URL; a malformed one is logged (`what: reason`) and is
     `500 Internal Error`, as OpenSIPS answers."""
     try:
@@ -573,7 +582,7 @@ def _parse_url(url_text: str, what: str):
         raise internal_error() from None
 
 
-def _multiline(names) -> bool:
+def _multiline(names: Iterable[str]) -> bool:
     return any(breaks_line(name) for name in names)
 
 
@@ -581,8 +590,8 @@ def _no_evi(name: str, sender: str, body: bytes) -> None:
     """No event interface in this build: events have nowhere to go."""
 
 
-def _unique(names) -> list[str]:
-    out = []
+def _unique(names: Iterable[str]) -> list[str]:
+    out: list[str] = []
     for name in names:
         if name not in out:
             out.append(name)

@@ -23,11 +23,14 @@ import gevent
 from gevent import socket
 from gevent.pool import Pool
 
-from ..config import split_udp
+from ..config import MiDatagramSettings, split_udp
 from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
 from .jsonrpc import PARSE_ERROR_REPLY, encode_error
+from .registry import MiRegistry
+
+Address = tuple[str, int] | str  # (ip, port) or a unix socket path
 
 __all__ = ["MAX_REPLY", "MiDatagramServer", "oversize_reply", "parse_socket_name"]
 
@@ -50,7 +53,7 @@ def oversize_reply(reply: bytes) -> bytes:
                         "use MI HTTP or FIFO", None)[:-len(b"null}")] + request_id + b"}"
 
 
-def parse_socket_name(name: str):
+def parse_socket_name(name: str) -> tuple[int, Address]:
     """(family, address) for `udp:ip:port`, `unix:/path` or `/path`."""
     if name.startswith("udp:"):
         address = split_udp(name)
@@ -65,7 +68,7 @@ def parse_socket_name(name: str):
 
 
 class MiDatagramServer:
-    def __init__(self, mi_datagram_settings, registry, stats: Stats):
+    def __init__(self, mi_datagram_settings: MiDatagramSettings, registry: MiRegistry, stats: Stats):
         self.socket_name = mi_datagram_settings.socket_name
         self.registry = registry
         self._sock: socket.socket | None = None
@@ -77,7 +80,7 @@ class MiDatagramServer:
         self._oversize = stats.counter("mi", "datagram_oversize_replies")
 
     @property
-    def address(self):
+    def address(self) -> Address:
         if self._sock is None:
             return self._bind_to
         return self._sock.getsockname()
@@ -85,7 +88,7 @@ class MiDatagramServer:
     def start(self) -> "MiDatagramServer":
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            if self._family == socket.AF_UNIX and os.path.exists(self._bind_to):
+            if isinstance(self._bind_to, str) and os.path.exists(self._bind_to):  # a unix path
                 os.unlink(self._bind_to)
             sock.bind(self._bind_to)
         except OSError as err:
@@ -104,7 +107,7 @@ class MiDatagramServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            if self._family == socket.AF_UNIX:
+            if isinstance(self._bind_to, str):  # a unix path
                 try:
                     os.unlink(self._bind_to)
                 except OSError:
@@ -123,7 +126,7 @@ class MiDatagramServer:
             self._requests.value += 1
             self._pool.spawn(self._answer, data, source)
 
-    def _answer(self, data: bytes, source) -> None:
+    def _answer(self, data: bytes, source: Address) -> None:
         reply = self.registry.handle(data)
         sock = self._sock
         if reply is None or not source or sock is None:

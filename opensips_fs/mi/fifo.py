@@ -31,10 +31,12 @@ import gevent
 from gevent.monkey import get_original
 from gevent.os import nb_read, nb_write
 
+from ..config import MiFifoSettings
 from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
 from .fifoframe import FifoParser, FifoRejected
+from .registry import MiRegistry
 
 __all__ = ["MiFifoServer"]
 
@@ -54,7 +56,7 @@ _close_now = get_original("os", "close")
 
 
 class MiFifoServer:
-    def __init__(self, mi_fifo_settings, registry, stats: Stats):
+    def __init__(self, mi_fifo_settings: MiFifoSettings, registry: MiRegistry, stats: Stats):
         self.path = mi_fifo_settings.fifo_name
         self.mode = mi_fifo_settings.fifo_mode
         self.reply_dir = mi_fifo_settings.reply_dir
