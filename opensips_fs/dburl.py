@@ -84,5 +84,5 @@ def parse_db_url(url: str, base_dir: str | None = None) -> DbUrl:
     return DbUrl(engine, database, host=host, port=port, user=user, password=password)
 
 
-def _mask(url) -> str:
+def _mask(url: object) -> str:
     return mask_password(str(url or ""))

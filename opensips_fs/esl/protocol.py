@@ -146,15 +146,15 @@ def _parse_length(raw: bytes | str) -> int:
     return int(raw)
 
 
-def _show(raw) -> str:
+def _show(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         raw = raw.decode("latin-1")
     return repr(raw[:40])
 
 
-def _parse_header_block(block: bytes):
+def _parse_header_block(block: bytes) -> tuple[list[tuple[str, str]], str | None, int | None]:
     """Return (headers, content_type, content_length or None)."""
-    headers = []
+    headers: list[tuple[str, str]] = []
     content_type = None
     length = None
     for line in block.decode("utf-8", "replace").split("\n"):
@@ -329,18 +329,18 @@ class FrameParser:
                 continue
             if end - pos > self.max_header:
                 raise ProtocolError(f"header block longer than {self.max_header} bytes")
-            headers, content_type, length = _parse_header_block(buf[pos:end])
+            headers, content_type, block_length = _parse_header_block(buf[pos:end])
             start = end + 2
-            if length is None:
+            if block_length is None:
                 append(Frame(headers, content_type, None))
                 pos = start
                 continue
-            stop = start + length
+            stop = start + block_length
             if stop > size:
-                self._start_body(headers, content_type, length, buf, start)
+                self._start_body(headers, content_type, block_length, buf, start)
                 break
-            if length > max_body:
-                append(Frame(headers, content_type, None, oversize=length))
+            if block_length > max_body:
+                append(Frame(headers, content_type, None, oversize=block_length))
             else:
                 append(Frame(headers, content_type, buf[start:stop]))
             pos = stop
@@ -367,7 +367,7 @@ def printable(text: str | bytes | None, limit: int = 200) -> str:
     return text
 
 
-def _escape_char(match) -> str:
+def _escape_char(match: re.Match[str]) -> str:
     char = match.group()
     if char == "\\":
         return "\\\\"

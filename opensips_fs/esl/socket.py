@@ -51,7 +51,7 @@ from .connection import (
     EslReply,
     EslTimeout,
 )
-from .protocol import CT_EVENT_JSON, DEFAULT_MAX_BODY, command_text, event_name, printable
+from .protocol import CT_EVENT_JSON, DEFAULT_MAX_BODY, Frame, command_text, event_name, printable
 from .subscriptions import Subscription, Subscriptions
 from .throttle import LogThrottle
 
@@ -645,7 +645,7 @@ class EslSocket:
 
     # -- incoming events (reader greenlet) -------------------------------------------
 
-    def _on_frame(self, frame) -> None:
+    def _on_frame(self, frame: Frame) -> None:
         """Every frame that is not a reply (reader greenlet, hot path)."""
         self.events_received += 1
         self._c_received.value += 1
@@ -688,7 +688,7 @@ class EslSocket:
         self.events_dropped += n
         self._c_dropped.value += n
 
-    def _oversized(self, frame) -> None:
+    def _oversized(self, frame: Frame) -> None:
         self._counters.oversized_frames.value += 1
         if self._oversize_warnings.hit():
             log.warning("ESL %s: dropped a %s frame of %d bytes, over the %d-byte esl_max_frame_size "

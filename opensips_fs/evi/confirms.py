@@ -54,7 +54,7 @@ class ConfirmLedger:
     def __len__(self) -> int:
         return len(self._unconfirmed)
 
-    def published(self, payload, now: float) -> int:
+    def published(self, payload: bytes, now: float) -> int:
         """Record a publish; returns its delivery tag."""
         tag = self._next_tag
         self._next_tag += 1

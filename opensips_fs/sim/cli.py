@@ -7,6 +7,8 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .settings import SimSettings, SimUser
 
@@ -15,7 +17,8 @@ class _UserAction(argparse.Action):
     """``--user`` starts a user; ``--user-events``/``--user-api``/``--user-no-log``
     apply to the last ``--user`` given before them."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
         users = getattr(namespace, "users", None) or []
         if option_string == "--user":
             name, sep, password = values.rpartition(":")
@@ -23,14 +26,14 @@ class _UserAction(argparse.Action):
                 parser.error("--user wants USER@DOMAIN:PASS, got %r" % values)
             users.append({"name": name, "password": password})
         else:
-            if not users:
+            if not users or option_string is None:
                 parser.error("%s must follow a --user" % option_string)
             key = {"--user-events": "events", "--user-api": "api", "--user-no-log": "log"}[option_string]
             users[-1][key] = False if key == "log" else values
         namespace.users = users
 
 
-def _hostport(text: str):
+def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
@@ -119,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def box_settings(args, index: int, users: list, on_shutdown=None):
+def box_settings(args: argparse.Namespace, index: int, users: list[SimUser],
+                 on_shutdown: Callable | None = None) -> SimSettings:
     """The ``SimSettings`` of the ``index``-th ``--listen`` box."""
     host, port = (args.listen or [("127.0.0.1", 8021)])[index]
     hostnames = args.hostname or ["vm"]
@@ -139,7 +143,7 @@ def box_settings(args, index: int, users: list, on_shutdown=None):
         on_shutdown=on_shutdown)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from gevent import monkey
 
     monkey.patch_all()
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     boxes: list[FsSimulator] = []
     done = GEvent()
 
-    def on_shutdown(_box):
+    def on_shutdown(_box: FsSimulator) -> None:
         if all(x.stopped.is_set() for x in boxes):
             done.set()
 
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
             box.stop()
         return 1
 
-    def on_signal():
+    def on_signal() -> None:
         for box in boxes:
             gevent.spawn(box.shutdown)
         gevent.spawn_later(3.0, done.set)
