@@ -37,8 +37,7 @@ class DatagramDestination(Destination):
     """A UDP address (`address` = (ip, port)) or a unix datagram path."""
 
     log = logging.getLogger(__name__)
-    # evi/delivery.py's Destination declares _conn untyped (None)
-    _conn: _socket.socket | None  # type: ignore[assignment]
+    _conn: _socket.socket | None
     _send: Callable[[bytes], int]
 
     def __init__(self, key, label, queue_size, counters, address, **limits):

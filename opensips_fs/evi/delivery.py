@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import gevent
 from gevent.event import Event
@@ -56,6 +57,12 @@ class EviCounters:
         self.errors = stats.counter("evi", "send_errors")
 
 
+class Closable(Protocol):
+    """What a destination may keep open between deliveries."""
+
+    def close(self) -> None: ...
+
+
 class Destination:
     """Base class: the queue, the sender loop and the counters.
 
@@ -70,7 +77,7 @@ class Destination:
 
     transport = "?"
     log = logging.getLogger("opensips_fs.evi")
-    _conn = None
+    _conn: Closable | None = None
 
     def __init__(self, key, label: str, queue_size: int, counters: EviCounters, *,
                  queue_bytes: int = DEFAULT_QUEUE_BYTES, budget: QueueBudget | None = None):

@@ -44,8 +44,7 @@ class HttpStatusError(OSError):
 class HttpDestination(Destination):
     transport = "http"
     log = logging.getLogger(__name__)
-    # evi/delivery.py's Destination declares _conn untyped (None)
-    _conn: http.client.HTTPConnection | None  # type: ignore[assignment]
+    _conn: http.client.HTTPConnection | None
 
     def __init__(self, key, label, queue_size, counters, target, verify_cert=True, **limits):
         super().__init__(key, label, queue_size, counters, **limits)

@@ -48,8 +48,7 @@ _ALIVE_STATES = (1, 8)                  # TCP_ESTABLISHED, TCP_CLOSE_WAIT
 class StreamDestination(Destination):
     transport = "tcp"
     log = logging.getLogger(__name__)
-    # evi/delivery.py's Destination declares _conn untyped (None)
-    _conn: gsocket.socket | None  # type: ignore[assignment]
+    _conn: gsocket.socket | None
 
     def __init__(self, key, label, queue_size, counters, address, **limits):
         super().__init__(key, label, queue_size, counters, **limits)
