@@ -12,7 +12,7 @@ import json
 
 import orjson
 
-__all__ = ["dumps", "dumps_str"]
+__all__ = ["dumps", "dumps_str", "encoded"]
 
 
 def dumps(obj: object) -> bytes:
@@ -24,6 +24,12 @@ def dumps(obj: object) -> bytes:
         # beyond 64 bits: the slow path keeps them exact.
         text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         return text.encode("utf-8", "surrogateescape")
+
+
+def encoded(obj) -> orjson.Fragment:
+    """`obj` encoded once, to be placed as it is inside what `dumps` encodes
+    later (a result many clients ask for and that seldom changes)."""
+    return orjson.Fragment(dumps(obj))
 
 
 def dumps_str(value: str) -> bytes:

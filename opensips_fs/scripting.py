@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import gevent
 import gevent.lock
 
+from . import jsonenc
 from . import url as fsurl
 from .config import ScriptingSettings
 from .db import BadRow, DbError, FsDatabase, row_subscription
@@ -101,6 +102,7 @@ class SubscriptionSet:
     def __init__(self, entries: Iterable[Entry] | None = None):
         self.entries: list[Entry] = list(entries or [])
         self._listing: dict | None = None
+        self._listing_json = None
 
     def first(self, socket: EslSocket) -> Entry | None:
         """The newest entry of `socket` (MI calls only ever touch that one)."""
@@ -122,7 +124,7 @@ class SubscriptionSet:
         the entry if there is none. Empty names and names already in the entry
         are skipped; each new name is prepended. Returns (entry created, names
         added in order of arrival)."""
-        self._listing = None
+        self._listing = self._listing_json = None
         entry = self.first(socket)
         created = entry is None
         if entry is None:
@@ -139,7 +141,7 @@ class SubscriptionSet:
         """Unsubscribe `names` from the socket's first entry. An entry left
         without events leaves the set (also one that had none, as soon as a
         non-empty name is given). Returns (entry removed, names removed)."""
-        self._listing = None
+        self._listing = self._listing_json = None
         entry = self.first(socket)
         if entry is None:
             return False, []
@@ -156,7 +158,7 @@ class SubscriptionSet:
 
     def extend(self, entries: Iterable[Entry]) -> None:
         """Add `entries` after the current ones (the DB loaded late)."""
-        self._listing = None
+        self._listing = self._listing_json = None
         self.entries.extend(entries)
 
     def as_list(self) -> dict:
@@ -166,6 +168,12 @@ class SubscriptionSet:
             self._listing = {"Sockets": [{"if": _socket_name(e.socket), "Events": list(e.events)}
                                          for e in self.entries]}
         return self._listing
+
+    def as_list_json(self):
+        """`as_list()` already encoded (`jsonenc.encoded`), once per change."""
+        if self._listing_json is None:
+            self._listing_json = jsonenc.encoded(self.as_list())
+        return self._listing_json
 
 
 def _socket_name(socket: object) -> str:
@@ -565,7 +573,7 @@ class Scripting:
                       subscribe),
             MiCommand(MODULE, "unsubscribe", "fs_unsubscribe", [["freeswitch_url", "events"]],
                       unsubscribe),
-            MiCommand(MODULE, "list", "fs_list", [[]], lambda params: self.list()),
+            MiCommand(MODULE, "list", "fs_list", [[]], lambda params: self.set.as_list_json()),
             MiCommand(MODULE, "reload", "fs_reload", [[]], lambda params: self.reload()),
             MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
             MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),

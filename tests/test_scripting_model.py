@@ -2,6 +2,7 @@
 duplicate and empty names, removal rules (docs/protocols/scripting.md §3-§5), DB row validation
 (§6) and freeswitch_esl command normalisation (§7.2)."""
 
+import orjson
 import pytest
 
 from opensips_fs.db import BadRow, FsRow, row_subscription
@@ -20,6 +21,25 @@ def test_new_entries_and_new_events_are_prepended():
     assert s.as_list()["Sockets"] == [
         {"if": B, "Events": ["CHANNEL_HANGUP"]},
         {"if": A, "Events": ["TALK", "DTMF", "CHANNEL_STATE"]}]
+
+
+def test_listing_is_kept_until_the_set_changes():
+    """fs_list's answer is built once per change: every change renews it."""
+    s = SubscriptionSet()
+    s.add(A, ["DTMF"])
+    first, first_json = s.as_list(), s.as_list_json()
+    assert s.as_list() is first and s.as_list_json() is first_json
+    assert orjson.dumps(first_json) == orjson.dumps(first)
+    s.add(A, ["TALK"])
+    assert s.as_list() == {"Sockets": [{"if": A, "Events": ["TALK", "DTMF"]}]}
+    assert orjson.loads(orjson.dumps(s.as_list_json())) == s.as_list()
+    s.remove(A, ["TALK"])
+    assert s.as_list() == {"Sockets": [{"if": A, "Events": ["DTMF"]}]}
+    other = SubscriptionSet()
+    other.add(B, ["HEARTBEAT"])
+    s.extend(other.entries)
+    assert s.as_list()["Sockets"][-1] == {"if": B, "Events": ["HEARTBEAT"]}
+    assert orjson.loads(orjson.dumps(s.as_list_json())) == s.as_list()
 
 
 def test_duplicates_and_empty_names_are_skipped():
