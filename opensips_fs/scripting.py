@@ -102,7 +102,7 @@ class SubscriptionSet:
     def __init__(self, entries: Iterable[Entry] | None = None):
         self.entries: list[Entry] = list(entries or [])
         self._listing: dict | None = None
-        self._listing_json = None
+        self._listing_json: object = None
 
     def first(self, socket: EslSocket) -> Entry | None:
         """The newest entry of `socket` (MI calls only ever touch that one)."""
