@@ -19,6 +19,13 @@ escaping (`JsonFormatter`), so a log shipper set up for OpenSIPS reads ours
 unchanged. The message keeps the trailing ``\n`` OpenSIPS's messages have;
 syslog ``json_cee`` lines start with ``@cee: ``.
 
+Peer-supplied values are bounded: every string, bytes or exception argument
+of a log call is cut to `MAX_ARG_CHARS` (a note says how long it was), and a
+whole message to `MAX_MESSAGE_CHARS`. A line that repeats — the same call
+site about the same subject (its non-numeric arguments) — is rate-limited by
+`RepeatFilter`: a few pass, then one per `REPEAT_WINDOW` seconds, carrying
+the number of lines held back.
+
 Passwords never reach a log line: the formatter masks the password part of
 every ``user:pass@host`` URL it sees and every secret registered with
 `register_secret` (credentials learnt from the config, the DB or MI). Rooms
@@ -34,9 +41,11 @@ import re
 import socket
 import sys
 import time
+from collections import OrderedDict
 
 __all__ = [
-    "ALERT", "LOG_FORMATS", "NOTICE", "OPENSIPS_TO_PYTHON", "JsonFormatter", "OpenSipsFormatter",
+    "ALERT", "LOG_FORMATS", "MAX_ARG_CHARS", "MAX_MESSAGE_CHARS", "NOTICE", "RepeatFilter",
+    "bounded", "OPENSIPS_TO_PYTHON", "JsonFormatter", "OpenSipsFormatter",
     "get_level", "json_escape", "log_time", "mask_password", "module_of", "register_secret",
     "scrub", "set_level", "setup", "url_password",
 ]
@@ -138,8 +147,47 @@ def log_time(created: float) -> str:
     return time.ctime(created)[4:19]
 
 
+MAX_ARG_CHARS = 512          # one argument of a log call (an event name, a URL, a reason…)
+MAX_MESSAGE_CHARS = 16384    # a whole message, traceback included
+
+
+def bounded(value, limit: int = MAX_ARG_CHARS):
+    """`value` cut to `limit` characters when it is text, bytes or an
+    exception (what a peer can make arbitrarily long); other values as is."""
+    if isinstance(value, BaseException):
+        text = str(value)
+        return value if len(text) <= limit else _cut(text, limit)
+    if isinstance(value, (str, bytes, bytearray)) and len(value) > limit:
+        return _cut(value, limit)
+    return value
+
+
+def _cut(value, limit: int):
+    what = "bytes" if isinstance(value, (bytes, bytearray)) else "chars"
+    note = f"...[{len(value)} {what}, cut]"
+    return value[:limit] + (note.encode() if isinstance(value, (bytes, bytearray)) else note)
+
+
+def _get_message(record: logging.LogRecord) -> str:
+    args = record.args
+    if args:
+        if isinstance(args, tuple):
+            args = tuple(bounded(a) for a in args)
+        elif isinstance(args, dict):
+            args = {k: bounded(v) for k, v in args.items()}
+        message = str(record.msg) % args
+    else:
+        message = str(record.msg)
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = _cut(message, MAX_MESSAGE_CHARS)
+    return message
+
+
 def _message(formatter: logging.Formatter, record: logging.LogRecord) -> str:
-    message = record.getMessage()
+    message = _get_message(record)
+    held = getattr(record, "held_back", 0)
+    if held:
+        message = f"{message} ({held} similar line(s) held back)"
     if record.exc_info and not record.exc_text:
         record.exc_text = formatter.formatException(record.exc_info)
     if record.exc_text:
@@ -232,6 +280,54 @@ def canonical_hostname() -> str:
     except OSError:
         return ""
     return infos[0][3] if infos and infos[0][3] else ""
+
+
+REPEAT_BURST = 3          # lines of one kind that pass before the limit applies
+REPEAT_WINDOW = 60.0      # s; then at most one line of that kind per window
+_MAX_KINDS = 4096         # kinds remembered (least recently seen forgotten first)
+
+
+class RepeatFilter(logging.Filter):
+    """Rate-limits a log line that repeats. Its kind is the call site
+    (logger, line) and its subject (the non-numeric arguments, bounded):
+    `REPEAT_BURST` lines pass, then one per `REPEAT_WINDOW` seconds, which
+    says how many were held back. CRITICAL and ALERT always pass."""
+
+    def __init__(self, burst: int = REPEAT_BURST, window: float = REPEAT_WINDOW,
+                 clock=time.monotonic):
+        super().__init__()
+        self.burst = burst
+        self.window = window
+        self.clock = clock
+        self._kinds: OrderedDict = OrderedDict()   # kind -> [window start, count, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        kind = (record.name, record.lineno, _subject(record.args))
+        now = self.clock()
+        state = self._kinds.get(kind)
+        if state is None or now - state[0] >= self.window:
+            held = state[2] if state is not None else 0
+            self._kinds[kind] = [now, 1, 0]
+            self._kinds.move_to_end(kind)
+            if len(self._kinds) > _MAX_KINDS:
+                self._kinds.popitem(last=False)
+            if held:
+                record.held_back = held
+            return True
+        state[1] += 1
+        if state[1] <= self.burst:
+            return True
+        state[2] += 1
+        return False
+
+
+def _subject(args) -> tuple:
+    if not isinstance(args, tuple):
+        return ()
+    return tuple(str(bounded(a, 128)) for a in args
+                 if not isinstance(a, (int, float)) or isinstance(a, bool))
 
 
 def _formatter(log_format: str, syslog: bool) -> logging.Formatter:

@@ -570,13 +570,19 @@ class Scripting:
 
         return [
             MiCommand(MODULE, "subscribe", "fs_subscribe", [["freeswitch_url", "events"]],
-                      subscribe),
+                      subscribe, "subscribes FreeSWITCH events on an ESL socket, raised as "
+                      "E_FREESWITCH (the socket is created with the URL's password)"),
             MiCommand(MODULE, "unsubscribe", "fs_unsubscribe", [["freeswitch_url", "events"]],
-                      unsubscribe),
-            MiCommand(MODULE, "list", "fs_list", [[]], lambda params: self.set.as_list_json()),
-            MiCommand(MODULE, "reload", "fs_reload", [[]], lambda params: self.reload()),
-            MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl),
-            MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status),
+                      unsubscribe, "unsubscribes FreeSWITCH events from an ESL socket (its last "
+                      "event closes the connection)"),
+            MiCommand(MODULE, "list", "fs_list", [[]], lambda params: self.set.as_list_json(),
+                      "lists the ESL sockets and the events subscribed on each, newest first"),
+            MiCommand(MODULE, "reload", "fs_reload", [[]], lambda params: self.reload(),
+                      "replaces every subscription with the rows of the freeswitch table"),
+            MiCommand(MODULE, "esl", "freeswitch_esl", [["command", "freeswitch_url"]], esl,
+                      "runs an ESL command on a FreeSWITCH server and returns its reply"),
+            MiCommand(MODULE, "status", "fs_status", [[], ["freeswitch_url"]], status,
+                      "shows the state and counters of each ESL socket and of the database"),
         ]
 
 

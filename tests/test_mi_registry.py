@@ -187,7 +187,8 @@ def test_which_with_command(registry):
 
 def test_version(registry):
     machine = os.uname().machine.lower()
-    assert call(registry, "version")["result"] == {"Server": f"OpenSIPS (4.1.0-dev ({machine}/linux))"}
+    assert call(registry, "version")["result"] == {
+        "Server": f"OpenSIPS (4.1.0-dev ({machine}/linux))", "opensips-fs": __version__}
     assert re.match(r"OpenSIPS \((\d+)\.(\d+)\.(\d+)", call(registry, "version")["result"]["Server"])
     assert call(registry, "version", ["x"])["result"] == {
         "Server": f"OpenSIPS (4.1.0-dev ({machine}/linux))", "opensips-fs": __version__}

@@ -353,12 +353,14 @@ class EviRegistry:
         return [
             MiCommand("evi", "subscribe", "event_subscribe",
                       [["event", "socket"], ["event", "socket", "expire"]],
-                      self._mi_subscribe),
-            MiCommand("evi", "list", "events_list", [[]], self._mi_list),
+                      self._mi_subscribe, "subscribes an external application for a certain event"),
+            MiCommand("evi", "list", "events_list", [[]], self._mi_list,
+                      "lists all the events advertised through the OpenSIPS Event Interface"),
             MiCommand("evi", "subscribers", "subscribers_list",
-                      [[], ["event"], ["event", "socket"]], self._mi_subscribers),
+                      [[], ["event"], ["event", "socket"]], self._mi_subscribers,
+                      "lists all the OpenSIPS Event Interface's subscribers"),
             MiCommand("evi", "raise", "raise_event", [["event"], ["event", "params"]],
-                      self._mi_raise),
+                      self._mi_raise, "raises an event through the OpenSIPS Event Interface"),
             MiCommand("evi", "status", "evi_status", [[]], self._mi_status,
                       help="per EVI destination: queue, sent, dropped, retried, errors"),
         ]

@@ -94,11 +94,9 @@ class _CoreHandlers:
         }
 
     def version(self, params: Params) -> dict[str, str]:
-        result = {"Server": server_string()}
         if "revision" in params:
-            params.string("revision")
-            result["opensips-fs"] = __version__
-        return result
+            params.string("revision")     # typed as OpenSIPS types it; no revision of ours
+        return {"Server": server_string(), "opensips-fs": __version__}
 
     def pwd(self, params: Params) -> dict[str, str]:
         try:

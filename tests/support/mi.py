@@ -5,6 +5,7 @@ ephemeral ports / tmp paths, and raw HTTP and FIFO exchanges."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -138,6 +139,21 @@ def read_http_response(sock, buffer: bytearray) -> bytes:
     response = bytes(buffer[:head_end + length])
     del buffer[:head_end + length]
     return response
+
+
+_SERVER = re.compile(rb'("result":\{"Server":"[^"]*")')
+
+
+def emu_version(raw: bytes) -> bytes:
+    """A recorded OpenSIPS reply as opensips-fs sends it: [EMU] `version` adds
+    `"opensips-fs":"<version>"` after `Server` (HTTP Content-Length fixed)."""
+    from opensips_fs import __version__
+    ours = _SERVER.sub(lambda m: m.group(1) + b',"opensips-fs":"' + __version__.encode() + b'"', raw)
+    if ours == raw or b"\r\n\r\n" not in ours:
+        return ours
+    head, _, body = ours.partition(b"\r\n\r\n")
+    head = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), head)
+    return head + b"\r\n\r\n" + body
 
 
 def mask_date(raw: bytes) -> bytes:
