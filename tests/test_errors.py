@@ -10,7 +10,7 @@ import pytest
 from opensips_fs import __version__
 from opensips_fs.mi.core import NO_HELP
 from opensips_fs.sim import FsSimulator, SimSettings
-from ops_support import OpsStack, wait_until
+from support.ops import OpsStack, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,7 +10,7 @@ import pytest
 
 from opensips_fs import logs
 from opensips_fs.sim import FsSimulator, SimSettings
-from ops_support import OpsStack, wait_until
+from support.ops import OpsStack, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -78,7 +78,7 @@ def test_a_900kb_event_name_refused_for_ever_logs_a_few_short_lines(tmp_path):
         gevent.sleep(4)                                     # retried every second meanwhile
         text = stack.log.getvalue()
         assert len(text) < 20_000, len(text)
-        assert "...[900013 chars, cut]" in text
+        assert "900013 chars" in text                        # how long it was, not what
         status = stack.mi("fs_status")["result"]["Sockets"][0]
         assert status["pending"] and len(status["last_error"]) >= 900_000   # MI still has it all
     finally:

@@ -16,7 +16,9 @@
   conftest.py starts them), a copy of the default config on tmp paths and
   ephemeral ports, MI over HTTP;
 * ``rabbitmq``: the private RabbitMQ broker of the ``rabbitmq_broker``
-  fixture and an AMQP consumer (pika).
+  fixture and an AMQP consumer (pika);
+* ``ops``: one opensips-fs in the test process as an operator meets it (MI on
+  every transport, the HTTP probe routes, the log lines it writes).
 
 Test modules import from here, never from one another.
 """
