@@ -36,6 +36,7 @@ from .mi.core import CoreContext, core_commands, statistics_commands
 from .mi.datagram import MiDatagramServer
 from .mi.fifo import MiFifoServer
 from .mi.http import MiHttpServer
+from .readiness import Readiness
 from .reasons import short_reason
 from .scripting import Scripting
 from .stats import Stats
@@ -95,6 +96,9 @@ class App:
                                        self.stats, cfg.dir)
             self._start_room("freeswitch_scripting", self.scripting)
 
+        self.readiness = Readiness(
+            self.scripting, cfg.freeswitch_scripting.ready_max_down if cfg.freeswitch_scripting else 0,
+            running=lambda: self._up and not self._stopped)
         registry = self.registry = MiRegistry(self.stats)
         self.context = CoreContext(
             started_at=self.started_at, stats=self.stats, processes=self.processes,
@@ -112,7 +116,8 @@ class App:
             httpd, mi_http = cfg.httpd, cfg.mi_http
             assert httpd is not None  # the config loads mi_http only with httpd
             self._start_transport("MI HTTP", httpd.address, lambda: MiHttpServer(
-                httpd, mi_http, registry, self.stats))
+                httpd, mi_http, registry, self.stats,
+                extra_routes={"/ready": self.readiness.route}))
         mi_fifo, mi_datagram = cfg.mi_fifo, cfg.mi_datagram
         if mi_fifo is not None:
             self._start_transport("MI FIFO", mi_fifo.fifo_name, lambda: MiFifoServer(

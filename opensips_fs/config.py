@@ -99,6 +99,7 @@ class ScriptingSettings:
     fs_subscribe: list[SubscribeParam] = field(default_factory=list)
     esl_cmd_max_size: int = 65536           # bytes; longest freeswitch_esl command (ours)
     db_timeout: int = 10000                 # ms; bound on one DB query (ours)
+    ready_max_down: int = 0                 # /ready: DB/modparam sockets that may be down (ours)
 
     def __repr__(self) -> str:  # db_url may hold a password
         return (f"ScriptingSettings(db_url={_mask_url(self.db_url)!r}, "
@@ -116,6 +117,7 @@ class HttpdSettings:
     tls_key_file: str | None = None
     conn_timeout: int = 30                  # s, idle keep-alive
     max_connections: int | None = None      # open MI HTTP connections (ours); None: automatic
+    probes_auth: bool = True                # with auth on, /metrics and /ready need it too (ours)
 
     @property
     def address(self) -> str:
@@ -426,6 +428,7 @@ MODULES: dict[str, _Module] = {
         "fs_subscribe": _fs_url,
         "esl_cmd_max_size": _ranged(16),
         "db_timeout": _ranged(1),
+        "ready_max_down": _ranged(0),
     }, repeatable=frozenset({"fs_subscribe"}), requires="freeswitch"),
     "httpd": _Module(HttpdSettings, {
         "ip": _ip,
@@ -437,6 +440,7 @@ MODULES: dict[str, _Module] = {
         "tls_key_file": _path,
         "conn_timeout": _ranged(1),
         "max_connections": _ranged(1),
+        "probes_auth": _bool,
     }),
     "mi_http": _Module(MiHttpSettings, {"root": _str}, requires="httpd"),
     "mi_fifo": _Module(MiFifoSettings, {

@@ -383,7 +383,7 @@ class Scripting:
             self.db_last_error = str(exc)
             if replace:
                 log.error("failed to reload DB data, keeping old data set: %s", exc)
-            raise internal_error() from None
+            raise MiError(*INTERNAL_ERROR, reason=f"table not reloaded: {exc}") from None
         subs = []
         for row in rows:
             try:
@@ -432,6 +432,19 @@ class Scripting:
         for socket in self.manager.sockets():
             if socket.db_provisioned and id(socket) not in named:
                 socket.release_db_provisioning()
+
+    def startup_sockets(self):
+        """The sockets the DB rows and the fs_subscribe modparams name (what
+        /ready waits for), creation order."""
+        keys = set()
+        for param in self.settings.fs_subscribe:
+            try:
+                parsed = fsurl.parse(param.url)
+            except fsurl.UrlError:
+                continue
+            keys.add((parsed.host, parsed.port))
+        return [s for s in self.manager.sockets()
+                if s.db_provisioned or (s.host, s.port) in keys]
 
     def has_db(self) -> bool:
         """True when a db_url is configured (fs_reload has a table to read)."""
@@ -482,16 +495,16 @@ class Scripting:
             raise MiError(504, "ESL command timeout") from None
         except EslLoginRefused as exc:
             self._esl_failures.value += 1
-            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
-            raise MiError(503, "FreeSWITCH refused the login") from None
+            raise MiError(503, "FreeSWITCH refused the login",
+                          reason=f"freeswitch_esl on {socket.name}: {exc}") from None
         except EslReplyTooLarge as exc:
             self._esl_failures.value += 1
-            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
-            raise MiError(500, "ESL reply too large") from None
+            raise MiError(500, "ESL reply too large",
+                          reason=f"freeswitch_esl on {socket.name}: {exc}") from None
         except EslError as exc:  # not connected, lost while waiting, socket closed
             self._esl_failures.value += 1
-            log.error("freeswitch_esl on %s failed: %s", socket.name, exc)
-            raise MiError(503, "FreeSWITCH not connected") from None
+            raise MiError(503, "FreeSWITCH not connected",
+                          reason=f"freeswitch_esl on {socket.name}: {exc}") from None
         if reply.content_type == "api/response":
             return (reply.body or b"").decode("utf-8", "surrogateescape")
         return reply.reply_text or ""
@@ -519,8 +532,8 @@ class Scripting:
         parsed = _parse_url(url_text, "failed to parse FS URL")
         socket = self.manager.find(parsed.host, parsed.port)
         if socket is None and not parsed.password:
-            log.error("refusing to connect to FS %s without a password", parsed.key)
-            raise internal_error()
+            raise MiError(*INTERNAL_ERROR, reason=f"refusing to connect to FS {parsed.key} "
+                          "without a password (a new socket needs one in the URL)")
         return parsed, socket
 
     def _socket(self, parsed: fsurl.FsUrl, limited: bool = True) -> EslSocket:
@@ -533,10 +546,11 @@ class Scripting:
             return self.manager.get(parsed.host, parsed.port, parsed.username, parsed.password,
                                     limited=limited)
         except EslNoPassword:
-            raise internal_error() from None
+            raise MiError(*INTERNAL_ERROR, reason=f"refusing to connect to FS {parsed.key} "
+                          "without a password") from None
         except EslTooManySockets as exc:
-            log.error("refusing to create the ESL socket %s: %s", parsed.key, exc)
-            raise MiError(500, "Too many FreeSWITCH sockets") from None
+            raise MiError(500, "Too many FreeSWITCH sockets",
+                          reason=f"refusing to create the ESL socket {parsed.key}: {exc}") from None
 
     @staticmethod
     def _update_credentials(socket: EslSocket, parsed: fsurl.FsUrl) -> bool:
@@ -592,8 +606,7 @@ def _parse_url(url_text: str, what: str) -> fsurl.FsUrl:
     try:
         return fsurl.parse(url_text)
     except fsurl.UrlError as exc:
-        log.error("%s: %s", what, exc)
-        raise internal_error() from None
+        raise MiError(*INTERNAL_ERROR, reason=f"{what}: {exc}") from None
 
 
 def _multiline(names: Iterable[str]) -> bool:

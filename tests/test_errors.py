@@ -84,3 +84,31 @@ def test_help_describes_every_command_in_one_line(stack):
             assert result["Exported by"] == command.module
             text = result["Help"]
             assert text and text != NO_HELP and "\n" not in text and len(text) < 160, name
+
+
+def notices(s, text):
+    return [line for line in s.log.lines() if "NOTICE:" in line and text in line]
+
+
+def test_every_mi_error_is_logged_once_with_command_transport_and_reason(stack):
+    s = stack()
+    reply = s.mi("fs_subscribe", {"freeswitch_url": "127.0.0.1:8021", "events": ["DTMF"]})
+    assert reply["error"] == {"code": 500, "message": "Internal Error"}     # OpenSIPS's bytes
+    assert len(notices(s, "MI fs_subscribe over http answered 500 Internal Error: refusing to "
+                          "connect to FS 127.0.0.1:8021 without a password")) == 1
+    reply = s.mi("event_subscribe", ["E_NO_SUCH_EVENT", "udp:127.0.0.1:9"], transport="udp")
+    assert reply["error"] == {"code": 400, "message": "Bad parameter value"}
+    assert len(notices(s, "MI event_subscribe over datagram answered 400 Bad parameter value")) == 1
+    reply = s.mi("fs_subscribe", {"freeswitch_url": "::::@@@", "events": ["DTMF"]})
+    assert len(notices(s, "MI fs_subscribe over http answered 500 Internal Error: failed to "
+                          "parse FS URL: bad host '@@'")) == 1
+    reply = s.mi("log_level", {"level": "x"})
+    assert len(notices(s, "MI log_level over http answered -32602 Invalid params: "
+                          "Bad type for parameter 'level'")) == 1
+    assert len(notices(s, "MI nope over http answered -32601 Method not found")) == 0
+    s.mi("nope")
+    assert len(notices(s, "MI nope over http answered -32601 Method not found")) == 1
+    status, _, _ = s.post_raw(b"{not json")
+    assert status == 200
+    assert len(notices(s, "MI request over http refused: the body is not JSON (9 bytes)")) == 1
+    assert not [line for line in s.log.lines() if "ERROR:" in line]

@@ -30,13 +30,17 @@ MISSING = object()
 
 
 class MiError(Exception):
-    """A JSON-RPC error reply: code, message and optional data."""
+    """A JSON-RPC error reply: code, message and optional data. `reason`
+    is never sent: it says in the log why the call failed when the reply
+    (OpenSIPS's bytes, often a bare `500 Internal Error`) does not."""
 
-    def __init__(self, code: int, message: str, data: str | None = None):
+    def __init__(self, code: int, message: str, data: str | None = None,
+                 reason: str | None = None):
         super().__init__(code, message, data)
         self.code = code
         self.message = message
         self.data = data
+        self.reason = reason
 
     def to_json(self) -> dict:
         error = {"code": self.code, "message": self.message}

@@ -138,7 +138,7 @@ class MiFifoServer:
                 log.warning("MI FIFO request dropped: %s", item.reason)
                 continue
             self._requests.value += 1
-            reply = self.registry.handle(item.body)
+            reply = self.registry.handle(item.body, "fifo")
             if item.reply_name is not None:
                 self._write_reply(item.reply_name, reply or b"")
 

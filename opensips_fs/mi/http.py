@@ -8,7 +8,8 @@ time-outs, keep-alive); this module decides what each request gets:
   notification, 400 for an empty body, 405 (`Allow: POST`) for another
   method;
 * `GET /health`, `GET /metrics` (Prometheus text from `Stats`) [OURS], plus
-  any `extra_routes`;
+  any `extra_routes` (the app adds `/ready`); with HTTP auth on, `/health`
+  stays open and `/metrics` / `/ready` need it unless `probes_auth` is 0;
 * anything else: 404; a body over the limit: 413 and close; a malformed
   request: 400 and close; optional HTTP Basic auth (401) and TLS.
 
@@ -78,6 +79,9 @@ class MiHttpServer:
         self.timeout = float(httpd_settings.conn_timeout)
         self.routes: dict[str, Route] = {"/health": self._health, "/metrics": self._metrics}
         self.routes.update(extra_routes or {})
+        # liveness is always open; the other probes too when probes_auth is off
+        self._open_paths = {"/health"} | (set() if getattr(httpd_settings, "probes_auth", True)
+                                          else {"/metrics", "/ready"})
         user = httpd_settings.auth_username
         password = httpd_settings.auth_password
         self._auth = None
@@ -152,7 +156,7 @@ class MiHttpServer:
         if request.method not in ("GET", "HEAD"):
             self._rejected.value += 1
             return encode_response(405, close=close, headers=(("Allow", "GET"),)), not close
-        if self._auth is not None and path != "/health" and not self._authorized(request):
+        if self._auth is not None and path not in self._open_paths and not self._authorized(request):
             return self._unauthorized(close)
         try:
             status, content_type, body = route(request)
@@ -171,7 +175,7 @@ class MiHttpServer:
         if not request.body:
             self._rejected.value += 1
             return encode_response(400, content_type=JSON, close=close), not close
-        reply = self.registry.handle(request.body)
+        reply = self.registry.handle(request.body, "http")
         if reply is None:
             return encode_response(202, content_type=JSON, close=close), not close
         if close:

@@ -27,6 +27,10 @@ transport. What jsonrpcserver does and what is ours:
   notification, `jsonenc` (cJSON bytes) instead of `json.dumps`, ids
   echoed as OpenSIPS does.
 
+Every error reply is logged once, at NOTICE, with the command, the
+transport it came over and the real reason (`MiError.reason`, the `data`, or
+what the parser refused); the log's repeat limit keeps a flood short.
+
 Fast path: clients that poll send the same body again and again; what a
 body needs besides running the command (the validated envelope, the runner,
 jsonrpcserver's request, the reply's closing bytes) is a pure function of
@@ -40,12 +44,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Callable
 
+from gevent.local import local
+
 from jsonrpcserver import Error, Success
 from jsonrpcserver.dispatcher import call
 from jsonrpcserver.request import Request as JsonRpcRequest
 from jsonrpcserver.sentinels import NODATA, NOID
 
 from .. import jsonenc
+from ..logs import NOTICE
 from ..stats import Stats
 from .commands import HANDLER_RETURNED_NULL, MiCommand, MiError, match_recipe
 from .jsonrpc import PARSE_ERROR_REPLY, Request, RequestError, encode_error, encode_id, parse_request
@@ -102,6 +109,7 @@ class MiRegistry:
         self._which: list[str] = []
         self._methods = _Methods(self)
         self._prepared: dict[bytes, tuple] = {}
+        self._failed = local()       # why the current greenlet's call failed (logged once)
         self._requests = self.stats.counter("mi", "requests")
         self._errors = self.stats.counter("mi", "error_replies")
         self._parse_errors = self.stats.counter("mi", "parse_errors")
@@ -185,10 +193,13 @@ class MiRegistry:
         try:
             result = command.handler(match_recipe(command, params))
         except MiError as error:
+            if error.reason:
+                self._failed.reason = error.reason
             return Error(error.code, error.message, error.data if error.data is not None else NODATA)
-        except Exception:
+        except Exception as exc:
             self._handler_failures.value += 1
             log.exception("MI command %s failed", command.canonical)
+            self._failed.reason = f"the handler raised {type(exc).__name__} (traceback above)"
             result = None
         finally:
             self._commands_run.value += 1
@@ -196,17 +207,18 @@ class MiRegistry:
             return Error(-32000, "Server error", HANDLER_RETURNED_NULL)
         return Success(result)
 
-    def handle(self, body: bytes) -> bytes | None:
-        """Answer one request body: the reply bytes, or None for a
+    def handle(self, body: bytes, transport: str = "mi") -> bytes | None:
+        """Answer one request body that came over `transport` (``http``,
+        ``fifo``, ``datagram``: for the log): the reply bytes, or None for a
         notification (nothing to send). Never raises."""
         try:
-            return self._handle(body)
+            return self._handle(body, transport)
         except Exception:  # a bug of ours must not take a transport down
             log.exception("MI request failed")
             self._errors.value += 1
             return encode_error(-32000, "Server error", None, None)
 
-    def _handle(self, body: bytes) -> bytes | None:
+    def _handle(self, body: bytes, transport: str) -> bytes | None:
         self._requests.value += 1
         prepared = self._prepared.get(body)
         if prepared is None:
@@ -215,12 +227,17 @@ class MiRegistry:
             except RequestError as error:
                 if error.reply is PARSE_ERROR_REPLY:
                     self._parse_errors.value += 1
+                    why = "the body is not JSON"
                 else:
                     self._invalid.value += 1
+                    why = "not a JSON-RPC 2.0 request"
                 self._errors.value += 1
+                log.log(NOTICE, "MI request over %s refused: %s (%d bytes)", transport, why, len(body))
                 return error.reply
         request, runner, id_suffix = prepared
         result, failure = run_dispatcher(runner, request)
+        if failure is not None:
+            self._log_failure(request.method, transport, failure)
         if id_suffix is None:
             self._notifications.value += 1
             return None
@@ -229,6 +246,14 @@ class MiRegistry:
         self._errors.value += 1
         code, message, data = failure
         return encode_error(code, message, data, request.id)
+
+    def _log_failure(self, method: str, transport: str, failure: tuple) -> None:
+        reason = getattr(self._failed, "reason", None)
+        self._failed.reason = None
+        code, message, data = failure
+        why = "; ".join(str(x) for x in (data, reason) if x)
+        log.log(NOTICE, "MI %s over %s answered %s %s%s", method, transport, code, message,
+                f": {why}" if why else "")
 
     def _prepare(self, body: bytes) -> tuple:
         """(validated envelope, runner, the reply's closing bytes or None

@@ -116,6 +116,16 @@ class OpsStack:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return json.loads(reply.read())
 
+    def post_raw(self, body: bytes, path: str = "/mi") -> tuple[int, dict, bytes]:
+        """POST `body` as is (no JSON encoding): (status, headers, body)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http[1]}{path}", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, dict(reply.headers), reply.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
     def get(self, path: str, auth: str | None = None) -> tuple[int, dict, bytes]:
         """GET `path` on the httpd listener: (status, headers, body)."""
         headers = {}
