@@ -126,13 +126,8 @@ class MiDatagramServer:
             self._requests.value += 1
             self._pool.spawn(self._answer, data, source)
 
-<<<<<<< HEAD
     def _answer(self, data: bytes, source: Address) -> None:
-        reply = self.registry.handle(data)
-=======
-    def _answer(self, data: bytes, source) -> None:
         reply = self.registry.handle(data, "datagram")
->>>>>>> ccb5b0d (MI errors logged once (NOTICE) with command, transport and the real reason (MiError.reason, never sent); /ready: database loaded and the DB / fs_subscribe sockets connected (ready_max_down), 503 with every reason; probes_auth: with HTTP auth on, /metrics and /ready need it by default)
         sock = self._sock
         if reply is None or not source or sock is None:
             return
