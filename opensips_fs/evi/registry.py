@@ -27,7 +27,9 @@ delivers what is raised during the same second); the row stays listed as
 `"expired"` until the lazy expiry removes it, as OpenSIPS shows it. A
 destination no subscriber uses any more is retired (`Destination.retire`:
 what is queued goes out only while it works, never retried). A timer also removes expired subscribers every second.
-At `stop()` the queues get their module's `drain_timeout` to empty.
+At `stop()` the queues get their module's `drain_timeout` to empty. Once a
+burst is over (the queues back under a quarter of `YIELD_ABOVE_BYTES`), the
+timer hands the freed heap back to the OS (`heap.trim`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import cast
 
 import gevent
 
+from .. import heap
 from ..config import EventHttpSettings, EventXmlRpcSettings
 from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
@@ -141,6 +144,7 @@ class EviRegistry:
         self._started = False
         self._sweeper: gevent.Greenlet | None = None
         self._raised = 0
+        self._burst = False      # more than YIELD_ABOVE_BYTES were queued since the last trim
         self.clock = time.time   # whole seconds of it decide expiry (tests set it)
         stats.gauge("evi", "subscribers",
                     lambda: sum(len(e.subscribers) for e in self.events.values()))
@@ -176,6 +180,9 @@ class EviRegistry:
             now = int(self.clock())
             for event in self.events.values():
                 self._expire(event, now)
+            if self._burst and self.budget.used < YIELD_ABOVE_BYTES // 4:
+                self._burst = False
+                heap.trim()      # the burst is over: its memory goes back to the OS
 
     # -- raising --------------------------------------------------------------
     def has_subscribers(self, name: str) -> bool:
@@ -215,6 +222,7 @@ class EviRegistry:
             except Exception as exc:   # this subscriber's loss only
                 dest.failed_to_build(exc)
         if self.budget.used > YIELD_ABOVE_BYTES:
+            self._burst = True
             self._raised += 1
             if not self._raised % YIELD_EVERY:
                 gevent.sleep(0)    # let the senders drain (see the module docstring)
