@@ -23,8 +23,6 @@ life is `socket.py`; its events' bookkeeping `subscriptions.py`.
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
 import logging
 import time
 from typing import Callable
@@ -32,6 +30,7 @@ from typing import Callable
 import gevent
 import gevent.event
 
+from .. import heap
 from ..stats import Stats
 from .connection import EslError
 from .protocol import DEFAULT_MAX_BODY, printable
@@ -56,19 +55,6 @@ STATS_GROUP = "freeswitch"
 TICK = 1.0
 UNUSED_GRACE = 2.0  # a socket from get() that nobody refs or uses within this is reaped
 TRIM_AFTER = 100  # closed sockets after which freed heap is handed back to the OS
-
-
-def _find_malloc_trim():
-    """glibc keeps freed heap for reuse; `malloc_trim(0)` gives it back to
-    the OS. None where there is no such call (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
 
 
 class EslNoPassword(EslError):
@@ -288,8 +274,7 @@ class EslManager:
         closed = self._closed_since_trim
         if closed >= TRIM_AFTER and closed == self._closed_at_last_tick:
             closed = self._closed_since_trim = 0
-            if _malloc_trim is not None:
-                _malloc_trim(0)
+            heap.trim()
         self._closed_at_last_tick = closed
 
     def reap(self) -> None:
