@@ -9,15 +9,14 @@ import io
 import json
 import logging
 import socket
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import gevent
-
 from opensips_fs import config, logs
 from opensips_fs.app import App
+
+from . import waits
 
 BASE_CFG = '''
 log_level=4
@@ -33,15 +32,9 @@ loadmodule "event_datagram.so"
 '''
 
 
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        gevent.sleep(step)
+def wait_until(predicate, timeout: float = 10.0):
+    """`waits.wait_until` with the longer bound these whole-service tests need."""
+    return waits.wait_until(predicate, timeout=timeout, step=0.01)
 
 
 class LogCapture(io.StringIO):
