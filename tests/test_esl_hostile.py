@@ -18,10 +18,10 @@ import pytest
 
 from opensips_fs.config import FreeswitchSettings
 from opensips_fs.esl.connection import EslReplyTooLarge
-from opensips_fs.esl.manager import EslManager
 from opensips_fs.esl.socket import ROUTE_CACHE_SIZE, backoff_gap
 from opensips_fs.sim import FsSimulator, SimSettings
 from opensips_fs.stats import Stats
+from support.esl_managers import manager_factory, stat
 from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(40)
@@ -48,28 +48,13 @@ def stats():
 
 @pytest.fixture
 def make_manager(stats):
-    managers = []
-
-    def make(settings=None, **kwargs):
-        mgr = EslManager(settings or FreeswitchSettings(), stats, **kwargs)
-        mgr.event_sink = Counting()
-        mgr.start()
-        managers.append(mgr)
-        return mgr
-
-    yield make
-    for mgr in managers:
-        mgr.stop()
+    yield from manager_factory(stats, Counting)
 
 
 @pytest.fixture
 def box():
     with FsSimulator(SimSettings(password=PASSWORD, heartbeat=0)) as sim:
         yield sim
-
-
-def stat(stats, name):
-    return next(s.value for s in stats if s.group == "freeswitch" and s.name == name)
 
 
 def connected(mgr, port, *events, password=PASSWORD):

@@ -15,6 +15,7 @@ from opensips_fs.esl.connection import EslNotConnected, EslReply, EslTimeout
 from opensips_fs.esl.manager import TICK, EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.stats import Stats
+from support.esl_managers import manager_factory, stat
 from support.waits import assert_never, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -45,28 +46,13 @@ def stats():
 
 @pytest.fixture
 def make_manager(stats):
-    managers = []
-
-    def make(settings=None, **kwargs):
-        mgr = EslManager(settings or FreeswitchSettings(), stats, **kwargs)
-        mgr.event_sink = Collector()
-        mgr.start()
-        managers.append(mgr)
-        return mgr
-
-    yield make
-    for mgr in managers:
-        mgr.stop()
+    yield from manager_factory(stats, Collector)
 
 
 @pytest.fixture
 def box():
     with FsSimulator(SimSettings(password=PASSWORD, heartbeat=0)) as sim:
         yield sim
-
-
-def stat(stats, name):
-    return next(s.value for s in stats if s.group == "freeswitch" and s.name == name)
 
 
 def settled(sock):
