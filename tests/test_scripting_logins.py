@@ -12,7 +12,7 @@ import pytest
 
 from opensips_fs.esl.socket import SocketSettings, backoff_gap
 from opensips_fs.sim import SimUser
-from support.stack import Stack
+from support.stack import error, result, stack_factory, url
 from support.waits import assert_never, wait_until
 
 pytestmark = pytest.mark.timeout(40)
@@ -20,30 +20,7 @@ pytestmark = pytest.mark.timeout(40)
 
 @pytest.fixture
 def stack(tmp_path):
-    made = []
-
-    def make(**kwargs):
-        s = Stack(tmp_path, **kwargs)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.stop()
-
-
-def url(s: Stack, golden_port: int, creds: str = ":ClueCon@") -> str:
-    return f"{creds}127.0.0.1:{s.port_map[golden_port]}"
-
-
-def result(reply):
-    assert "result" in reply, reply
-    return reply["result"]
-
-
-def error(reply):
-    assert "error" in reply, reply
-    return reply["error"]
+    yield from stack_factory(tmp_path)
 
 
 def wait_for_clients(box, n: int = 1) -> None:

@@ -16,7 +16,7 @@ import gevent
 import pytest
 
 from opensips_fs.esl.manager import TICK
-from support.stack import Stack
+from support.stack import Stack, error, result, stack_factory, url
 from support.waits import assert_never, wait_until
 
 CLI = Path(sys.executable).parent / "opensips-cli"
@@ -24,31 +24,7 @@ CLI = Path(sys.executable).parent / "opensips-cli"
 
 @pytest.fixture
 def stack(tmp_path):
-    made = []
-
-    def make(**kwargs):
-        s = Stack(tmp_path, **kwargs)
-        made.append(s)
-        return s
-
-    make.__dict__["made"] = made
-    yield make
-    for s in made:
-        s.stop()
-
-
-def url(s: Stack, golden_port: int, creds: str = ":ClueCon@") -> str:
-    return f"{creds}127.0.0.1:{s.port_map[golden_port]}"
-
-
-def result(reply):
-    assert "result" in reply, reply
-    return reply["result"]
-
-
-def error(reply):
-    assert "error" in reply, reply
-    return reply["error"]
+    yield from stack_factory(tmp_path)
 
 
 def sockets(s: Stack) -> list:

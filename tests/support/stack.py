@@ -189,3 +189,33 @@ modparam("mi_http", "root", "mi")
             box.stop()
         for holder in self._holders:
             holder.close()
+
+
+def stack_factory(tmp_path: Path):
+    """For a pytest fixture (`yield from`): a function that builds a Stack
+    in `tmp_path`; every stack made is stopped when the fixture ends."""
+    made: list[Stack] = []
+
+    def make(**kwargs) -> Stack:
+        s = Stack(tmp_path, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def url(s: Stack, golden_port: int, creds: str = ":ClueCon@") -> str:
+    """An fs_subscribe URL for the simulator standing in for `golden_port`."""
+    return f"{creds}127.0.0.1:{s.port_map[golden_port]}"
+
+
+def result(reply):
+    assert "result" in reply, reply
+    return reply["result"]
+
+
+def error(reply):
+    assert "error" in reply, reply
+    return reply["error"]
