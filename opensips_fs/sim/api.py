@@ -9,7 +9,13 @@ Commands that start calls go to ``box.calls`` (see ``calls.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import orjson
+
+if TYPE_CHECKING:
+    from .server import FsSimulator
 
 __all__ = ["execute", "format_uptime", "API_COMMANDS"]
 
@@ -39,7 +45,7 @@ def format_uptime(micros: int) -> str:
     return ", ".join("%d %s%s" % (v, u, "" if v == 1 else "s") for v, u in zip(values, _UNITS))
 
 
-def _status(box, arg):
+def _status(box: FsSimulator, arg: str) -> str:
     s = box.session_stats()
     return (
         "UP %s\nFreeSWITCH (Version %s) is ready\n%d session(s) since startup\n"
@@ -58,17 +64,17 @@ _UPTIME_UNITS_US = {"us": 1, "ms": 1000, "s": 1_000_000, "m": 60_000_000,
                     "h": 3_600_000_000, "d": 86_400_000_000, "y": 31_536_000_000_000}
 
 
-def _uptime(box, arg):
+def _uptime(box: FsSimulator, arg: str) -> str:
     return "%d\n" % (box.uptime_us() // _UPTIME_UNITS_US.get(arg.strip() or "s", 1_000_000))
 
 
-def _version(box, arg):
+def _version(box: FsSimulator, arg: str) -> str:
     if arg.strip() == "short":
         return box.identity.version.split("-")[0] + "\n"
     return box.identity.fs.line + "\n"
 
 
-def _global_vars(box):
+def _global_vars(box: FsSimulator) -> dict[str, str | None]:
     ident = box.identity
     return {
         "hostname": ident.hostname,
@@ -82,7 +88,7 @@ def _global_vars(box):
     }
 
 
-def _global_getvar(box, arg):
+def _global_getvar(box: FsSimulator, arg: str) -> str | None:
     name = arg.strip()
     variables = _global_vars(box)
     if not name:
@@ -90,7 +96,7 @@ def _global_getvar(box, arg):
     return variables.get(name, "")
 
 
-def _show(box, arg):
+def _show(box: FsSimulator, arg: str) -> str:
     words = arg.split()
     as_json = len(words) >= 3 and words[-2].lower() == "as" and words[-1].lower() == "json"
     if as_json:
@@ -112,14 +118,14 @@ def _show(box, arg):
     return "\n".join(lines) + "\n\n%d total.\n" % len(rows)
 
 
-def _originate(box, arg):
+def _originate(box: FsSimulator, arg: str) -> str:
     words = arg.split()
     if len(words) < 2:
         return ORIGINATE_USAGE
     return box.calls.originate(words[0])
 
 
-def _uuid_kill(box, arg):
+def _uuid_kill(box: FsSimulator, arg: str) -> str:
     words = arg.split()
     if not words:
         return "-USAGE: <uuid> [cause]\n"
@@ -129,14 +135,14 @@ def _uuid_kill(box, arg):
     return "-ERR No such channel!\n"
 
 
-def _hupall(box, arg):
+def _hupall(box: FsSimulator, arg: str) -> str:
     words = arg.split()
     cause = words[0] if words else "MANAGER_REQUEST"
     box.calls.hupall(cause)
     return "+OK hangup all channels with cause %s\n" % cause
 
 
-def _fsctl(box, arg):
+def _fsctl(box: FsSimulator, arg: str) -> str:
     words = arg.split()
     if not words:
         return "-ERR Invalid command\n"
@@ -148,7 +154,7 @@ def _fsctl(box, arg):
     return "+OK\n"
 
 
-def _log(box, arg):
+def _log(box: FsSimulator, arg: str) -> str:
     level, _, text = arg.strip().partition(" ")
     if not level:
         return "-ERR no log level specified\n"
@@ -156,7 +162,8 @@ def _log(box, arg):
     return "+OK\n"
 
 
-API_COMMANDS = {
+# name -> handler(box, argument) -> output (None or "": no reply)
+API_COMMANDS: dict[str, Callable[[FsSimulator, str], str | None]] = {
     "status": _status,
     "uptime": _uptime,
     "version": _version,
@@ -173,7 +180,7 @@ API_COMMANDS = {
 }
 
 
-def execute(box, cmd: str, arg: str) -> str:
+def execute(box: FsSimulator, cmd: str, arg: str) -> str:
     """Run one API command; the reply body exactly as FreeSWITCH sends it."""
     func = API_COMMANDS.get(cmd)
     if func is None:

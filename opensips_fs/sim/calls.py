@@ -21,9 +21,15 @@ import json
 import re
 import time
 from collections import deque
+from collections.abc import Callable, Collection
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import gevent
+
+if TYPE_CHECKING:
+    from .client import SimClient
+    from .server import FsSimulator
 
 __all__ = ["CallEngine", "Call", "DIALPLAN"]
 
@@ -39,11 +45,15 @@ def _load_templates() -> dict:
     return json.loads(text)
 
 
-def _compile(templates):
+# (leg, Event-Name, calling, [(literal headers, [(position, name, format)])] without/with origination)
+_Template = tuple[str, str, tuple, list[tuple[list[tuple[str, str]], list[tuple[int, str, str]]]]]
+
+
+def _compile(templates: list) -> list[_Template]:
     """Prepare each template once: the literal headers as ready pairs, plus
     (position, name, format) for the few values filled in per call; one
     variant with and one without ``variable_origination_uuid``."""
-    out = []
+    out: list[_Template] = []
     for leg, name, calling, headers in templates:
         variants = []
         for origination in (False, True):
@@ -86,20 +96,20 @@ def _times(name: str, epoch: float | None) -> dict:
 class Call:
     """A loopback call: legs A (outbound, ``loopback/EXT-a``) and B (inbound)."""
 
-    def __init__(self, engine, ext: str, a_uuid: str, b_uuid: str, kind: str, origination: bool):
+    def __init__(self, engine: CallEngine, ext: str, a_uuid: str, b_uuid: str, kind: str, origination: bool):
         self.engine = engine
         self.ext = ext
         self.kind = kind
         self.uuids = {"A": a_uuid, "B": b_uuid}
         self.origination = origination
         self.created = engine.box.clock()
-        self.answered = None
-        self.hangup_at = None
+        self.answered: float | None = None
+        self.hangup_at: float | None = None
         self.cause = "NORMAL_CLEARING"
         self.sessions = {"A": engine.next_session(), "B": engine.next_session()}
         self.alive = True
         self.hanging = False
-        self.watchers: list = []
+        self.watchers: list[SimClient] = []
         self.timer: gevent.Greenlet | None = None
 
     def context(self, leg: str) -> dict:
@@ -113,7 +123,7 @@ class Call:
             "DUR_S": str(dur_us // 1_000_000), "DUR_MS": str(dur_us // 1000), "DUR_US": str(dur_us),
         }
 
-    def fire(self, templates, skip=()) -> None:
+    def fire(self, templates: list[_Template], skip: Collection[tuple[str, str]] = ()) -> None:
         box = self.engine.box
         contexts: dict[str, dict] = {}
         variant = 1 if self.origination else 0
@@ -164,7 +174,7 @@ class Call:
 class CallEngine:
     """The live calls of one simulated box."""
 
-    def __init__(self, box, call_duration: float = 1.0):
+    def __init__(self, box: FsSimulator, call_duration: float = 1.0):
         self.box = box
         self.calls: list[Call] = []
         self.channels: dict[str, Call] = {}  # leg uuid -> call
@@ -172,9 +182,9 @@ class CallEngine:
         self.since_startup = 0
         self.peak = 0
         self._session = 0
-        self._created_times: deque = deque()
+        self._created_times: deque[float] = deque()
         self.per_sec_peak = 0
-        self._glets: list = []
+        self._glets: list[gevent.Greenlet] = []
 
     # -- bookkeeping -------------------------------------------------------------
     def next_session(self) -> int:
@@ -200,7 +210,7 @@ class CallEngine:
     def exists(self, uuid: str) -> bool:
         return uuid in self.channels
 
-    def watch(self, uuid: str, client) -> None:
+    def watch(self, uuid: str, client: SimClient) -> None:
         call = self.channels.get(uuid)
         if call is not None:
             call.watchers.append(client)
@@ -264,16 +274,16 @@ class CallEngine:
             self._later(self._hangup_all, calls, cause)
         return len(calls)
 
-    def _hangup_all(self, calls, cause) -> None:
+    def _hangup_all(self, calls: list[Call], cause: str) -> None:
         for call in calls:
             call.hangup(cause)
 
-    def _later(self, func, *args) -> None:
+    def _later(self, func: Callable[..., object], *args: object) -> None:
         """Run ``func`` 20 ms from now: FreeSWITCH replies before the hangup."""
         self._glets = [g for g in self._glets if not g.dead]
         self._glets.append(gevent.spawn_later(0.02, func, *args))
 
-    def show_rows(self, what: str) -> list:
+    def show_rows(self, what: str) -> list[dict[str, str]]:
         rows = []
         templates = SHOW_ROWS["channels" if what == "channels" else "calls"]
         for call in list(self.calls):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event as GEvent
@@ -22,6 +24,11 @@ from gevent import socket  # cooperative even without monkey-patching
 from .commands import CommandParser, ParseError
 from .notices import BYE, NOTICE_LOST, NOTICE_LOST_LOG, notice_frame
 from .session import handle, reply_frame
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .server import FsSimulator
+    from .settings import SimUser
 
 __all__ = ["SimClient"]
 
@@ -38,7 +45,7 @@ class _Record:
         self.total = 0
         self.limit = limit
 
-    def add(self, chunk) -> None:
+    def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
         room = self.limit - len(self.data)
         if room > 0:
@@ -60,7 +67,7 @@ class SimClient:
     range queued to it), ``closed_reason``.
     """
 
-    def __init__(self, box, sock, peer, number: int):
+    def __init__(self, box: FsSimulator, sock: socket.socket, peer: str, number: int):
         self.box = box
         self.sock = sock
         self.peer = peer  # "host:port"
@@ -68,7 +75,7 @@ class SimClient:
         self.parser = CommandParser()
         self.commands: list[str] = []
         self.authed = False
-        self.user = None  # SimUser after userauth
+        self.user: SimUser | None = None  # after userauth
         self.alive = True
         self.format = "plain"
         self.events_on = False  # LFLAG_EVENTS
@@ -83,7 +90,7 @@ class SimClient:
         self._rx = _Record(box.settings.record_limit)
         self._tx = _Record(box.settings.record_limit)
         # outbound queue
-        self._queue: deque = deque()
+        self._queue: deque[tuple[bytes, int]] = deque()
         self.queued_events = 0
         self.lost = 0  # consecutive losses
         self.lost_total = 0
@@ -93,7 +100,7 @@ class SimClient:
         self.queued_logs = 0  # log lines have their own queue limit and loss rule
         self.log_lost = 0
         self.log_lost_total = 0
-        self._held: list | None = None  # events arriving while a sync api runs
+        self._held: list[tuple[bytes, int]] | None = None  # events arriving while a sync api runs
         self.unstalled = GEvent()  # cleared while this connection is stalled
         self.unstalled.set()
         self._wake = GEvent()
@@ -138,14 +145,14 @@ class SimClient:
         return self._tx.total
 
     @property
-    def events(self) -> set:
+    def events(self) -> set[str]:
         names = set(self.event_list)
         if self.all_events:
             names.add("ALL")
         return names
 
     # -- subscriptions -----------------------------------------------------
-    def wants(self, event) -> bool:
+    def wants(self, event: Event) -> bool:
         """FreeSWITCH's event_handler delivery rule plus the filter allow-list."""
         if not self.events_on or not self.authed:
             return False
@@ -162,7 +169,7 @@ class SimClient:
             send = self._filter(event)
         return send
 
-    def _filter(self, event) -> bool:
+    def _filter(self, event: Event) -> bool:
         send = False
         for name, value in self.filters:
             hval = event.get(name)
@@ -250,7 +257,7 @@ class SimClient:
         self._wake.set()
         return True
 
-    def _keep_queued(self, keep) -> None:
+    def _keep_queued(self, keep: Callable[[int], bool]) -> None:
         """Drop the queued frames whose count (0 reply, >0 events, -1 log line) fails ``keep``."""
         kept = [item for item in self._queue if keep(item[1])]
         self._queue.clear()

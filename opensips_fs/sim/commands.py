@@ -156,7 +156,7 @@ class CommandParser:
             self._scan = 0
         return out
 
-    def _finish(self):
+    def _finish(self) -> Command | ParseError:
         lines = self._lines
         self._lines = []
         self._block_len = 0

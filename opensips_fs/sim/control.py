@@ -29,21 +29,30 @@ A bad line gets ``{"ok":false,"error":"…"}`` and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import gevent
 import orjson
+from gevent import socket
 
 from .listener import Listener
+
+if TYPE_CHECKING:
+    from .server import FsSimulator
 
 __all__ = ["ControlServer", "apply"]
 
 MAX_LINE = 64 * 1024 * 1024
+
+Request = dict[str, Any]  # one decoded JSON request line
 
 
 class ControlError(Exception):
     pass
 
 
-def _select(boxes, req):
+def _select(boxes: Sequence[FsSimulator], req: Request) -> list[FsSimulator]:
     target = req.get("listen")
     if target is None:
         return list(boxes)
@@ -53,19 +62,19 @@ def _select(boxes, req):
     return chosen
 
 
-def _num(req, key, default=None):
+def _num(req: Request, key: str, default: float | None = None) -> float:
     value = req.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ControlError("%s must be a number" % key)
     return value
 
 
-def _sizes(req) -> dict:
+def _sizes(req: Request) -> dict[str, int | None]:
     """The optional ``size`` / ``body_size`` of generated events (0 or absent: none)."""
     return {key: int(req[key]) if req.get(key) else None for key in ("size", "body_size")}
 
 
-def apply(boxes, req) -> dict:
+def apply(boxes: Sequence[FsSimulator], req: object) -> dict:
     """Run one control request against ``boxes``; returns the answer."""
     if not isinstance(req, dict):
         raise ControlError("request must be a JSON object")
@@ -77,23 +86,23 @@ def apply(boxes, req) -> dict:
     return run(chosen, req)
 
 
-def _ok(**values) -> dict:
+def _ok(**values: object) -> dict:
     return {"ok": True, **values}
 
 
-def _burst(chosen, req) -> dict:
+def _burst(chosen: list[FsSimulator], req: Request) -> dict:
     count = int(_num(req, "count"))
     if count < 0:
         raise ControlError("count must be >= 0")
-    kwargs = {"name": str(req.get("name", "CUSTOM")), **_sizes(req)}
+    kwargs: dict[str, Any] = {"name": str(req.get("name", "CUSTOM")), **_sizes(req)}
     if "subclass" in req:
         kwargs["subclass"] = req["subclass"]
     jobs = [gevent.spawn(b.burst, count, **kwargs) for b in chosen]
     gevent.joinall(jobs, raise_error=True)
-    return _ok(sent=sum(j.value for j in jobs))
+    return _ok(sent=sum(j.get() for j in jobs))
 
 
-def _event(chosen, req) -> dict:
+def _event(chosen: list[FsSimulator], req: Request) -> dict:
     headers = req.get("headers") or {}
     if isinstance(headers, dict):
         headers = list(headers.items())
@@ -111,7 +120,7 @@ def _event(chosen, req) -> dict:
     return _ok(sent=sum(b.raise_event(str(name), headers, body) for b in chosen))
 
 
-def _push(chosen, req) -> dict:
+def _push(chosen: list[FsSimulator], req: Request) -> dict:
     body = req.get("body")
     if body is None:
         raise ControlError("push needs a body")
@@ -120,7 +129,7 @@ def _push(chosen, req) -> dict:
     return _ok(sent=sum(b.push_event(body, ctype, force) for b in chosen))
 
 
-def _raw(chosen, req) -> dict:
+def _raw(chosen: list[FsSimulator], req: Request) -> dict:
     data = req.get("data")
     if not isinstance(data, str):
         raise ControlError("raw needs data (latin-1 text of the bytes)")
@@ -128,11 +137,11 @@ def _raw(chosen, req) -> dict:
     return _ok(sent=sum(b.push_raw(raw) for b in chosen))
 
 
-def _drop(chosen, req) -> dict:
+def _drop(chosen: list[FsSimulator], req: Request) -> dict:
     return _ok(kicked=sum(b.drop(bool(req.get("notice", False))) for b in chosen))
 
 
-def _rate(chosen, req) -> dict:
+def _rate(chosen: list[FsSimulator], req: Request) -> dict:
     per_second = _num(req, "per_second")
     for b in chosen:
         b.event_rate(per_second, str(req.get("name", "CUSTOM")), req.get("subclass", "sim::load"),
@@ -140,7 +149,7 @@ def _rate(chosen, req) -> dict:
     return _ok()
 
 
-def _stall(chosen, req) -> dict:
+def _stall(chosen: list[FsSimulator], req: Request) -> dict:
     seconds = _num(req, "seconds")
     conn = req.get("conn")
     if conn is not None:
@@ -153,7 +162,7 @@ def _stall(chosen, req) -> dict:
     return _ok()
 
 
-def _api(chosen, req) -> dict:
+def _api(chosen: list[FsSimulator], req: Request) -> dict:
     command = req.get("command")
     if not isinstance(command, str) or not command:
         raise ControlError("api needs a command")
@@ -161,32 +170,32 @@ def _api(chosen, req) -> dict:
     return _ok(outputs=[b.run_api(name, arg) for b in chosen])
 
 
-def _log(chosen, req) -> dict:
+def _log(chosen: list[FsSimulator], req: Request) -> dict:
     level, text = str(req.get("level", "NOTICE")), str(req.get("text", ""))
     return _ok(sent=sum(b.log_line(level, text) for b in chosen))
 
 
-def _restart(chosen, req) -> dict:
+def _restart(chosen: list[FsSimulator], req: Request) -> dict:
     down = _num(req, "down", 0.0)
     for b in chosen:
         b.restart(down=down, notice=bool(req.get("notice", True)))
     return _ok()
 
 
-def _refuse(chosen, req) -> dict:
+def _refuse(chosen: list[FsSimulator], req: Request) -> dict:
     for b in chosen:
         b.refuse(bool(req.get("on", True)))
     return _ok()
 
 
-def _delay(chosen, req) -> dict:
+def _delay(chosen: list[FsSimulator], req: Request) -> dict:
     ms = _num(req, "ms")
     for b in chosen:
         b.delay(ms)
     return _ok()
 
 
-def _password(chosen, req) -> dict:
+def _password(chosen: list[FsSimulator], req: Request) -> dict:
     password = req.get("password")
     if not isinstance(password, str):
         raise ControlError("password must be a string")
@@ -195,17 +204,17 @@ def _password(chosen, req) -> dict:
     return _ok()
 
 
-def _heartbeat(chosen, req) -> dict:
+def _heartbeat(chosen: list[FsSimulator], req: Request) -> dict:
     return _ok(sent=sum(b.fire_heartbeat() for b in chosen))
 
 
-def _shutdown(chosen, req) -> dict:
+def _shutdown(chosen: list[FsSimulator], req: Request) -> dict:
     for b in chosen:
         gevent.spawn(b.shutdown)
     return _ok()
 
 
-def _state(chosen, req) -> dict:
+def _state(chosen: list[FsSimulator], req: Request) -> dict:
     states = [b.state() for b in chosen]
     if req.get("bytes"):  # every byte each connection sent and got, as latin-1 text
         for box, state in zip(chosen, states):
@@ -222,7 +231,7 @@ def _state(chosen, req) -> dict:
 
 
 # op -> handler(chosen boxes, request) -> answer
-OPS = {
+OPS: dict[str, Callable[[list[FsSimulator], Request], dict]] = {
     "burst": _burst, "event": _event, "push": _push, "raw": _raw, "drop": _drop,
     "rate": _rate, "stall": _stall, "api": _api, "log": _log, "restart": _restart,
     "refuse": _refuse, "delay": _delay, "password": _password, "heartbeat": _heartbeat,
@@ -233,12 +242,12 @@ OPS = {
 class ControlServer:
     """TCP listener speaking the line protocol above."""
 
-    def __init__(self, boxes, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, boxes: Sequence[FsSimulator], host: str = "127.0.0.1", port: int = 0):
         self.boxes = boxes
         self.host = host
         self.port = port
         self._listener: Listener | None = None
-        self._conns: set = set()
+        self._conns: set[socket.socket] = set()
 
     @property
     def address(self) -> str:
@@ -259,11 +268,11 @@ class ControlServer:
             except OSError:
                 pass
 
-    def _accept(self, conn, addr) -> None:
+    def _accept(self, conn: socket.socket, addr: Any) -> None:
         self._conns.add(conn)
         gevent.spawn(self._serve, conn)
 
-    def _serve(self, conn) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
         try:
             while True:

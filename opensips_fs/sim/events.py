@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import time
 import uuid as uuidlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -120,7 +121,7 @@ def _enc(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def json_body(headers, body: str | None) -> bytes:
+def json_body(headers: Iterable[tuple[str, str]], body: str | None) -> bytes:
     """Compact JSON object of the headers (duplicates kept, in order), then
     ``Content-Length`` and ``_body`` when there is a body."""
     pairs = list(headers)
@@ -146,7 +147,7 @@ def json_body(headers, body: str | None) -> bytes:
         return b"{" + b",".join(dumps_str(k) + b":" + dumps_str(v) for k, v in pairs) + b"}"
 
 
-def plain_body(headers, body: str | None) -> bytes:
+def plain_body(headers: Iterable[tuple[str, str]], body: str | None) -> bytes:
     lines = [_enc(k) + b": " + url_encode(v).encode("ascii") + b"\n" for k, v in headers if v != ""]
     if body is not None:
         raw = _enc(body)
@@ -161,7 +162,7 @@ def _xml_text(text: bytes) -> bytes:
     return text.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
 
 
-def xml_body(headers, body: str | None) -> bytes:
+def xml_body(headers: Iterable[tuple[str, str]], body: str | None) -> bytes:
     """switch_event_xmlize: the headers, then (when there is a body) a
     ``Content-Length`` element and ``<body>`` beside ``<headers>``."""
     out = [b"<event>\n  <headers>\n"]
@@ -251,13 +252,13 @@ class Identity:
     def version(self) -> str:
         return self.fs.full
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.core_uuid:
             self.core_uuid = str(uuidlib.uuid4())
         if self.switchname is None:
             self.switchname = self.hostname
 
-    def common(self, name: str, now: float, seq: int, calling) -> list:
+    def common(self, name: str, now: float, seq: int, calling: tuple[str, str, int]) -> list:
         """The header block every event starts with (docs/protocols/esl.md §6.5)."""
         file, func, line = calling
         return [

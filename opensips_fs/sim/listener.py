@@ -4,6 +4,9 @@ the control socket: it can be closed and the same port bound again at once
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import gevent
 from gevent import socket  # cooperative even without monkey-patching
 
@@ -15,7 +18,8 @@ class Listener:
     ``open()``) and calls ``on_accept(sock, addr)`` for each connection,
     in the accept greenlet (so it must not block)."""
 
-    def __init__(self, host: str, port: int, on_accept, backlog: int = 128):
+    def __init__(self, host: str, port: int, on_accept: Callable[[socket.socket, Any], None],
+                 backlog: int = 128):
         self.host = host
         self.port = port
         self.on_accept = on_accept
@@ -51,7 +55,7 @@ class Listener:
         if sock is not None:
             sock.close()
 
-    def _accept_loop(self, sock) -> None:
+    def _accept_loop(self, sock: socket.socket) -> None:
         while True:
             try:
                 conn, addr = sock.accept()

@@ -11,10 +11,14 @@ each further frame costs two %-formats instead of a full serialisation.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import gevent
 
 from .events import Event, is_event_name
+
+if TYPE_CHECKING:
+    from .server import FsSimulator
 
 __all__ = ["LoadGenerator"]
 
@@ -22,14 +26,17 @@ _BURST_MARK = "SIMSEQMARKQZX"  # placeholders only letters: unchanged by every f
 _INDEX_MARK = "SIMIDXMARKQZX"
 RATE_TICK = 0.01  # the steady rate fires in batches this many seconds apart
 
+# (name, subclass, headers, body) of the generated events
+_Shape = tuple[str, "str | None", list[tuple[str, str]], "str | None"]
+
 
 class LoadGenerator:
     """The load of one box: it builds events through the box
     (``make_event``, ``skip_seq``) and queues them on ``box.subscribers``."""
 
-    def __init__(self, box):
+    def __init__(self, box: FsSimulator):
         self.box = box
-        self._rate_glet = None
+        self._rate_glet: gevent.Greenlet | None = None
 
     def burst(self, count: int, name: str = "CUSTOM", subclass: str | None = "sim::burst",
               size: int | None = None, chunk: int = 500, window: int = 20000,
@@ -62,7 +69,7 @@ class LoadGenerator:
             self._rate_glet.kill(block=False)
             self._rate_glet = None
 
-    def _rate_loop(self, per_second: float, shape) -> None:
+    def _rate_loop(self, per_second: float, shape: _Shape) -> None:
         owed = 0.0
         index = 0
         next_at = time.monotonic()
@@ -79,7 +86,7 @@ class LoadGenerator:
                 next_at = time.monotonic()
             gevent.sleep(max(0.0, delay))
 
-    def _fire_series(self, shape, n: int, index: int, window: int | None = None) -> None:
+    def _fire_series(self, shape: _Shape, n: int, index: int, window: int | None = None) -> None:
         """``n`` events of one ``_load_shape`` to every client that wants
         them, Event-Sequence and Burst-Index counting up (from the next
         sequence number and from ``index``); with ``window``, first wait until
@@ -87,6 +94,7 @@ class LoadGenerator:
         name, subclass, headers, body = shape
         event = self.box.make_event(name, headers, body, subclass)
         first = event.seq
+        assert first is not None  # make_event numbers every event
         self.box.skip_seq(n - 1)
         targets = self.box.subscribers(event)
         marked = [(k, _BURST_MARK if k == "Event-Sequence" else v) for k, v in event.headers]
@@ -99,8 +107,8 @@ class LoadGenerator:
                 client.enqueue_event(blobs[client.format], n, first, first + n - 1)
 
 
-def _load_shape(name: str, subclass: str | None, counter: tuple, payload_header: str,
-                size: int | None, body_size: int | None) -> tuple:
+def _load_shape(name: str, subclass: str | None, counter: tuple[str, str], payload_header: str,
+                size: int | None, body_size: int | None) -> _Shape:
     """(name, subclass, headers, body) of generated load events: a
     Burst-Index, the ``counter`` header, ``size`` bytes of payload header,
     ``body_size`` bytes of body."""
@@ -112,7 +120,8 @@ def _load_shape(name: str, subclass: str | None, counter: tuple, payload_header:
             "b" * int(body_size) if body_size else None)
 
 
-def _burst_blob(fmt: str, headers, body, first: int, n: int, index0: int) -> bytes:
+def _burst_blob(fmt: str, headers: list[tuple[str, str]], body: str | None, first: int, n: int,
+                index0: int) -> bytes:
     """``n`` frames of one event shape with Event-Sequence first..first+n-1
     and Burst-Index index0..: the event is serialised once with markers in
     those two values, then each frame costs two %-formats."""

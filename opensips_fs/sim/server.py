@@ -17,6 +17,8 @@ import os
 import random
 import time
 import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import gevent
 import orjson
@@ -32,7 +34,7 @@ from .listener import Listener
 from .load import LoadGenerator
 from .notices import BYE, NOTICE_BYE, SHUTDOWN, notice_frame
 from .session import log_level
-from .settings import SimSettings
+from .settings import SimSettings, SimUser
 
 __all__ = ["FsSimulator"]
 
@@ -50,6 +52,8 @@ _LEVEL_NAMES = ("CONSOLE", "ALERT", "CRIT", "ERR", "WARNING", "NOTICE", "INFO", 
 
 log = logging.getLogger("opensips_fs.sim")
 
+_T = TypeVar("_T")
+
 
 class FsSimulator:
     """A FreeSWITCH Event Socket stand-in; see the package docstring."""
@@ -64,8 +68,9 @@ class FsSimulator:
         self.clock = settings.clock or time.time
         self._rng = random.Random(settings.seed) if settings.seed is not None else random.Random()
         fs = VERSIONS[settings.version] if isinstance(settings.version, str) else settings.version
-        self.identity = Identity(hostname=settings.hostname, core_uuid=settings.core_uuid or self.new_uuid(),
-                                 ipv4=settings.ipv4, ipv6=settings.ipv6, fs=fs)
+        self.identity: Identity = Identity(
+            hostname=settings.hostname, core_uuid=settings.core_uuid or self.new_uuid(),
+            ipv4=settings.ipv4, ipv6=settings.ipv6, fs=fs)
         self.seq = 0
         self.started_at = self.clock()
         self.clients: list[SimClient] = []
@@ -81,7 +86,7 @@ class FsSimulator:
         self._unstalled = GEvent()
         self._unstalled.set()
         self._listener: Listener | None = None
-        self._greenlets: list = []
+        self._greenlets: list[gevent.Greenlet] = []
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self._idle = 100.0
         self._shutting_down = False
@@ -122,7 +127,7 @@ class FsSimulator:
     def __enter__(self) -> "FsSimulator":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def shutdown(self) -> None:
@@ -173,7 +178,7 @@ class FsSimulator:
         flag.clear()
         gevent.spawn_later(seconds, flag.set)
 
-    def wait_unstalled(self, client=None) -> None:
+    def wait_unstalled(self, client: SimClient | None = None) -> None:
         if not self._unstalled.is_set():
             self._unstalled.wait()
         if client is not None and not client.unstalled.is_set():
@@ -213,7 +218,7 @@ class FsSimulator:
         self.password = password
 
     # -- clients ------------------------------------------------------------------
-    def _accept(self, sock, addr) -> None:
+    def _accept(self, sock: socket.socket, addr: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -259,22 +264,22 @@ class FsSimulator:
             "closed": [c.state() for c in self.clients if not c.alive],
         }
 
-    def end_myevents(self, client, uuid: str) -> None:
+    def end_myevents(self, client: SimClient, uuid: str) -> None:
         """The channel a ``myevents`` connection follows has ended: the
         myevents disconnect notice, then close (docs/protocols/esl.md §2, §6.6)."""
         extra = b"Controlled-Session-UUID: %s\nContent-Disposition: disconnect\n" % uuid.encode()
         client.close_with(notice_frame(NOTICE_BYE, extra), "myevents channel ended")
 
-    def find_user(self, name: str):
+    def find_user(self, name: str) -> SimUser | None:
         for user in self.users:
             if user.name == name:
                 return user
         return None
 
-    def live_clients(self) -> list:
+    def live_clients(self) -> list[SimClient]:
         return list(self._live)
 
-    def subscribers(self, event: Event) -> list:
+    def subscribers(self, event: Event) -> list[SimClient]:
         """The live clients that want ``event``."""
         return [c for c in self._live if c.wants(event)]
 
@@ -283,7 +288,7 @@ class FsSimulator:
         """True once ``shutdown`` has begun."""
         return self._shutting_down
 
-    def wait_clients(self, n: int, timeout: float = 5.0) -> list:
+    def wait_clients(self, n: int, timeout: float = 5.0) -> list[SimClient]:
         """Wait until ``n`` clients are connected and authenticated."""
         deadline = time.monotonic() + timeout
         while True:
@@ -297,7 +302,7 @@ class FsSimulator:
     def log(self, message: str) -> None:
         log.warning("%s: %s", self.address, message)
 
-    def wait_for(self, predicate, timeout: float = 5.0, what: str = "condition"):
+    def wait_for(self, predicate: Callable[[], _T | None], timeout: float = 5.0, what: str = "condition") -> _T:
         """Poll ``predicate()`` (every 5 ms, cooperatively) until it returns
         something true, which is returned; TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
@@ -312,7 +317,7 @@ class FsSimulator:
     def wait_command(self, text: str, timeout: float = 5.0) -> SimClient:
         """Wait until some client has sent exactly the command ``text``
         (e.g. ``"event json DTMF"``); returns that client."""
-        def find():
+        def find() -> SimClient | None:
             for client in self.clients:
                 if text in client.commands:
                     return client
@@ -353,8 +358,8 @@ class FsSimulator:
         return stats
 
     # -- events -------------------------------------------------------------------
-    def make_event(self, name: str, headers=(), body: str | None = None,
-                   subclass: str | None = None, calling=CALLING_RAISE) -> Event:
+    def make_event(self, name: str, headers: Iterable[tuple[str, str]] = (), body: str | None = None,
+                   subclass: str | None = None, calling: tuple[str, str, int] = CALLING_RAISE) -> Event:
         seq = self.next_seq()
         all_headers = self.identity.common(name, self.clock(), seq, calling)
         if subclass:
@@ -371,8 +376,9 @@ class FsSimulator:
                 sent += 1
         return sent
 
-    def raise_event(self, name: str, headers=None, body: str | None = None,
-                    subclass: str | None = None, calling=CALLING_RAISE) -> int:
+    def raise_event(self, name: str, headers: dict[str, Any] | Iterable[tuple[Any, Any]] | None = None,
+                    body: str | None = None, subclass: str | None = None,
+                    calling: tuple[str, str, int] = CALLING_RAISE) -> int:
         """Fire a full FreeSWITCH event (common header block + ``headers``) to
         the subscribed clients, each in its format; returns connections sent to."""
         if isinstance(headers, dict):
@@ -386,12 +392,14 @@ class FsSimulator:
             headers = [h for h in headers if h[0].lower() != "event-subclass"]
         return self.fire(self.make_event(canonical, headers, body, subclass, calling))
 
-    def fire_sendevent(self, name, subclass, headers, body) -> int:
+    def fire_sendevent(self, name: str, subclass: str | None, headers: list[tuple[str, str]],
+                       body: str | None) -> int:
         seq = self.next_seq()
         common = self.identity.common(name, self.clock(), seq, CALLING_SENDEVENT)
         return self.fire(Event(name, list(headers) + common, body, subclass, seq))
 
-    def push_event(self, body, content_type: str = "text/event-json", force: bool = False) -> int:
+    def push_event(self, body: dict[str, Any] | str | bytes, content_type: str = "text/event-json",
+                   force: bool = False) -> int:
         """Frame this exact body (a dict becomes compact JSON) and send it to
         every authenticated client subscribed to the event it names (by name,
         or ALL), to every client with events on if it names none, or to every
@@ -415,7 +423,7 @@ class FsSimulator:
             sent += 1
         return sent
 
-    def push_raw(self, data: bytes) -> int:
+    def push_raw(self, data: bytes | str) -> int:
         """Write these exact bytes to every authenticated client."""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
@@ -515,7 +523,7 @@ class FsSimulator:
         self.load.set_rate(per_second, name, subclass, size, body_size)
 
 
-def _api_headers(name: str, arg: str) -> list:
+def _api_headers(name: str, arg: str) -> list[tuple[str, str]]:
     headers = []
     if name.strip():
         headers.append(("API-Command", name.strip()))

@@ -10,9 +10,15 @@ through ``client.box``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .notices import BYE
 from .events import EVENT_NAMES, is_event_name
+
+if TYPE_CHECKING:
+    from .client import SimClient
+    from .commands import Command
 
 __all__ = ["handle", "reply_frame", "api_frame", "LOG_LEVELS", "log_level"]
 
@@ -20,7 +26,7 @@ LOG_LEVELS = {"console": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
               "notice": 5, "info": 6, "debug": 7}
 
 
-def reply_frame(text: str, extra: list | None = None) -> bytes:
+def reply_frame(text: str, extra: list[tuple[str, str]] | None = None) -> bytes:
     lines = ["Content-Type: command/reply", "Reply-Text: " + text]
     if extra:
         lines += ["%s: %s" % kv for kv in extra]
@@ -32,16 +38,16 @@ def api_frame(output: str) -> bytes:
     return b"Content-Type: api/response\nContent-Length: %d\n\n%s" % (len(raw), raw)
 
 
-def _reply(client, text, extra=None):
+def _reply(client: SimClient, text: str, extra: list[tuple[str, str]] | None = None) -> None:
     client.send_frame(reply_frame(text, extra))
 
 
-def _fail_auth(client):
+def _fail_auth(client: SimClient) -> None:
     client.send_frame(reply_frame("-ERR invalid"))
     client.close_with(BYE, "auth failed")
 
 
-def handle(client, cmd) -> None:
+def handle(client: SimClient, cmd: Command) -> None:
     line = cmd.line
     low = line.lower()
     if low.startswith("exit") or low.startswith("..."):
@@ -58,7 +64,7 @@ def handle(client, cmd) -> None:
     _reply(client, "-ERR command not found")
 
 
-def _login(client, line: str, low: str) -> None:
+def _login(client: SimClient, line: str, low: str) -> None:
     """What an unauthenticated client may send: auth or userauth."""
     if low.startswith("auth "):
         password = client.box.password
@@ -73,7 +79,7 @@ def _login(client, line: str, low: str) -> None:
         _reply(client, "-ERR command not found")
 
 
-def _noevents(client, cmd) -> None:
+def _noevents(client: SimClient, cmd: Command) -> None:
     if client.events_on:
         client.events_on = False
         client.all_events = False
@@ -85,7 +91,7 @@ def _noevents(client, cmd) -> None:
         _reply(client, "-ERR not listening for events")
 
 
-def _nolog(client, cmd) -> None:
+def _nolog(client: SimClient, cmd: Command) -> None:
     client.drop_queued_logs()
     if client.log_level is not None:
         client.log_level = None
@@ -94,11 +100,11 @@ def _nolog(client, cmd) -> None:
         _reply(client, "-ERR not loging")
 
 
-def _sendmsg(client, cmd) -> None:
+def _sendmsg(client: SimClient, cmd: Command) -> None:
     _reply(client, "-ERR invalid session id [%s]" % cmd.line[7:].strip())
 
 
-def _userauth(client, rest: str) -> None:
+def _userauth(client: SimClient, rest: str) -> None:
     box = client.box
     user, at, domain_pass = rest.partition("@")
     domain, _, password = domain_pass.partition(":")
@@ -125,7 +131,7 @@ def _userauth(client, rest: str) -> None:
     _reply(client, "+OK accepted", extra)
 
 
-def _allowed_api(client, text: str):
+def _allowed_api(client: SimClient, text: str) -> tuple[str, str] | None:
     """(command, argument) of an api/bgapi line, or None (after the
     ``permission denied`` reply) if the userauth user may not run it."""
     name, _, arg = text.partition(" ")
@@ -136,7 +142,7 @@ def _allowed_api(client, text: str):
     return None
 
 
-def _api(client, text: str) -> None:
+def _api(client: SimClient, text: str) -> None:
     call = _allowed_api(client, text)
     if call is None:
         return
@@ -147,7 +153,7 @@ def _api(client, text: str) -> None:
         client.release_events()
 
 
-def _bgapi(client, text: str, job_uuid: str | None) -> None:
+def _bgapi(client: SimClient, text: str, job_uuid: str | None) -> None:
     call = _allowed_api(client, text)
     if call is None:
         return
@@ -156,7 +162,7 @@ def _bgapi(client, text: str, job_uuid: str | None) -> None:
     client.box.spawn_bgapi(*call, job)
 
 
-def _log(client, rest: str) -> None:
+def _log(client: SimClient, rest: str) -> None:
     user = client.user
     if user is not None and not user.log:
         _reply(client, "-ERR permission denied")
@@ -181,7 +187,7 @@ def log_level(text: str) -> int | None:
     return LOG_LEVELS.get(text.lower())
 
 
-def _event_allowed(client, name: str) -> bool:
+def _event_allowed(client: SimClient, name: str) -> bool:
     user = client.user
     if user is None or user.events is None:
         return True
@@ -189,7 +195,7 @@ def _event_allowed(client, name: str) -> bool:
     return "ALL" in allowed or name in allowed
 
 
-def _subclass_allowed(client, subclass: str) -> bool:
+def _subclass_allowed(client: SimClient, subclass: str) -> bool:
     user = client.user
     if user is None or user.events is None:
         return True
@@ -197,7 +203,7 @@ def _subclass_allowed(client, subclass: str) -> bool:
     return not subs or subclass in subs
 
 
-def _keywords(line: str, skip: int) -> list:
+def _keywords(line: str, skip: int) -> list[str]:
     """The words after the first space that follows the ``skip``-character
     command word, split on single spaces as mod_event_socket does."""
     rest = line[skip:]
@@ -205,7 +211,7 @@ def _keywords(line: str, skip: int) -> list:
     return rest[space + 1:].split(" ") if space >= 0 else []
 
 
-def _event(client, line: str) -> None:
+def _event(client: SimClient, line: str) -> None:
     key_count = 0
     custom = False
     for count, tok in enumerate(_keywords(line, 5)):
@@ -238,7 +244,7 @@ def _event(client, line: str) -> None:
     _reply(client, "+OK event listener enabled " + client.format)
 
 
-def _nixevent(client, line: str) -> None:
+def _nixevent(client: SimClient, line: str) -> None:
     key_count = 0
     custom = False
     for tok in _keywords(line, 8):
@@ -266,7 +272,7 @@ def _nixevent(client, line: str) -> None:
     _reply(client, "+OK events nixed")
 
 
-def _filter(client, rest: str) -> None:
+def _filter(client: SimClient, rest: str) -> None:
     header = rest.lstrip(" ")
     name, sep, value = header.partition(" ")
     if name.lower() == "delete" and sep:
@@ -289,7 +295,7 @@ def _filter(client, rest: str) -> None:
         _reply(client, "-ERR invalid syntax")
 
 
-def _sendevent(client, cmd) -> None:
+def _sendevent(client: SimClient, cmd: Command) -> None:
     box = client.box
     uuid = box.new_uuid()
     rest = cmd.line[9:]
@@ -313,7 +319,7 @@ def _sendevent(client, cmd) -> None:
     box.fire_sendevent(name, subclass, headers, body)
 
 
-def _myevents(client, line: str) -> None:
+def _myevents(client: SimClient, line: str) -> None:
     box = client.box
     words = line.split()
     if len(words) < 2:
@@ -340,7 +346,7 @@ def _myevents(client, line: str) -> None:
 
 # An authenticated client's commands: the first entry whose prefix (or one
 # of whose prefixes) starts the lower-cased line runs, in parse_command's order.
-_COMMANDS = (
+_COMMANDS: tuple[tuple[str | tuple[str, ...], Callable[[SimClient, Command], None]], ...] = (
     ("filter ", lambda client, cmd: _filter(client, cmd.line[7:])),
     ("sendevent", _sendevent),
     ("api ", lambda client, cmd: _api(client, cmd.line[4:])),

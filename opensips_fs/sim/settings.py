@@ -30,7 +30,7 @@ class SimUser:
     api: list | None = None
     log: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.events, str):
             self.events = self.events.split()
         if isinstance(self.api, str):
