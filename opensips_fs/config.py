@@ -189,7 +189,7 @@ LOG_LEVELS = {
 LOG_LEVEL_HELP = "an integer from -3 to 4 or one of error, warning, notice, info, debug"
 
 
-def parse_log_level(value) -> int:
+def parse_log_level(value: object) -> int:
     """An OpenSIPS log level from a number or a name; raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"bad log level {value!r}: expected {LOG_LEVEL_HELP}")
@@ -248,11 +248,15 @@ class _BadValue(Exception):
     pass
 
 
-def _describe(value) -> str:
+# (written value, folder of the file) -> the value of the settings field it sets
+_Converter = Callable[[str | int, str], Any]
+
+
+def _describe(value: str | int) -> str:
     return f"integer {value}" if isinstance(value, int) else f"string {value!r}"
 
 
-def _int(value, _dir=None) -> int:
+def _int(value: str | int, _dir: str | None = None) -> int:
     if isinstance(value, int):
         return value
     text = value.strip()
@@ -261,8 +265,8 @@ def _int(value, _dir=None) -> int:
     raise _BadValue(f"expects an integer, got {_describe(value)}")
 
 
-def _ranged(low: int, high: int | None = None) -> Callable:
-    def convert(value, _dir=None) -> int:
+def _ranged(low: int, high: int | None = None) -> _Converter:
+    def convert(value: str | int, _dir: str | None = None) -> int:
         number = _int(value)
         if number < low or (high is not None and number > high):
             span = f"{low}..{high}" if high is not None else f">= {low}"
@@ -271,43 +275,43 @@ def _ranged(low: int, high: int | None = None) -> Callable:
     return convert
 
 
-def _str(value, _dir=None) -> str:
+def _str(value: str | int, _dir: str | None = None) -> str:
     if not isinstance(value, str):
         raise _BadValue(f"expects a quoted string, got {_describe(value)}")
     return value
 
 
-def _name(value, _dir=None) -> str:
+def _name(value: str | int, _dir: str | None = None) -> str:
     text = _str(value)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
         raise _BadValue(f"expects an SQL identifier (letters, digits, _), got {text!r}")
     return text
 
 
-def _optional_str(value, _dir=None) -> str | None:
+def _optional_str(value: str | int, _dir: str | None = None) -> str | None:
     return _str(value) or None
 
 
-def _secret(value, _dir=None) -> str | None:
+def _secret(value: str | int, _dir: str | None = None) -> str | None:
     """A password: like a string, but never echoed in an error."""
     if not isinstance(value, str):
         raise _BadValue("expects a quoted string, got an integer")
     return value or None
 
 
-def _path(value, base_dir) -> str | None:
+def _path(value: str | int, base_dir: str) -> str | None:
     text = _str(value)
     return _resolve(text, base_dir) if text else None
 
 
-def _resolve(text: str, base_dir) -> str:
+def _resolve(text: str, base_dir: str) -> str:
     """``text`` as a path from ``base_dir`` (a trailing slash is kept)."""
     keep_slash = text.endswith("/")
     resolved = os.path.normpath(os.path.join(base_dir, text))
     return resolved + "/" if keep_slash and not resolved.endswith("/") else resolved
 
 
-def _bool(value, _dir=None) -> bool:
+def _bool(value: str | int, _dir: str | None = None) -> bool:
     if isinstance(value, int):
         if value in (0, 1):
             return bool(value)
@@ -318,7 +322,7 @@ def _bool(value, _dir=None) -> bool:
     raise _BadValue(f"expects 0 or 1 (or yes/no), got {_describe(value)}")
 
 
-def _mode(value, _dir=None) -> int:
+def _mode(value: str | int, _dir: str | None = None) -> int:
     """A file mode: an integer (``0666`` is already octal), or an octal string."""
     if isinstance(value, int):
         mode = value
@@ -331,14 +335,14 @@ def _mode(value, _dir=None) -> int:
     return mode
 
 
-def _ip(value, _dir=None) -> str:
+def _ip(value: str | int, _dir: str | None = None) -> str:
     text = _str(value).strip()
     if not text:
         raise _BadValue("expects an IP address, got an empty string")
     return text
 
 
-def _datagram_socket(value, _dir=None) -> str:
+def _datagram_socket(value: str | int, _dir: str) -> str:
     text = _str(value).strip()
     if text.startswith("udp:"):
         if split_udp(text) is None:
@@ -365,7 +369,7 @@ def split_udp(socket_name: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _db_url(value, _dir=None) -> str | None:
+def _db_url(value: str | int, _dir: str | None = None) -> str | None:
     text = _str(value).strip()
     if not text:
         return None
@@ -376,7 +380,7 @@ def _db_url(value, _dir=None) -> str | None:
     return text
 
 
-def _fs_url(value, _dir=None) -> str:
+def _fs_url(value: str | int, _dir: str | None = None) -> str:
     text = _str(value)
     try:
         parsed = fsurl.parse(text)
@@ -399,7 +403,7 @@ def _mask_url(text: str | None) -> str | None:
 @dataclass(frozen=True)
 class _Module:
     settings: type
-    params: dict[str, Callable]
+    params: dict[str, _Converter]
     repeatable: frozenset = frozenset()
     requires: str | None = None
 
@@ -632,7 +636,7 @@ class _Parser:
     def error(self, token: _Token, message: str) -> ConfigError:
         return ConfigError(self.file, token.line, message)
 
-    def expect(self, kind: str, value=None, what: str = "") -> _Token:
+    def expect(self, kind: str, value: str | None = None, what: str = "") -> _Token:
         token = self.take()
         if token.kind != kind or (value is not None and token.value != value):
             wanted = what or (repr(value) if value is not None else kind)

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import gevent
 import peewee
@@ -42,6 +44,8 @@ __all__ = ["TABLE_VERSION", "BadRow", "DbError", "DbVersionError", "FsDatabase",
            "FsRow", "RowSubscription", "check_db_url", "check_local", "row_subscription"]
 
 log = logging.getLogger("opensips_fs.db")
+
+_T = TypeVar("_T")
 
 TABLE_VERSION = 1
 _CSV_TRIM = " \t\r\n"
@@ -121,7 +125,7 @@ def row_subscription(row: FsRow, columns: dict[str, str] | None = None) -> RowSu
                            events=events)
 
 
-def _empty_or_null(value) -> str:
+def _empty_or_null(value: object) -> str:
     return "null" if value is None else "empty"
 
 
@@ -254,7 +258,7 @@ class FsDatabase:
 
     # -- running driver calls off the hub ---------------------------------
 
-    def _run(self, func, what: str):
+    def _run(self, func: Callable[[], _T], what: str) -> _T:
         try:
             if self._cooperative():
                 with gevent.Timeout(self.timeout, DbError(
@@ -292,7 +296,8 @@ class FsDatabase:
                                          user=u.user, password=u.password, connect_timeout=t,
                                          options=f"-c statement_timeout={t * 1000}")
 
-    def _models(self, db: peewee.Database, with_id: bool):
+    def _models(self, db: peewee.Database, with_id: bool) -> tuple[Any, Any]:
+        """The version and freeswitch table models (built here: their fields are unknown to mypy)."""
         class Version(peewee.Model):
             table_name = peewee.CharField(max_length=32)
             table_version = peewee.IntegerField(default=0)
@@ -382,7 +387,7 @@ class FsDatabase:
             _close_quietly(db)
 
 
-def _capture(func):
+def _capture(func: Callable[[], object]) -> tuple[bool, Any]:
     """Run `func` in a pool thread and hand its exception back as a value
     (the pool would print it to stderr as an unhandled error)."""
     try:
@@ -395,7 +400,8 @@ def _quote_sqlite(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _as_int(value):
+def _as_int(value: Any) -> Any:
+    """A driver's value as an int when it reads as one, else as the driver gave it."""
     if value is None or isinstance(value, int):
         return value
     try:
@@ -404,7 +410,7 @@ def _as_int(value):
         return value
 
 
-def _text(value) -> str | None:
+def _text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -26,7 +26,7 @@ def dumps(obj: object) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
-def encoded(obj) -> orjson.Fragment:
+def encoded(obj: object) -> orjson.Fragment:
     """`obj` encoded once, to be placed as it is inside what `dumps` encodes
     later (a result many clients ask for and that seldom changes)."""
     return orjson.Fragment(dumps(obj))

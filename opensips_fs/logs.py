@@ -42,6 +42,8 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import overload
 
 __all__ = [
     "ALERT", "LOG_FORMATS", "MAX_ARG_CHARS", "MAX_MESSAGE_CHARS", "NOTICE", "RepeatFilter",
@@ -151,7 +153,13 @@ MAX_ARG_CHARS = 512          # one argument of a log call (an event name, a URL,
 MAX_MESSAGE_CHARS = 16384    # a whole message, traceback included
 
 
-def bounded(value, limit: int = MAX_ARG_CHARS):
+@overload
+def bounded(value: str, limit: int = MAX_ARG_CHARS) -> str: ...
+@overload
+def bounded(value: object, limit: int = MAX_ARG_CHARS) -> object: ...
+
+
+def bounded(value: object, limit: int = MAX_ARG_CHARS) -> object:
     """`value` cut to `limit` characters when it is text, bytes or an
     exception (what a peer can make arbitrarily long); other values as is."""
     if isinstance(value, BaseException):
@@ -162,10 +170,16 @@ def bounded(value, limit: int = MAX_ARG_CHARS):
     return value
 
 
-def _cut(value, limit: int):
-    what = "bytes" if isinstance(value, (bytes, bytearray)) else "chars"
-    note = f"...[{len(value)} {what}, cut]"
-    return value[:limit] + (note.encode() if isinstance(value, (bytes, bytearray)) else note)
+@overload
+def _cut(value: str, limit: int) -> str: ...
+@overload
+def _cut(value: bytes | bytearray, limit: int) -> bytes | bytearray: ...
+
+
+def _cut(value: str | bytes | bytearray, limit: int) -> str | bytes | bytearray:
+    if isinstance(value, str):
+        return value[:limit] + f"...[{len(value)} chars, cut]"
+    return value[:limit] + f"...[{len(value)} bytes, cut]".encode()
 
 
 def _get_message(record: logging.LogRecord) -> str:
@@ -294,7 +308,7 @@ class RepeatFilter(logging.Filter):
     says how many were held back. CRITICAL and ALERT always pass."""
 
     def __init__(self, burst: int = REPEAT_BURST, window: float = REPEAT_WINDOW,
-                 clock=time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.burst = burst
         self.window = window
@@ -323,7 +337,7 @@ class RepeatFilter(logging.Filter):
         return False
 
 
-def _subject(args) -> tuple:
+def _subject(args: object) -> tuple[str, ...]:
     if not isinstance(args, tuple):
         return ()
     return tuple(str(bounded(a, 128)) for a in args

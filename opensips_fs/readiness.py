@@ -10,9 +10,13 @@ answers); this one says whether traffic should be sent here.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import orjson
+
+if TYPE_CHECKING:
+    from .mi.httpwire import HttpRequest
+    from .scripting import Scripting
 
 __all__ = ["Readiness"]
 
@@ -20,7 +24,8 @@ __all__ = ["Readiness"]
 class Readiness:
     """`check()` -> (ready, reasons); `route(request)` -> the HTTP answer."""
 
-    def __init__(self, scripting, max_down: int = 0, running: Callable[[], bool] = lambda: True):
+    def __init__(self, scripting: Scripting | None, max_down: int = 0,
+                 running: Callable[[], bool] = lambda: True):
         self.scripting = scripting
         self.max_down = max_down
         self.running = running
@@ -46,7 +51,7 @@ class Readiness:
                            f"are down (ready_max_down {self.max_down})")
         return not reasons, reasons
 
-    def route(self, _request) -> tuple[int, str, bytes]:
+    def route(self, _request: HttpRequest) -> tuple[int, str, bytes]:
         ready, reasons = self.check()
         if ready:
             return 200, "application/json", b'{"status":"ready"}'

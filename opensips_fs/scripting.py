@@ -169,7 +169,7 @@ class SubscriptionSet:
                                          for e in self.entries]}
         return self._listing
 
-    def as_list_json(self):
+    def as_list_json(self) -> object:
         """`as_list()` already encoded (`jsonenc.encoded`), once per change."""
         if self._listing_json is None:
             self._listing_json = jsonenc.encoded(self.as_list())
@@ -433,7 +433,7 @@ class Scripting:
             if socket.db_provisioned and id(socket) not in named:
                 socket.release_db_provisioning()
 
-    def startup_sockets(self):
+    def startup_sockets(self) -> builtins.list[EslSocket]:
         """The sockets the DB rows and the fs_subscribe modparams name (what
         /ready waits for), creation order."""
         keys = set()

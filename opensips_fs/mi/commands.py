@@ -78,7 +78,7 @@ class MiCommand:
         return self.alias or self.name
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -94,7 +94,7 @@ class Params:
     def __len__(self) -> int:
         return len(self._values)
 
-    def raw(self, name: str):
+    def raw(self, name: str) -> Any:
         """The JSON value as received, or `MISSING`."""
         return self._values.get(name, MISSING)
 
@@ -143,7 +143,7 @@ AMBIGUOUS_CALL = "Ambiguous call, use named parameters instead"
 HANDLER_RETURNED_NULL = "Command handler returned null"
 
 
-def match_recipe(command: MiCommand, params) -> Params:
+def match_recipe(command: MiCommand, params: list | dict | None) -> Params:
     """Pick the recipe for `params` (None, list or dict) — docs/protocols/mi.md §4."""
     if params is None:
         if [] in command.recipes:

@@ -28,7 +28,7 @@ import binascii
 import hmac
 import logging
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gevent import ssl
 
@@ -37,6 +37,10 @@ from ..stats import Stats
 from . import StartupError
 from .httpserver import HttpConnections, listen
 from .httpwire import HttpRequest, encode_response, json_ok_head
+
+if TYPE_CHECKING:
+    from ..config import HttpdSettings, MiHttpSettings
+    from .registry import MiRegistry
 
 __all__ = ["MiHttpServer", "prometheus_text"]
 
@@ -69,7 +73,8 @@ def prometheus_text(stats: Stats) -> bytes:
 class MiHttpServer:
     """The `httpd` listener serving MI under `/<root>`."""
 
-    def __init__(self, httpd_settings, mi_http_settings, registry, stats: Stats,
+    def __init__(self, httpd_settings: HttpdSettings, mi_http_settings: MiHttpSettings | None,
+                 registry: MiRegistry, stats: Stats,
                  extra_routes: dict[str, Route] | None = None, max_body: int = MAX_BODY):
         self.settings = httpd_settings
         self.registry = registry
@@ -96,7 +101,7 @@ class MiHttpServer:
         self._rejected = stats.counter("mi", "http_rejected")
         self._listening = False
 
-    def _tls_context(self):
+    def _tls_context(self) -> ssl.SSLContext | None:
         cert = self.settings.tls_cert_file
         key = self.settings.tls_key_file
         if not cert:
@@ -122,7 +127,7 @@ class MiHttpServer:
     def address(self) -> tuple[str, int]:
         if not self._listening:
             return (self.settings.ip, self.settings.port)
-        return self.connections.address
+        return self.connections.address or (self.settings.ip, self.settings.port)
 
     def start(self) -> "MiHttpServer":
         where = f"{self.settings.ip}:{self.settings.port}"
@@ -196,8 +201,8 @@ class MiHttpServer:
         self._rejected.value += 1
         return encode_response(401, close=close, headers=self._challenge), not close
 
-    def _health(self, request: HttpRequest):
+    def _health(self, request: HttpRequest) -> tuple[int, str, bytes]:
         return 200, JSON, HEALTH_BODY
 
-    def _metrics(self, request: HttpRequest):
+    def _metrics(self, request: HttpRequest) -> tuple[int, str, bytes]:
         return 200, "text/plain; version=0.0.4", prometheus_text(self.stats)

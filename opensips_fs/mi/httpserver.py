@@ -40,7 +40,7 @@ import logging
 import resource
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gevent
 from gevent import socket as gsocket
@@ -51,6 +51,11 @@ from gevent.monkey import get_original
 from ..reasons import short_reason
 from ..stats import Stats
 from .httpwire import CONTINUE, CONTINUE_RESPONSE, NEED_DATA, HttpError, HttpRequest, RequestParser, encode_response
+
+if TYPE_CHECKING:
+    import socket
+
+    from gevent._types import _IoWatcher
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "HttpConnections", "LOG_INTERVAL", "default_max_connections", "listen"]
 
@@ -83,7 +88,7 @@ _PlainSocket = get_original("socket", "socket")
 Respond = Callable[[HttpRequest], "tuple[bytes, bool]"]
 
 
-def listen(ip: str, port: int, backlog: int = 1024):
+def listen(ip: str, port: int, backlog: int = 1024) -> socket.socket:
     """A plain listening TCP socket on ip:port (OSError if it cannot be)."""
     sock = _PlainSocket(gsocket.AF_INET6 if ":" in ip else gsocket.AF_INET, gsocket.SOCK_STREAM)
     try:
@@ -105,21 +110,21 @@ class _Connection:
 
     __slots__ = ("sock", "reader", "parser", "last_reply", "first_byte", "busy", "greenlet")
 
-    def __init__(self, sock, reader, parser, now):
+    def __init__(self, sock: socket.socket, reader: _IoWatcher | None, parser: RequestParser, now: float):
         self.sock = sock
         self.reader = reader          # the read watcher, made once (None for TLS)
         self.parser = parser
         self.last_reply = now         # when it last became idle (accepted or replied)
-        self.first_byte = None        # when the request being received began
+        self.first_byte: float | None = None   # when the request being received began
         self.busy = False             # a request is being answered
-        self.greenlet = None
+        self.greenlet: gevent.Greenlet | None = None
 
 
 def _close_fd(fd: int) -> None:
     _close_quietly(_PlainSocket(fileno=fd))
 
 
-def _close_quietly(sock) -> None:
+def _close_quietly(sock: socket.socket) -> None:
     try:
         sock.close()
     except OSError:
@@ -132,7 +137,7 @@ class _RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args) -> None:
+    def warning(self, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._last.get(key, -1e9) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -148,14 +153,14 @@ class HttpConnections:
     """Accepts and serves HTTP/1.1 connections; see the module docstring."""
 
     def __init__(self, respond: Respond, stats: Stats, *, timeout: float, max_body: int,
-                 max_connections: int | None = None, tls=None):
+                 max_connections: int | None = None, tls: ssl.SSLContext | None = None):
         self.respond = respond
         self.timeout = timeout
         self.max_body = max_body
         self.max_connections = max_connections or default_max_connections()
         self._tls = tls
         self._hub = get_hub()
-        self._listener = None
+        self._listener: socket.socket | None = None
         self._acceptor: gevent.Greenlet | None = None
         self._sweeper: gevent.Greenlet | None = None
         self._buffer = bytearray(RECV_SIZE)   # shared: one greenlet runs at a time
@@ -174,14 +179,14 @@ class HttpConnections:
     # -- life cycle -----------------------------------------------------------
 
     @property
-    def address(self):
+    def address(self) -> tuple[str, int] | None:
         return self._listener.getsockname()[:2] if self._listener is not None else None
 
     @property
     def open_connections(self) -> int:
         return len(self._connections)
 
-    def start(self, listener) -> None:
+    def start(self, listener: socket.socket) -> None:
         """Serve on `listener` (a bound, listening socket; ours from now on)."""
         listener.setblocking(False)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -219,7 +224,7 @@ class HttpConnections:
                 try:
                     # _accept(): accept() would wrap the new fd in the
                     # module's (patched) socket class.
-                    fd, _ = listener._accept()
+                    fd, _ = listener._accept()  # type: ignore[attr-defined]  # typeshed lacks socket._accept
                 except BlockingIOError:
                     break
                 except OSError as err:
@@ -261,7 +266,7 @@ class HttpConnections:
                 return True
         return False
 
-    def _open(self, sock) -> _Connection:
+    def _open(self, sock: socket.socket) -> _Connection:
         sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         now = time.monotonic()
         parser = RequestParser(max_body=self.max_body)
@@ -343,6 +348,7 @@ class HttpConnections:
         parser = conn.parser
         sock = conn.sock
         reader = conn.reader
+        assert reader is not None   # a plain connection has its read watcher
         wait = self._hub.wait
         view = self._view
         connections = self._connections
@@ -421,6 +427,7 @@ class HttpConnections:
     def _serve_tls(self, conn: _Connection) -> None:
         sock = conn.sock
         sock.settimeout(self.timeout)
+        assert self._tls is not None   # TLS connections exist only with a context
         sock = conn.sock = self._tls.wrap_socket(sock, server_side=True)
         parser = conn.parser
         served = 0

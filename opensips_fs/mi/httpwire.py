@@ -28,14 +28,17 @@ Content-Length.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from enum import Enum
+from typing import Final
 
 __all__ = [
     "CONTINUE",
     "CONTINUE_RESPONSE",
     "NEED_DATA",
     "HttpError",
+    "ParseEvent",
     "HttpRequest",
     "RequestParser",
     "encode_response",
@@ -43,8 +46,16 @@ __all__ = [
     "json_ok_head",
 ]
 
-NEED_DATA = "NEED_DATA"
-CONTINUE = "CONTINUE"
+
+class ParseEvent(Enum):
+    """What `next_event` returns when it has no request to give."""
+
+    NEED_DATA = "NEED_DATA"   # feed more bytes
+    CONTINUE = "CONTINUE"     # write CONTINUE_RESPONSE, then feed
+
+
+NEED_DATA: Final = ParseEvent.NEED_DATA
+CONTINUE: Final = ParseEvent.CONTINUE
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 REASONS = {
@@ -60,7 +71,10 @@ _HEX = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 1024
 HEAD_CACHE_ENTRIES = 256
 HEAD_CACHE_MAX_BYTES = 1024
-_head_cache: dict = {}  # head bytes -> parsed head
+# (method, target, version, headers, keep-alive, path) of a request head
+_Head = tuple[str, str, str, tuple[tuple[str, str], ...], bool, str]
+# head bytes -> (head, chunked, Content-Length, 100-continue wanted)
+_head_cache: dict[bytes, tuple[_Head, bool, int, bool]] = {}
 
 
 class _Chunk(Enum):
@@ -72,7 +86,13 @@ class _Chunk(Enum):
     TRAILER = "trailer"      # trailer lines after the last chunk
 
 
-_NEXT_STEP = object()   # a chunk step is done: take the next one
+class _Step(Enum):
+    """A chunk step's answer when it has no body yet but need not wait."""
+
+    NEXT = "next"
+
+
+_NEXT_STEP: Final = _Step.NEXT   # a chunk step is done: take the next one
 
 
 class HttpError(Exception):
@@ -89,7 +109,8 @@ class HttpRequest:
 
     __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
 
-    def __init__(self, method, target, version, headers, body, keep_alive, path=None):
+    def __init__(self, method: str, target: str, version: str, headers: Sequence[tuple[str, str]], body: bytes,
+                 keep_alive: bool, path: str | None = None):
         self.method = method
         self.target = target
         self.path = target.split("?", 1)[0] if path is None else path
@@ -122,7 +143,7 @@ class RequestParser:
         self._buf = bytearray()
         self._pos = 0            # start of the unconsumed bytes
         self._scan_from = 0      # where the next search for the head end starts
-        self._head: tuple | None = None   # (method, target, version, headers, keep_alive, path) once parsed
+        self._head: _Head | None = None   # (method, target, version, headers, keep_alive, path) once parsed
         self._length = 0         # Content-Length of the current body
         self._chunked = False
         self._chunks = bytearray()
@@ -132,7 +153,7 @@ class RequestParser:
 
     # -- buffer ---------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._scan_from -= self._pos
@@ -159,7 +180,7 @@ class RequestParser:
 
     # -- events ---------------------------------------------------------------
 
-    def next_event(self):
+    def next_event(self) -> HttpRequest | ParseEvent:
         if self._head is None:
             request = self._whole_known_request()
             if request is not None:
@@ -268,7 +289,7 @@ class RequestParser:
             if result is not _NEXT_STEP:
                 return result
 
-    def _chunk_size(self):
+    def _chunk_size(self) -> _Step | None:
         buf = self._buf
         end = self._find_line_end()
         if end < 0:
@@ -289,7 +310,7 @@ class RequestParser:
             self._chunk_state = _Chunk.DATA
         return _NEXT_STEP
 
-    def _chunk_data(self):
+    def _chunk_data(self) -> _Step | None:
         take = min(self._chunk_left, len(self._buf) - self._pos)
         if take == 0:
             return None
@@ -299,7 +320,7 @@ class RequestParser:
             self._chunk_state = _Chunk.DATA_CRLF
         return _NEXT_STEP
 
-    def _chunk_end(self):
+    def _chunk_end(self) -> _Step | None:
         if len(self._buf) - self._pos < 2:
             return None
         if not self._buf.startswith(b"\r\n", self._pos):
@@ -308,7 +329,7 @@ class RequestParser:
         self._chunk_state = _Chunk.SIZE
         return _NEXT_STEP
 
-    def _chunk_trailer(self):
+    def _chunk_trailer(self) -> bytes | _Step | None:
         """Trailer lines up to an empty one, ignored; then the body."""
         end = self._find_line_end()
         if end < 0:
@@ -324,7 +345,8 @@ class RequestParser:
         self._chunk_state = _Chunk.SIZE
         return body
 
-    _chunk_steps: dict = {}   # filled below: _Chunk -> step method
+    # filled below: _Chunk -> step method (None: more bytes needed, _NEXT_STEP, or the body)
+    _chunk_steps: dict[_Chunk, Callable[[RequestParser], bytes | _Step | None]] = {}
 
     def _find_line_end(self) -> int:
         """The CRLF ending the line at `_pos`, or -1; a line still coming in
@@ -377,7 +399,7 @@ def _body_framing(lengths: list[str], codings: list[str]) -> tuple[bool, int]:
     return False, int(lengths[0])
 
 
-def _parse_head_bytes(head: bytes):
+def _parse_head_bytes(head: bytes) -> tuple[_Head, bool, int, bool]:
     """(head tuple, chunked, content length, 100-continue wanted) or HttpError."""
     lines = head.split(b"\r\n")
     method, target, version = _request_line(lines[0])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import jsonenc
 
@@ -78,11 +78,11 @@ def _first_member_wins(pairs: list) -> dict:
     return first
 
 
-def _reject_constant(name: str):
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_int(text: str):
+def _parse_int(text: str) -> int | float:
     # Python refuses int() of more than 4300 digits; cJSON reads a double.
     return int(text) if len(text) < 400 else float(text)
 
@@ -144,7 +144,7 @@ def c_string(value: str) -> str:
     return value if nul < 0 else value[:nul]
 
 
-def number_to_int(number) -> int:
+def number_to_int(number: int | float) -> int:
     """A JSON number as OpenSIPS reads it (ids, int params): truncated,
     saturated to 32 bits."""
     if isinstance(number, float):
@@ -235,7 +235,7 @@ def parse_request(body: bytes) -> Request:
     return Request(c_string(method), params, request_id)
 
 
-def encode_id(request_id) -> bytes:
+def encode_id(request_id: object) -> bytes:
     if request_id is None:
         return b"null"
     if isinstance(request_id, int):
@@ -243,11 +243,11 @@ def encode_id(request_id) -> bytes:
     return jsonenc.dumps(request_id)
 
 
-def encode_success(result, request_id) -> bytes:
+def encode_success(result: object, request_id: object) -> bytes:
     return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + b',"id":' + encode_id(request_id) + b"}"
 
 
-def encode_error(code: int, message: str, data, request_id) -> bytes:
+def encode_error(code: int, message: str, data: object, request_id: object) -> bytes:
     error = {"code": code, "message": message}
     if data is not None:
         error["data"] = data

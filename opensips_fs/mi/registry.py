@@ -41,12 +41,12 @@ params are scalars (`PREPARED_ENTRIES` of them; registering clears them).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Callable
 
 from gevent.local import local
 
-from jsonrpcserver import Error, Success
+from jsonrpcserver import Error, Result, Success
 from jsonrpcserver.dispatcher import call
 from jsonrpcserver.request import Request as JsonRpcRequest
 from jsonrpcserver.sentinels import NODATA, NOID
@@ -78,7 +78,7 @@ class _Resolution:
 _NOT_FOUND = _Resolution(error=MiError(-32601, "Method not found"))
 
 
-class _Methods(Mapping):
+class _Methods(Mapping[str, Callable[..., Result]]):
     """The `methods` mapping handed to jsonrpcserver: every name maps to a
     callable — the command's runner, or one answering the resolution error
     (OpenSIPS' -32601 carries no `data`, jsonrpcserver's own one would)."""
@@ -86,10 +86,10 @@ class _Methods(Mapping):
     def __init__(self, registry: "MiRegistry"):
         self._registry = registry
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> Callable[..., Result]:
         return self._registry._runner(name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._registry.which_names())
 
     def __len__(self) -> int:
@@ -168,7 +168,7 @@ class MiRegistry:
 
     # -- dispatch ------------------------------------------------------------
 
-    def _runner(self, name: str) -> Callable:
+    def _runner(self, name: str) -> Callable[..., Result]:
         runner = self._runners.get(name)
         if runner is not None:
             return runner
@@ -177,19 +177,19 @@ class MiRegistry:
             error = resolution.error
             assert error is not None   # a resolution has a command or an error
 
-            def runner(_request, *_args, **_kwargs):
+            def runner(_request: Request, *_args: object, **_kwargs: object) -> Result:
                 return Error(error.code, error.message, error.data if error.data is not None else NODATA)
         else:
             command = resolution.command
 
-            def runner(request: Request, *_args, **_kwargs):
+            def runner(request: Request, *_args: object, **_kwargs: object) -> Result:
                 return self._run(command, request.params)
 
             # Only found names are cached: unknown ones must not grow the cache.
             self._runners[name] = runner
         return runner
 
-    def _run(self, command: MiCommand, params):
+    def _run(self, command: MiCommand, params: list | dict | None) -> Result:
         try:
             result = command.handler(match_recipe(command, params))
         except MiError as error:
@@ -269,7 +269,7 @@ class MiRegistry:
         return prepared
 
 
-def _scalar_params(params) -> bool:
+def _scalar_params(params: list | dict | None) -> bool:
     """No params, or only strings and numbers (nothing a handler could change)."""
     if params is None:
         return True

@@ -75,7 +75,7 @@ def free_port_block(count: int = 4) -> int:
 class Broker:
     """One broker node and its epmd (see the module docstring)."""
 
-    def __init__(self, folder: Path, port: int, tls=None):
+    def __init__(self, folder: Path, port: int, tls: tuple[str, str, str] | None = None):
         self.folder = Path(folder)
         self.port = port
         self.tls_port = port + 3 if tls else None
@@ -87,7 +87,7 @@ class Broker:
 
     # -- lifecycle ----------------------------------------------------------
     @classmethod
-    def start(cls, folder=None, tls=None) -> "Broker":
+    def start(cls, folder: str | Path | None = None, tls: tuple[str, str, str] | None = None) -> "Broker":
         if not available():
             raise BrokerError(f"rabbitmq-server is not installed ({SERVER})")
         folder = Path(folder or tempfile.mkdtemp(prefix="opensips-fs-rmq-"))
@@ -226,7 +226,7 @@ class Broker:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", help="state folder (default: a new temporary one)")
     args = parser.parse_args(argv)
