@@ -30,6 +30,7 @@ from . import url as fsurl
 from .config import Config
 from .esl.manager import EslManager
 from .evi.registry import EviRegistry
+from .metrics import MetricsPage
 from .mi import StartupError
 from .mi.registry import MiRegistry
 from .mi.core import CoreContext, core_commands, statistics_commands
@@ -115,9 +116,11 @@ class App:
         if cfg.mi_http is not None:
             httpd, mi_http = cfg.httpd, cfg.mi_http
             assert httpd is not None  # the config loads mi_http only with httpd
+            metrics = MetricsPage(self.stats, manager=self.manager, evi=self.evi,
+                                  scripting=self.scripting, mi_calls=registry.calls)
             self._start_transport("MI HTTP", httpd.address, lambda: MiHttpServer(
                 httpd, mi_http, registry, self.stats,
-                extra_routes={"/ready": self.readiness.route}))
+                extra_routes={"/ready": self.readiness.route}, metrics=metrics))
         mi_fifo, mi_datagram = cfg.mi_fifo, cfg.mi_datagram
         if mi_fifo is not None:
             self._start_transport("MI FIFO", mi_fifo.fifo_name, lambda: MiFifoServer(

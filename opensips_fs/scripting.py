@@ -225,14 +225,16 @@ class Scripting:
         self._db_retry_at: float | None = None       # monotonic time of the next retry
         self._retrier: gevent.Greenlet | None = None
         group = MODULE
-        self._reloads = stats.counter(group, "db_reloads")
-        self._reload_failures = stats.counter(group, "db_reload_failures")
-        self._rows_skipped = stats.counter(group, "db_rows_skipped")
-        self._esl_commands = stats.counter(group, "esl_commands")
-        self._esl_failures = stats.counter(group, "esl_command_failures")
-        stats.gauge(group, "fs_list_entries", lambda: len(self.set.entries))
+        self._reloads = stats.counter(group, "db_reloads", "loads of the freeswitch table (start-up and fs_reload)")
+        self._reload_failures = stats.counter(group, "db_reload_failures", "failed loads of the freeswitch table")
+        self._rows_skipped = stats.counter(group, "db_rows_skipped", "table rows skipped as invalid")
+        self._esl_commands = stats.counter(group, "esl_commands", "freeswitch_esl commands run")
+        self._esl_failures = stats.counter(group, "esl_command_failures", "freeswitch_esl commands that failed")
+        stats.gauge(group, "fs_list_entries", lambda: len(self.set.entries),
+                    "socket subscriptions in the fs_list set now")
         if self.db is not None:
-            stats.gauge(group, "db_loaded", lambda: int(self.db_loaded))
+            stats.gauge(group, "db_loaded", lambda: int(self.db_loaded),
+                        "1 once the freeswitch table was loaded, else 0")
 
     # -- lifecycle --------------------------------------------------------
 

@@ -7,6 +7,9 @@ dropped…) and can be reset; a gauge is *non-incremental* and its value comes
 from a function (queue depth, connected sockets…).
 
 Hot paths keep a reference to their `Counter` and do `counter.value += 1`.
+`reset_statistics` zeroes `value` (what MI shows) but keeps what it took
+away in `before_reset`, so `total` — what Prometheus scrapes — never goes
+down. Each statistic carries a one-line `help` for the `/metrics` page.
 """
 
 from __future__ import annotations
@@ -17,28 +20,37 @@ from typing import Callable, Iterator
 class Counter:
     """An incremental statistic."""
 
-    __slots__ = ("group", "name", "value")
+    __slots__ = ("group", "name", "help", "value", "before_reset")
     incremental = True
 
-    def __init__(self, group: str, name: str):
+    def __init__(self, group: str, name: str, help: str = ""):
         self.group = group
         self.name = name
+        self.help = help
         self.value = 0
+        self.before_reset = 0
+
+    @property
+    def total(self) -> int:
+        """Everything counted since start, resets included (monotonic)."""
+        return self.before_reset + self.value
 
     def reset(self) -> None:
+        self.before_reset += self.value
         self.value = 0
 
 
 class Gauge:
     """A non-incremental statistic whose value is computed on demand."""
 
-    __slots__ = ("group", "name", "func")
+    __slots__ = ("group", "name", "func", "help")
     incremental = False
 
-    def __init__(self, group: str, name: str, func: Callable[[], int]):
+    def __init__(self, group: str, name: str, func: Callable[[], int], help: str = ""):
         self.group = group
         self.name = name
         self.func = func
+        self.help = help
 
     @property
     def value(self) -> int:
@@ -54,19 +66,19 @@ class Stats:
     def __init__(self) -> None:
         self._stats: dict[str, Counter | Gauge] = {}
 
-    def counter(self, group: str, name: str) -> Counter:
+    def counter(self, group: str, name: str, help: str = "") -> Counter:
         """Return the counter `group:name`, registering it on first use."""
         key = f"{group}:{name}"
         stat = self._stats.get(key)
         if stat is None:
-            stat = self._stats[key] = Counter(group, name)
+            stat = self._stats[key] = Counter(group, name, help)
         if not isinstance(stat, Counter):
             raise ValueError(f"statistic {key} is a gauge")
         return stat
 
-    def gauge(self, group: str, name: str, func: Callable[[], int]) -> Gauge:
+    def gauge(self, group: str, name: str, func: Callable[[], int], help: str = "") -> Gauge:
         """Register (or replace) the gauge `group:name`."""
-        stat = self._stats[f"{group}:{name}"] = Gauge(group, name, func)
+        stat = self._stats[f"{group}:{name}"] = Gauge(group, name, func, help)
         return stat
 
     def __iter__(self) -> Iterator[Counter | Gauge]:

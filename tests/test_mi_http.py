@@ -20,6 +20,7 @@ from opensips_fs.config import MiHttpSettings
 from opensips_fs.mi.http import MiHttpServer
 from opensips_fs.stats import Stats
 from support.mi import build_registry, http_exchange, httpd_settings, read_http_response, split_response
+from support.scrape import Scrape
 from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(20)
@@ -247,11 +248,10 @@ def test_health_and_metrics(server):
     metrics = http_exchange(server.address, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
     status, headers, body = split_response(metrics)
     assert status == b"HTTP/1.1 200 OK"
-    text = body.decode()
-    assert "# TYPE opensips_fs_mi_requests counter\n" in text
-    assert "# TYPE opensips_fs_mi_http_open_connections gauge\n" in text
-    requests = [line for line in text.splitlines() if line.startswith("opensips_fs_mi_requests ")]
-    assert requests == ["opensips_fs_mi_requests 1"]
+    page = Scrape(dict(headers)[b"Content-Type"].decode(), body.decode())
+    assert page.families["opensips_fs_mi_requests"].type == "counter"
+    assert page.families["opensips_fs_mi_http_open_connections"].type == "gauge"
+    assert page.value("opensips_fs_mi_requests_total") == 1
 
 
 def test_extra_routes():

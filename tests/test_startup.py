@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import gevent
@@ -19,6 +18,7 @@ import pytest
 from gevent.server import StreamServer
 
 from support.db import EngineDb, standard_db
+from support.scrape import scrape
 from support.service import REPO, make_config, mi_http, reserved_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,8 +145,9 @@ def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):
         assert "opensipsrw" not in json.dumps(status)
         assert [s["if"] for s in mi_http(http_port, "fs_list")["result"]["Sockets"]] == [
             "127.0.0.1:18099"]                              # the modparam, already there
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read()
-        assert b"opensips_fs_freeswitch_scripting_db_loaded 0" in metrics
+        metrics = scrape(http_port)
+        assert metrics.value("opensips_fs_freeswitch_scripting_db_loaded") == 0
+        assert metrics.value("opensips_fs_freeswitch_scripting_db_reload_failures_total") >= 1
         assert "initial load of table freeswitch failed" in service.log
         assert "opensipsrw" not in service.log
 
@@ -159,9 +160,10 @@ def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):
             # the DB rows below the modparam, as with the database up at start
             assert [s["if"] for s in mi_http(http_port, "fs_list")["result"]["Sockets"]] == [
                 "127.0.0.1:18099", "localhost:8021", "127.0.0.1:8021", "127.0.0.1:8022"]
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics",
-                                             timeout=5).read()
-            assert b"opensips_fs_freeswitch_scripting_db_loaded 1" in metrics
+            metrics = scrape(http_port)
+            assert metrics.value("opensips_fs_freeswitch_scripting_db_loaded") == 1
+            assert metrics.value("opensips_fs_freeswitch_scripting_db_last_load_timestamp_seconds") == \
+                pytest.approx(status["last_load"])
             assert service.stop() == 0
         finally:
             forwarder.stop()

@@ -142,9 +142,10 @@ class EslManager:
         self._closed_at_last_tick = 0
         self._bad_events = LogThrottle()
         self._sink_failures = LogThrottle()
-        stats.gauge(STATS_GROUP, "sockets", lambda: len(self._sockets))
+        stats.gauge(STATS_GROUP, "sockets", lambda: len(self._sockets), "ESL sockets known now")
         stats.gauge(STATS_GROUP, "connected_sockets",
-                    lambda: sum(1 for s in self._sockets.values() if s.connected))
+                    lambda: sum(1 for s in self._sockets.values() if s.connected),
+                    "ESL sockets connected and logged in now")
 
     @property
     def connect_timeout(self) -> float:

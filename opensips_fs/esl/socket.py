@@ -108,22 +108,23 @@ class EslCounters:
     """The process-wide `freeswitch` statistics the sockets move."""
 
     def __init__(self, stats: Stats):
-        def counter(name: str) -> Counter:
-            return stats.counter(STATS_GROUP, name)
+        def counter(name: str, help: str) -> Counter:
+            return stats.counter(STATS_GROUP, name, help)
 
-        self.events_received = counter("events_received")
-        self.events_relayed = counter("events_relayed")
-        self.events_dropped = counter("events_dropped")
-        self.events_queue_dropped = counter("events_queue_dropped")
-        self.reconnects = counter("reconnects")
-        self.connect_failures = counter("connect_failures")
-        self.login_failures = counter("login_failures")
-        self.commands = counter("commands")
-        self.command_timeouts = counter("command_timeouts")
-        self.subscribe_rejected = counter("subscribe_rejected")
-        self.late_replies = counter("late_replies")
-        self.sink_errors = counter("sink_errors")
-        self.oversized_frames = counter("oversized_frames")
+        self.events_received = counter("events_received", "events read from FreeSWITCH")
+        self.events_relayed = counter("events_relayed", "events handed to subscribers (E_FREESWITCH and ESL consumers)")
+        self.events_dropped = counter("events_dropped", "events dropped (malformed, not subscribed, no route)")
+        self.events_queue_dropped = counter("events_queue_dropped",
+                                            "events dropped because a consumer's queue was full")
+        self.reconnects = counter("reconnects", "ESL connections re-established after a loss")
+        self.connect_failures = counter("connect_failures", "ESL connection attempts that failed")
+        self.login_failures = counter("login_failures", "ESL logins refused by FreeSWITCH")
+        self.commands = counter("commands", "ESL commands sent")
+        self.command_timeouts = counter("command_timeouts", "ESL commands that got no reply in time")
+        self.subscribe_rejected = counter("subscribe_rejected", "event subscriptions FreeSWITCH refused")
+        self.late_replies = counter("late_replies", "ESL replies that came after their command timed out")
+        self.sink_errors = counter("sink_errors", "events a subscriber's handler failed on")
+        self.oversized_frames = counter("oversized_frames", "ESL frames over esl_max_frame_size (connection dropped)")
 
 
 class SocketOwner(Protocol):

@@ -51,10 +51,11 @@ class EviCounters:
     """The process-wide `evi:*` counters (Stats objects)."""
 
     def __init__(self, stats):
-        self.sent = stats.counter("evi", "notifications_sent")
-        self.dropped = stats.counter("evi", "notifications_dropped")
-        self.retried = stats.counter("evi", "notifications_retried")
-        self.errors = stats.counter("evi", "send_errors")
+        self.sent = stats.counter("evi", "notifications_sent", "notifications delivered to EVI destinations")
+        self.dropped = stats.counter("evi", "notifications_dropped",
+                                     "notifications dropped (queue full, expired, destination gone)")
+        self.retried = stats.counter("evi", "notifications_retried", "notifications sent again after a failed attempt")
+        self.errors = stats.counter("evi", "send_errors", "failed send attempts to EVI destinations")
 
 
 class Closable(Protocol):

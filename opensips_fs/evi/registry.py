@@ -147,9 +147,11 @@ class EviRegistry:
         self._burst = False      # more than YIELD_ABOVE_BYTES were queued since the last trim
         self.clock = time.time   # whole seconds of it decide expiry (tests set it)
         stats.gauge("evi", "subscribers",
-                    lambda: sum(len(e.subscribers) for e in self.events.values()))
+                    lambda: sum(len(e.subscribers) for e in self.events.values()),
+                    "EVI subscribers now")
         stats.gauge("evi", "queued",
-                    lambda: sum(d.queued for d in self._destinations.values()))
+                    lambda: sum(d.queued for d in self._destinations.values()),
+                    "notifications queued for EVI destinations now")
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:

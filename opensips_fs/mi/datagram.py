@@ -75,9 +75,10 @@ class MiDatagramServer:
         self._reader: gevent.Greenlet | None = None
         self._pool = Pool(CONCURRENCY)
         self._family, self._bind_to = parse_socket_name(self.socket_name)
-        self._requests = stats.counter("mi", "datagram_requests")
-        self._send_failures = stats.counter("mi", "datagram_send_failures")
-        self._oversize = stats.counter("mi", "datagram_oversize_replies")
+        self._requests = stats.counter("mi", "datagram_requests", "MI requests received over the datagram socket")
+        self._send_failures = stats.counter("mi", "datagram_send_failures", "datagram replies that could not be sent")
+        self._oversize = stats.counter("mi", "datagram_oversize_replies",
+                                       "datagram replies too large for one datagram (answered with an error)")
 
     @property
     def address(self) -> Address:

@@ -65,9 +65,9 @@ class MiFifoServer:
         self._fd: int | None = None
         self._made: tuple[int, int] | None = None   # (st_dev, st_ino) of the FIFO we made
         self._reader: gevent.Greenlet | None = None
-        self._requests = stats.counter("mi", "fifo_requests")
-        self._rejected = stats.counter("mi", "fifo_rejected")
-        self._reply_failures = stats.counter("mi", "fifo_reply_failures")
+        self._requests = stats.counter("mi", "fifo_requests", "MI requests read from the FIFO")
+        self._rejected = stats.counter("mi", "fifo_rejected", "FIFO requests refused (malformed, bad reply path)")
+        self._reply_failures = stats.counter("mi", "fifo_reply_failures", "FIFO replies that could not be written")
 
     def start(self) -> "MiFifoServer":
         if not os.path.isdir(self.reply_dir):

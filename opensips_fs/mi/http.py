@@ -7,7 +7,7 @@ time-outs, keep-alive); this module decides what each request gets:
   the JSON-RPC reply (errors included), 202 + `Content-Length: 0` for a
   notification, 400 for an empty body, 405 (`Allow: POST`) for another
   method;
-* `GET /health`, `GET /metrics` (Prometheus text from `Stats`) [OURS], plus
+* `GET /health`, `GET /metrics` (`metrics.MetricsPage`) [OURS], plus
   any `extra_routes` (the app adds `/ready`); with HTTP auth on, `/health`
   stays open and `/metrics` / `/ready` need it unless `probes_auth` is 0;
 * anything else: 404; a body over the limit: 413 and close; a malformed
@@ -27,11 +27,11 @@ import base64
 import binascii
 import hmac
 import logging
-import re
 from typing import TYPE_CHECKING, Callable
 
 from gevent import ssl
 
+from ..metrics import MetricsPage
 from ..reasons import short_reason
 from ..stats import Stats
 from . import StartupError
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..config import HttpdSettings, MiHttpSettings
     from .registry import MiRegistry
 
-__all__ = ["MiHttpServer", "prometheus_text"]
+__all__ = ["MiHttpServer"]
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +53,18 @@ HEALTH_BODY = b'{"status":"ok"}'
 # A route answers (status, content type, body) for a request.
 Route = Callable[[HttpRequest], "tuple[int, str, bytes]"]
 
-_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def prometheus_text(stats: Stats) -> bytes:
-    """Every statistic as `opensips_fs_<group>_<name>` (text format 0.0.4)."""
-    lines = []
-    for stat in stats:
-        name = _METRIC_NAME.sub("_", f"opensips_fs_{stat.group}_{stat.name}")
-        try:
-            value = stat.value
-        except Exception:  # a gauge whose source is gone: skip it, keep the page
-            continue
-        lines.append(f"# TYPE {name} {'counter' if stat.incremental else 'gauge'}")
-        lines.append(f"{name} {value}")
-    return ("\n".join(lines) + "\n").encode()
-
 
 class MiHttpServer:
     """The `httpd` listener serving MI under `/<root>`."""
 
     def __init__(self, httpd_settings: HttpdSettings, mi_http_settings: MiHttpSettings | None,
                  registry: MiRegistry, stats: Stats,
-                 extra_routes: dict[str, Route] | None = None, max_body: int = MAX_BODY):
+                 extra_routes: dict[str, Route] | None = None, max_body: int = MAX_BODY,
+                 metrics: MetricsPage | None = None):
         self.settings = httpd_settings
         self.registry = registry
         self.stats = stats
+        self.metrics = metrics if metrics is not None else MetricsPage(stats)
         root = (mi_http_settings.root if mi_http_settings is not None else "mi").strip("/")
         self.root_path = "/" + root
         self.timeout = float(httpd_settings.conn_timeout)
@@ -98,7 +84,7 @@ class MiHttpServer:
         self._root_prefix = self.root_path + "/"
         self.connections = HttpConnections(self._respond, stats, timeout=self.timeout, max_body=max_body,
                                            max_connections=httpd_settings.max_connections, tls=self._tls)
-        self._rejected = stats.counter("mi", "http_rejected")
+        self._rejected = stats.counter("mi", "http_rejected", "HTTP requests refused (bad request, auth, size, method)")
         self._listening = False
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -205,4 +191,5 @@ class MiHttpServer:
         return 200, JSON, HEALTH_BODY
 
     def _metrics(self, request: HttpRequest) -> tuple[int, str, bytes]:
-        return 200, "text/plain; version=0.0.4", prometheus_text(self.stats)
+        content_type, body = self.metrics.render(request.header("accept"))
+        return 200, content_type, body

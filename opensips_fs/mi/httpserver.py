@@ -168,13 +168,17 @@ class HttpConnections:
         # Connections by age of their last reply (oldest first).
         self._connections: OrderedDict[_Connection, None] = OrderedDict()
         self._limit_log = _RateLimitedLog()
-        self._requests = stats.counter("mi", "http_requests")
-        self._rejected = stats.counter("mi", "http_rejected")
-        self._accepted = stats.counter("mi", "http_connections")
-        self._timeouts = stats.counter("mi", "http_timeouts")
-        self._refused = stats.counter("mi", "http_connections_refused")
-        self._evicted = stats.counter("mi", "http_idle_closed_for_room")
-        stats.gauge("mi", "http_open_connections", lambda: len(self._connections))
+        self._requests = stats.counter("mi", "http_requests", "HTTP requests received by the httpd listener")
+        self._rejected = stats.counter("mi", "http_rejected", "HTTP requests refused (bad request, auth, size, method)")
+        self._accepted = stats.counter("mi", "http_connections", "HTTP connections accepted")
+        self._timeouts = stats.counter("mi", "http_timeouts",
+                                       "HTTP connections closed for a slow request, reply or idleness")
+        self._refused = stats.counter("mi", "http_connections_refused",
+                                      "HTTP connections refused at max_connections or out of file descriptors")
+        self._evicted = stats.counter("mi", "http_idle_closed_for_room",
+                                      "idle HTTP connections closed to make room for a new one")
+        stats.gauge("mi", "http_open_connections", lambda: len(self._connections),
+                    "HTTP connections open now")
 
     # -- life cycle -----------------------------------------------------------
 

@@ -30,6 +30,8 @@ transport. What jsonrpcserver does and what is ours:
 Every error reply is logged once, at NOTICE, with the command, the
 transport it came over and the real reason (`MiError.reason`, the `data`, or
 what the parser refused); the log's repeat limit keeps a flood short.
+Every request is also counted in `calls` (callstats.py) by command,
+transport and outcome, with its latency, for the `/metrics` page.
 
 Fast path: clients that poll send the same body again and again; what a
 body needs besides running the command (the validated envelope, the runner,
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
+from time import perf_counter
 from typing import Callable
 
 from gevent.local import local
@@ -54,6 +57,7 @@ from jsonrpcserver.sentinels import NODATA, NOID
 from .. import jsonenc
 from ..logs import NOTICE
 from ..stats import Stats
+from .callstats import INVALID, UNKNOWN, MiCallStats
 from .commands import HANDLER_RETURNED_NULL, MiCommand, MiError, match_recipe
 from .jsonrpc import PARSE_ERROR_REPLY, Request, RequestError, encode_error, encode_id, parse_request
 
@@ -109,14 +113,19 @@ class MiRegistry:
         self._which: list[str] = []
         self._methods = _Methods(self)
         self._prepared: dict[bytes, tuple] = {}
+        self._labels: dict[str, str] = {}       # canonical name -> metric label
         self._failed = local()       # why the current greenlet's call failed (logged once)
-        self._requests = self.stats.counter("mi", "requests")
-        self._errors = self.stats.counter("mi", "error_replies")
-        self._parse_errors = self.stats.counter("mi", "parse_errors")
-        self._invalid = self.stats.counter("mi", "invalid_requests")
-        self._notifications = self.stats.counter("mi", "notifications")
-        self._commands_run = self.stats.counter("mi", "commands_run")
-        self._handler_failures = self.stats.counter("mi", "handler_failures")
+        self._requests = self.stats.counter("mi", "requests", "MI requests received over every transport")
+        self._errors = self.stats.counter("mi", "error_replies", "MI requests answered with a JSON-RPC error")
+        self._parse_errors = self.stats.counter("mi", "parse_errors", "MI request bodies that are not JSON")
+        self._invalid = self.stats.counter("mi", "invalid_requests",
+                                           "MI bodies that are JSON but not a JSON-RPC 2.0 request")
+        self._notifications = self.stats.counter("mi", "notifications",
+                                                 "MI notifications (requests without an id: no reply)")
+        self._commands_run = self.stats.counter("mi", "commands_run", "MI command handlers run")
+        self.calls = MiCallStats()       # by command, transport and outcome (metrics)
+        self._handler_failures = self.stats.counter("mi", "handler_failures",
+                                                    "MI command handlers that raised (a bug: logged with a traceback)")
 
     # -- registration -------------------------------------------------------
 
@@ -131,6 +140,8 @@ class MiRegistry:
                 self._by_alias.setdefault(command.alias, []).append(command)
         self._runners.clear()
         self._prepared.clear()
+        self._labels = {c.canonical: c.flat if self._resolve(c.flat).command is c else c.canonical
+                        for c in self._commands}
         flat = dict.fromkeys(c.flat for c in self._commands)
         self._which = list(flat) + [c.canonical for c in self._commands if c.canonical not in flat]
 
@@ -209,16 +220,27 @@ class MiRegistry:
 
     def handle(self, body: bytes, transport: str = "mi") -> bytes | None:
         """Answer one request body that came over `transport` (``http``,
-        ``fifo``, ``datagram``: for the log): the reply bytes, or None for a
-        notification (nothing to send). Never raises."""
+        ``fifo``, ``datagram``: for the log and the metrics): the reply
+        bytes, or None for a notification (nothing to send). Never raises."""
+        started = perf_counter()
         try:
-            return self._handle(body, transport)
+            reply, command, ok = self._handle(body, transport)
         except Exception:  # a bug of ours must not take a transport down
             log.exception("MI request failed")
             self._errors.value += 1
-            return encode_error(-32000, "Server error", None, None)
+            reply, command, ok = encode_error(-32000, "Server error", None, None), UNKNOWN, False
+        self.calls.record(command, transport, ok, perf_counter() - started)
+        return reply
 
-    def _handle(self, body: bytes, transport: str) -> bytes | None:
+    def metric_label(self, method: str) -> str:
+        """The `command` label of a request for `method`: the name `which`
+        lists for the command (its canonical name when that is ambiguous),
+        or ``unknown`` — never the text a client sent."""
+        command = self.resolve(method)
+        return UNKNOWN if command is None else self._labels[command.canonical]
+
+    def _handle(self, body: bytes, transport: str) -> tuple[bytes | None, str, bool]:
+        """(reply, command label, answered without error)."""
         self._requests.value += 1
         prepared = self._prepared.get(body)
         if prepared is None:
@@ -233,19 +255,19 @@ class MiRegistry:
                     why = "not a JSON-RPC 2.0 request"
                 self._errors.value += 1
                 log.log(NOTICE, "MI request over %s refused: %s (%d bytes)", transport, why, len(body))
-                return error.reply
-        request, runner, id_suffix = prepared
+                return error.reply, INVALID, False
+        request, runner, id_suffix, label = prepared
         result, failure = run_dispatcher(runner, request)
         if failure is not None:
             self._log_failure(request.method, transport, failure)
         if id_suffix is None:
             self._notifications.value += 1
-            return None
+            return None, label, failure is None
         if failure is None:
-            return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + id_suffix
+            return b'{"jsonrpc":"2.0","result":' + jsonenc.dumps(result) + id_suffix, label, True
         self._errors.value += 1
         code, message, data = failure
-        return encode_error(code, message, data, request.id)
+        return encode_error(code, message, data, request.id), label, False
 
     def _log_failure(self, method: str, transport: str, failure: tuple) -> None:
         reason = getattr(self._failed, "reason", None)
@@ -261,7 +283,7 @@ class MiRegistry:
         request = parse_request(body)
         runner = self._methods[request.method]   # jsonrpcserver's method lookup
         id_suffix = None if request.is_notification else b',"id":' + encode_id(request.id) + b"}"
-        prepared = (request, runner, id_suffix)
+        prepared = (request, runner, id_suffix, self.metric_label(request.method))
         if len(body) <= PREPARED_MAX_BODY and _scalar_params(request.params):
             if len(self._prepared) >= PREPARED_ENTRIES:
                 self._prepared.clear()
