@@ -176,11 +176,11 @@ def run_floor(host: SimHost, n: int, per_sim: int, size: int) -> Run:
 # The manager
 
 def run_manager(host: SimHost, n: int, per_sim: int, size: int) -> tuple["Run", dict]:
+    from opensips_fs.config import FreeswitchSettings
     from opensips_fs.esl.manager import EslManager
     from opensips_fs.stats import Stats
 
-    settings = types.SimpleNamespace(event_heartbeat_interval=1, esl_connect_timeout=5000,
-                                     esl_cmd_timeout=5000, esl_cmd_polling_itv=1000, fs_no_esl_timeout=86400)
+    settings = FreeswitchSettings()
     stats = Stats()
     mgr = EslManager(settings, stats)
     target = per_sim * n

@@ -38,6 +38,7 @@ import collections
 import logging
 import socket as _stdsocket
 import time
+from collections.abc import Callable
 
 import gevent
 import gevent.event
@@ -150,7 +151,7 @@ class _Lost(Exception):
     pass
 
 
-def _set_keepalive(sock, liveness: float) -> None:
+def _set_keepalive(sock: socket.socket, liveness: float) -> None:
     """Kernel-level dead-peer detection within about `liveness` seconds."""
     sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_KEEPALIVE, 1)
     idle = max(1, int(liveness / 3))
@@ -169,7 +170,8 @@ def _set_keepalive(sock, liveness: float) -> None:
 class EslConnection:
     """A single logged-in ESL connection. Not reused after it is lost."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float, on_frame, on_lost=None,
+    def __init__(self, host: str, port: int, *, connect_timeout: float, on_frame: Callable[[Frame], None],
+                 on_lost: Callable[[EslConnection, str], None] | None = None,
                  max_body: int = DEFAULT_MAX_BODY, liveness_timeout: float = 30.0,
                  idle_probe: float = 10.0, busy_timeout: float = 300.0, label: str | None = None):
         self.host = host
@@ -196,7 +198,7 @@ class EslConnection:
 
     # -- opening -------------------------------------------------------------
 
-    def open(self, username: str | None, password: str, on_authenticating=None) -> None:
+    def open(self, username: str | None, password: str, on_authenticating: Callable[[], None] | None = None) -> None:
         """Connect and log in, or raise `EslConnectError` / `EslAuthError`.
         `on_authenticating()` runs once the TCP connection is up."""
         timeout = self.connect_timeout
@@ -226,7 +228,7 @@ class EslConnection:
         self.connected = True
         self._reader = gevent.spawn(self._read_loop)
 
-    def _read_frame(self, sock, timeout: float, what: str) -> Frame:
+    def _read_frame(self, sock: socket.socket, timeout: float, what: str) -> Frame:
         deadline = time.monotonic() + timeout
         while not self._early:
             left = deadline - time.monotonic()
@@ -431,7 +433,7 @@ class EslConnection:
             reader.kill(block=False)
 
 
-def _open_socket(host: str, port: int, timeout: float):
+def _open_socket(host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection to (host, port). An IP address is connected to
     directly: no resolver call, so thousands of sockets retrying at once do
     not queue thousands of lookups (and their memory) in the resolver's

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gevent
 import gevent.event
@@ -37,6 +37,12 @@ from .protocol import DEFAULT_MAX_BODY, printable
 from .socket import ESL_ONLY_MAX_ATTEMPTS, EslCounters, EslSocket, SocketSettings, backoff_gap
 from .subscriptions import rejected_retry_gap
 from .throttle import LogThrottle
+
+if TYPE_CHECKING:
+    from ..config import FreeswitchSettings
+
+# what a consumer is handed: (socket, event name, event body)
+ConsumerHandler = Callable[[EslSocket, str, bytes], object]
 
 __all__ = [
     "EslConsumer",
@@ -71,7 +77,7 @@ class EslConsumer:
     dropped for this consumer only and counted here, on the socket and in
     `freeswitch:events_queue_dropped`."""
 
-    def __init__(self, name: str, handler, maxsize: int):
+    def __init__(self, name: str, handler: ConsumerHandler, maxsize: int):
         self.name = name
         self.handler = handler
         self.maxsize = maxsize
@@ -119,9 +125,9 @@ class EslConsumer:
 class EslManager:
     """Every ESL socket of the process, by (host string, port)."""
 
-    def __init__(self, settings, stats: Stats, *, liveness_timeout: float = 30.0, idle_probe: float = 10.0,
-                 busy_timeout: float = 300.0, max_body: int | None = None, stable_after: float = 5.0,
-                 max_gap: float = 60.0, failure_reminder: float = 300.0):
+    def __init__(self, settings: FreeswitchSettings, stats: Stats, *, liveness_timeout: float = 30.0,
+                 idle_probe: float = 10.0, busy_timeout: float = 300.0, max_body: int | None = None,
+                 stable_after: float = 5.0, max_gap: float = 60.0, failure_reminder: float = 300.0):
         self.stats = stats
         self.no_esl_timeout = float(settings.fs_no_esl_timeout)
         self.max_sockets = int(getattr(settings, "esl_max_sockets", 0) or 0)
@@ -225,7 +231,7 @@ class EslManager:
 
     # -- consumers ---------------------------------------------------------------
 
-    def add_consumer(self, name: str, handler, maxsize: int = 10_000) -> EslConsumer:
+    def add_consumer(self, name: str, handler: ConsumerHandler, maxsize: int = 10_000) -> EslConsumer:
         """Deliver every relayed event to `handler(socket, name, body)` from
         its own greenlet, through a queue of at most `maxsize` events."""
         consumer = EslConsumer(name, handler, maxsize)

@@ -26,7 +26,10 @@ from urllib.parse import quote, urlsplit
 
 from ..logs import mask_password
 
-__all__ = ["Target", "parse_socket", "resolve", "MODULE_OF"]
+__all__ = ["Address", "Target", "parse_socket", "resolve", "MODULE_OF"]
+
+# where a destination sends: (host, port) or a unix socket path
+Address = tuple[str, int] | str
 
 # transport token (text before the first ':') -> OpenSIPS module providing it
 MODULE_OF = {
@@ -70,7 +73,7 @@ def _port(text: str) -> int | None:
     return port if 0 < port < 65536 else None
 
 
-def _host_port(rest: str):
+def _host_port(rest: str) -> tuple[str, int] | None:
     host, sep, port_text = rest.partition(":")
     port = _port(port_text) if sep else None
     if not host or port is None:
@@ -162,7 +165,7 @@ _PARSERS: dict[str, Callable[[str, str, str], Target | None]] = {
 }
 
 
-def resolve(target: Target):
+def resolve(target: Target) -> Address:
     """The address to send to: an IPv4 (host, port) or a unix path.
 
     Raises OSError when the host does not resolve (-> 400 at subscribe time).

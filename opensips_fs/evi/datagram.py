@@ -19,13 +19,15 @@ import errno
 import logging
 import socket as _stdsocket
 from collections.abc import Callable
+from typing import Any
 
 import _socket
 import gevent
 from gevent.socket import wait_write
 
 from ..reasons import short_reason
-from .delivery import Destination
+from .address import Address
+from .delivery import Destination, EviCounters
 
 __all__ = ["DatagramDestination", "MAX_UDP_PAYLOAD"]
 
@@ -40,7 +42,8 @@ class DatagramDestination(Destination):
     _conn: _socket.socket | None
     _send: Callable[[bytes], int]
 
-    def __init__(self, key, label, queue_size, counters, address, **limits):
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters, address: Address,
+                 **limits: Any):
         super().__init__(key, label, queue_size, counters, **limits)
         self.address = address
         self.transport = "unix" if isinstance(address, str) else "udp"

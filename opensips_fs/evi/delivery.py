@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import gevent
 from gevent.event import Event
 
 from ..reasons import short_reason
 from .queue import DEFAULT_QUEUE_BYTES, NotificationQueue, QueueBudget
+
+if TYPE_CHECKING:
+    from ..stats import Stats
 
 __all__ = ["Destination", "EviCounters", "DEFAULT_QUEUE_SIZE", "DEFAULT_DRAIN_TIMEOUT",
            "LOG_INTERVAL"]
@@ -50,7 +53,7 @@ LOG_INTERVAL = 10.0        # one warning per destination per interval for a repe
 class EviCounters:
     """The process-wide `evi:*` counters (Stats objects)."""
 
-    def __init__(self, stats):
+    def __init__(self, stats: Stats):
         self.sent = stats.counter("evi", "notifications_sent", "notifications delivered to EVI destinations")
         self.dropped = stats.counter("evi", "notifications_dropped",
                                      "notifications dropped (queue full, expired, destination gone)")
@@ -80,7 +83,7 @@ class Destination:
     log = logging.getLogger("opensips_fs.evi")
     _conn: Closable | None = None
 
-    def __init__(self, key, label: str, queue_size: int, counters: EviCounters, *,
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters, *,
                  queue_bytes: int = DEFAULT_QUEUE_BYTES, budget: QueueBudget | None = None):
         self.key = key
         self.label = label
@@ -103,7 +106,7 @@ class Destination:
         self._unlogged = 0
 
     # -- producer side (called from the raising greenlet; never blocks) ----
-    def put(self, payload) -> None:
+    def put(self, payload: bytes) -> None:
         self.queue.put(payload)
         if self._idle:
             self._idle = False

@@ -25,11 +25,13 @@ import http.client
 import logging
 import socket
 import ssl
+from typing import Any
 from urllib.parse import unquote
 
 import gevent
 
-from .delivery import Destination
+from .address import Target
+from .delivery import Destination, EviCounters
 
 __all__ = ["HttpDestination", "TIMEOUT", "MAX_RESPONSE_BODY"]
 
@@ -46,14 +48,15 @@ class HttpDestination(Destination):
     log = logging.getLogger(__name__)
     _conn: http.client.HTTPConnection | None
 
-    def __init__(self, key, label, queue_size, counters, target, verify_cert=True, **limits):
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters, target: Target,
+                 verify_cert: bool = True, **limits: Any):
         super().__init__(key, label, queue_size, counters, **limits)
         self.target = target
         self.transport = target.transport
         self.verify_cert = verify_cert
         self.state = "ready"
 
-    def _connection(self):
+    def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             t = self.target
             if t.transport == "https":

@@ -73,7 +73,7 @@ class NotificationQueue:
         self.budget = budget if budget is not None else QueueBudget(self.max_bytes)
         self.budget.attach(self)
         self.on_dropped = on_dropped
-        self._items: deque = deque()
+        self._items: deque[bytes] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -81,10 +81,10 @@ class NotificationQueue:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> bytes:
         return self._items[index]
 
-    def put(self, payload) -> None:
+    def put(self, payload: bytes) -> None:
         """Append `payload`; over a bound, the oldest payloads are dropped."""
         size = len(payload)
         items = self._items
@@ -105,7 +105,7 @@ class NotificationQueue:
         self.bytes += size
         budget.used += size
 
-    def popleft(self):
+    def popleft(self) -> bytes:
         payload = self._items.popleft()
         size = len(payload)
         self.bytes -= size

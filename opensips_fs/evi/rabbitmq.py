@@ -38,6 +38,8 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import amqp
 import gevent
@@ -47,8 +49,11 @@ from gevent.lock import BoundedSemaphore
 
 from ..reasons import short_reason
 from .confirms import ConfirmLedger
-from .delivery import BACKOFF_FIRST, BACKOFF_MAX, Destination
+from .delivery import BACKOFF_FIRST, BACKOFF_MAX, Destination, EviCounters
 from .rabbitmq_address import RabbitTarget, wire_name
+
+if TYPE_CHECKING:
+    from ..config import EventRabbitmqSettings
 
 __all__ = ["RabbitmqDestination", "CONFIRM_WINDOW", "label_of"]
 
@@ -84,16 +89,22 @@ def describe(exc: BaseException) -> str:
     return short_reason(exc)
 
 
+class _Writer(Protocol):
+    """What frames are written to (py-amqp's transport)."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
 class _BatchingTransport:
     """What py-amqp's frame writer writes to. Between `hold()` and `flush()`
     the frames are collected and sent with one write: a batch of publishes
     costs one system call instead of one each."""
 
-    def __init__(self, transport):
+    def __init__(self, transport: _Writer):
         self.transport = transport
-        self.parts: list | None = None
+        self.parts: list[bytes] | None = None
 
-    def write(self, data) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.parts is None:
             self.transport.write(data)
         else:
@@ -111,13 +122,13 @@ class _BatchingTransport:
 class _Link:
     """One AMQP connection + channel 1 in confirm mode, and its greenlets."""
 
-    def __init__(self, conn, channel, writes: _BatchingTransport):
+    def __init__(self, conn: _Connection, channel: amqp.Channel, writes: _BatchingTransport):
         self.conn = conn
         self.channel = channel
         self.writes = writes
         self.write_lock = BoundedSemaphore()
         self.broken: str | None = None
-        self.greenlets: list = []
+        self.greenlets: list[gevent.Greenlet] = []
 
     def abort(self) -> None:
         """Close the socket at once (wakes greenlets blocked on it)."""
@@ -139,8 +150,8 @@ class RabbitmqDestination(Destination):
     log = log
     batch = 256
 
-    def __init__(self, key, label, queue_size, counters, target: RabbitTarget, settings,
-                 **limits):
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters, target: RabbitTarget,
+                 settings: EventRabbitmqSettings, **limits: Any):
         super().__init__(key, label, queue_size, counters, **limits)
         self.target = target
         self.settings = settings
@@ -158,7 +169,7 @@ class RabbitmqDestination(Destination):
         self._link: _Link | None = None     # the current connection
 
     # -- producer side ----------------------------------------------------
-    def put(self, payload) -> None:
+    def put(self, payload: bytes) -> None:
         super().put(payload)
         if self._waiting:
             self._progress.set()
@@ -178,12 +189,12 @@ class RabbitmqDestination(Destination):
         super().drop_queued(why)
 
     # -- connection -------------------------------------------------------
-    def _ssl_options(self):
+    def _ssl_options(self) -> dict[str, object] | bool:
         if self.target.tls_domain is None:
             return False
         s = self.settings
-        options = {"server_hostname": self.target.host,
-                   "cert_reqs": ssl.CERT_REQUIRED if s.verify_cert else ssl.CERT_NONE}
+        options: dict[str, object] = {"server_hostname": self.target.host,
+                                      "cert_reqs": ssl.CERT_REQUIRED if s.verify_cert else ssl.CERT_NONE}
         if s.tls_ca_file:
             options["ca_certs"] = s.tls_ca_file
         if s.tls_cert_file:
@@ -196,7 +207,7 @@ class RabbitmqDestination(Destination):
         self.state = "connecting"
         writes: list[_BatchingTransport] = []
 
-        def frame_writer(connection, transport):
+        def frame_writer(connection: amqp.Connection, transport: _Writer) -> Callable[..., object]:
             writes.append(_BatchingTransport(transport))
             return method_framing.frame_writer(connection, writes[-1])
 
@@ -296,7 +307,7 @@ class RabbitmqDestination(Destination):
             self.state = "idle"
 
     # -- broker replies (reader greenlet) ---------------------------------
-    def _on_ack(self, tag, multiple) -> None:
+    def _on_ack(self, tag: int, multiple: bool) -> None:
         self._relink_delay = 0.0     # the broker takes our messages again
         settled = self.ledger.acked(tag, multiple)
         if settled.delivered:
@@ -307,13 +318,13 @@ class RabbitmqDestination(Destination):
             self.counters.dropped.value += settled.returned
         self._progress.set()
 
-    def _on_nack(self, tag, multiple) -> None:
+    def _on_nack(self, tag: int, multiple: bool) -> None:
         settled = self.ledger.nacked(tag, multiple)
         self.inflight = self.inflight + settled.resend
         self._note(f"broker nacked {len(settled.resend)} notification(s): publishing them again")
         self._wake()
 
-    def _on_return(self, exc, exchange, routing_key, message) -> None:
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: amqp.Message) -> None:
         self.ledger.returned()
         self._note(f"unroutable, returned by the broker: {describe(exc)} "
                    f"(exchange {self.target.exchange!r}, routing key {self.target.routing_key!r})")

@@ -103,15 +103,16 @@ def _port(text: str) -> int | None:
     return port if 0 < port < 65536 else None
 
 
-def _params(text: str):
+def _params(text: str) -> tuple[str, bool, str | None] | None:
     """`exchange=X;persistent;tls_domain=Y` -> (exchange, persistent, tls) or None."""
-    exchange: str | None = ""
+    exchange = ""
     persistent, tls_domain = False, None
     for item in text.split(";"):
         if item.startswith("exchange=") and len(item) > len("exchange="):
-            exchange = unescape(item[len("exchange="):])
-            if exchange is None:
+            name = unescape(item[len("exchange="):])
+            if name is None:
                 return None
+            exchange = name
         elif item.startswith("tls_domain=") and len(item) > len("tls_domain="):
             tls_domain = unescape(item[len("tls_domain="):])
             if tls_domain is None:
@@ -123,7 +124,7 @@ def _params(text: str):
     return exchange, persistent, tls_domain
 
 
-def _split_address(address: str):
+def _split_address(address: str) -> tuple[str | None, str | None, str | None, str | None]:
     """`[user[:password]@]host[:port]` -> (user, password, host, port_text)."""
     state = _State.USER_OR_HOST
     user = password = None

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 
@@ -44,7 +44,7 @@ from .. import heap
 from ..config import EventHttpSettings, EventXmlRpcSettings
 from ..mi.commands import MiCommand, MiError, bad_type, invalid_params
 from . import payload as P
-from .address import Target, parse_socket, resolve
+from .address import Address, Target, parse_socket, resolve
 from .datagram import DatagramDestination
 from .delivery import Destination, EviCounters
 from .http import HttpDestination
@@ -53,6 +53,10 @@ from .rabbitmq import RabbitmqDestination, label_of
 from .rabbitmq_address import RabbitTarget
 from .stream import StreamDestination
 from .xmlrpc import XmlRpcDestination, request, request_params
+
+if TYPE_CHECKING:
+    from ..mi.commands import Params as MiParams
+    from ..stats import Stats
 
 __all__ = ["EviRegistry", "PUBLISHED_EVENTS", "DEFAULT_EXPIRE"]
 
@@ -126,7 +130,9 @@ class Event:
 class EviRegistry:
     """Events, subscribers and their destinations (see module docstring)."""
 
-    def __init__(self, stats, transports: dict, total_queue_bytes: int = DEFAULT_TOTAL_BYTES):
+    # transports: loaded event_* module -> its settings (EviTransportSettings or the module's subclass)
+    def __init__(self, stats: Stats, transports: dict[str, Any] | None,
+                 total_queue_bytes: int = DEFAULT_TOTAL_BYTES):
         self.stats = stats
         self.transports = dict(transports or {})
         # a module not loaded has no subscribers; its defaults keep these typed
@@ -229,7 +235,7 @@ class EviRegistry:
             if not self._raised % YIELD_EVERY:
                 gevent.sleep(0)    # let the senders drain (see the module docstring)
 
-    def raise_event(self, name: str, params=None) -> None:
+    def raise_event(self, name: str, params: P.Params | None = None) -> None:
         """Raise any published event with params [(name, str|int)]; never blocks.
 
         An event that is not published (docs/protocols/evi.md §1) is logged and ignored."""
@@ -253,7 +259,7 @@ class EviRegistry:
             except Exception as exc:   # this subscriber's loss only
                 dest.failed_to_build(exc)
 
-    def _put_special(self, sub: Subscriber, dest: Destination, event: str, params,
+    def _put_special(self, sub: Subscriber, dest: Destination, event: str, params: P.Params | None,
                      tail: bytes) -> None:
         if sub.head is not None:
             dest.put(sub.head + tail)
@@ -315,7 +321,7 @@ class EviRegistry:
         of `Destination`): its modparams and the process-wide budget."""
         return {"queue_bytes": self.transports[module].queue_bytes, "budget": self.budget}
 
-    def _acquire(self, target: Target, address) -> Destination:
+    def _acquire(self, target: Target, address: Address) -> Destination:
         key, label = _destination_key(target, address)
         dest = self._destinations.get(key)
         if dest is None:
@@ -324,9 +330,9 @@ class EviRegistry:
             limits = self.queue_limits(target.module)
             transport = target.transport
             if transport in ("tcp", "jsonrpc"):
-                dest = StreamDestination(key, label, size, self.counters, address, **limits)
+                dest = StreamDestination(key, label, size, self.counters, cast("tuple[str, int]", address), **limits)
             elif transport == "xmlrpc":
-                dest = XmlRpcDestination(key, label, size, self.counters, address, **limits)
+                dest = XmlRpcDestination(key, label, size, self.counters, cast("tuple[str, int]", address), **limits)
             elif transport in ("http", "https"):
                 dest = HttpDestination(key, label, size, self.counters, target,
                                        verify_cert=self._verify_cert, **limits)
@@ -375,7 +381,7 @@ class EviRegistry:
                       help="per EVI destination: queue, sent, dropped, retried, errors"),
         ]
 
-    def _mi_subscribe(self, params):
+    def _mi_subscribe(self, params: MiParams) -> str:
         expire = DEFAULT_EXPIRE
         if "expire" in params:
             expire = params.int("expire")
@@ -390,10 +396,10 @@ class EviRegistry:
         self.subscribe(event, socket_text, expire)
         return "OK"
 
-    def _mi_list(self, params):
+    def _mi_list(self, params: MiParams) -> dict:
         return {"Events": [{"name": e.name, "id": e.id} for e in self.events.values()]}
 
-    def _mi_subscribers(self, params):
+    def _mi_subscribers(self, params: MiParams) -> dict:
         now = int(self.clock())
         if "event" not in params:
             listed = []
@@ -420,7 +426,7 @@ class EviRegistry:
         return {"Event": {"name": event.name, "id": event.id,
                           "Subscribers": [s.to_json(now) for s in event.subscribers]}}
 
-    def _mi_raise(self, params):
+    def _mi_raise(self, params: MiParams) -> str:
         event = self.events.get(params.string("event"))
         if event is None:
             raise MiError(404, "Event not registered")
@@ -430,18 +436,18 @@ class EviRegistry:
         self.raise_event(event.name, P.parse_mi_params(params.raw("params")))
         return "OK"
 
-    def _mi_status(self, params):
+    def _mi_status(self, params: MiParams) -> dict:
         return {"Destinations": self.status()}
 
 
-def resolve_or_400(target: Target):
+def resolve_or_400(target: Target) -> Address:
     try:
         return resolve(target)
     except OSError:
         raise MiError(400, "Bad parameter value") from None
 
 
-def _destination_key(target: Target, address) -> tuple[tuple, str]:
+def _destination_key(target: Target, address: Address) -> tuple[tuple, str]:
     """(key, label) of the destination of a subscriber: its whole address
     (only tcp / jsonrpc subscribers of one host:port share one)."""
     transport = target.transport

@@ -27,11 +27,12 @@ import socket
 import struct
 import termios
 from collections import deque
+from typing import Any
 
 import gevent
 from gevent import socket as gsocket
 
-from .delivery import Destination
+from .delivery import Destination, EviCounters
 
 __all__ = ["StreamDestination", "CONNECT_TIMEOUT", "WRITE_TIMEOUT"]
 
@@ -50,10 +51,11 @@ class StreamDestination(Destination):
     log = logging.getLogger(__name__)
     _conn: gsocket.socket | None
 
-    def __init__(self, key, label, queue_size, counters, address, **limits):
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters,
+                 address: tuple[str, int], **limits: Any):
         super().__init__(key, label, queue_size, counters, **limits)
         self.address = address
-        self._unacked: deque = deque()   # written on this connection, maybe not acknowledged
+        self._unacked: deque[bytes] = deque()   # written on this connection, maybe not acknowledged
         self._unacked_bytes = 0
 
     def _connect(self) -> None:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from gevent import socket as gsocket
 from xml.sax.saxutils import escape
 
-from .delivery import Destination
+from .delivery import Destination, EviCounters
+from .payload import Params
 
 __all__ = ["XmlRpcDestination", "request_params", "request"]
 
@@ -32,11 +34,11 @@ CONNECT_TIMEOUT = 5.0
 WRITE_TIMEOUT = 5.0
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     return escape(value) if isinstance(value, str) else str(value)
 
 
-def request_params(params, struct: bool = False) -> str:
+def request_params(params: Params | None, struct: bool = False) -> str:
     """The `<param>` elements for an event's params (the event name excluded)."""
     out = []
     for name, value in params or ():
@@ -74,7 +76,8 @@ class XmlRpcDestination(Destination):
     transport = "xmlrpc"
     log = logging.getLogger(__name__)
 
-    def __init__(self, key, label, queue_size, counters, address, **limits):
+    def __init__(self, key: tuple, label: str, queue_size: int, counters: EviCounters,
+                 address: tuple[str, int], **limits: Any):
         super().__init__(key, label, queue_size, counters, **limits)
         self.address = address
         self.state = "ready"
