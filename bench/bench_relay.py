@@ -332,7 +332,7 @@ class RssSampler:
 class Rig:
     """The generator and opensips-fs processes for one socket count."""
 
-    def __init__(self, sockets: int, workdir: Path, code: str | None = None):
+    def __init__(self, sockets: int, workdir: Path, code: str | None = None, extra: tuple[str, ...] = ()):
         self.sockets = sockets
         self.gen = subprocess.Popen([PYTHON, __file__, "--generator", "--sockets", str(sockets)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -346,7 +346,7 @@ class Rig:
                   f'":ClueCon@127.0.0.1:{p}?CHANNEL_STATE")' for p in ports]
         lines += ['loadmodule "httpd.so"', 'modparam("httpd", "ip", "127.0.0.1")',
                   f'modparam("httpd", "port", {self.mi_port})', 'loadmodule "mi_http.so"',
-                  'loadmodule "event_datagram.so"', 'loadmodule "event_stream.so"']
+                  'loadmodule "event_datagram.so"', 'loadmodule "event_stream.so"', *extra]
         cfg = workdir / f"bench_{sockets}.cfg"
         cfg.write_text("\n".join(lines) + "\n")
         env = dict(os.environ)

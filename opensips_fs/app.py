@@ -116,8 +116,8 @@ class App:
         if cfg.mi_http is not None:
             httpd, mi_http = cfg.httpd, cfg.mi_http
             assert httpd is not None  # the config loads mi_http only with httpd
-            metrics = MetricsPage(self.stats, manager=self.manager, evi=self.evi,
-                                  scripting=self.scripting, mi_calls=registry.calls)
+            metrics = MetricsPage(self.stats, manager=self.manager, evi=self.evi, scripting=self.scripting,
+                                  mi_calls=registry.calls, max_age=httpd.metrics_max_age / 1000)
             self._start_transport("MI HTTP", httpd.address, lambda: MiHttpServer(
                 httpd, mi_http, registry, self.stats,
                 extra_routes={"/ready": self.readiness.route}, metrics=metrics))

@@ -118,6 +118,7 @@ class HttpdSettings:
     conn_timeout: int = 30                  # s, idle keep-alive
     max_connections: int | None = None      # open MI HTTP connections (ours); None: automatic
     probes_auth: bool = True                # with auth on, /metrics and /ready need it too (ours)
+    metrics_max_age: int = 1000             # ms a rendered /metrics page is served again (ours)
 
     @property
     def address(self) -> str:
@@ -445,6 +446,7 @@ MODULES: dict[str, _Module] = {
         "conn_timeout": _ranged(1),
         "max_connections": _ranged(1),
         "probes_auth": _bool,
+        "metrics_max_age": _ranged(0, 60000),
     }),
     "mi_http": _Module(MiHttpSettings, {"root": _str}, requires="httpd"),
     "mi_fifo": _Module(MiFifoSettings, {

@@ -17,11 +17,17 @@ Families (the README lists each one):
   histogram per command, the time of the last database load;
 * ``opensips_fs_build_info{version}`` and the process and platform
   collectors of prometheus-client (CPU, RSS, file descriptors, Python).
+
+A rendered page is served again to scrapes that come within `max_age`
+seconds (1 s by default): however many scrapers there are, or however fast
+one hammers the page, rendering takes at most one render a second from the
+event loop that relays the events.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -180,7 +186,9 @@ class MetricsPage:
     in the format the scraper asks for (OpenMetrics or Prometheus text)."""
 
     def __init__(self, stats: Stats, *, manager: Any = None, evi: Any = None, scripting: Any = None,
-                 mi_calls: MiCallStats | None = None):
+                 mi_calls: MiCallStats | None = None, max_age: float = 1.0):
+        self.max_age = max_age
+        self._rendered: dict[str, tuple[float, bytes]] = {}    # content type -> (when, page)
         self.registry = CollectorRegistry(auto_describe=False)
         collectors: list[Any] = [BuildInfoCollector(), StatsCollector(stats)]
         if manager is not None:
@@ -199,4 +207,10 @@ class MetricsPage:
     def render(self, accept: str | None) -> tuple[str, bytes]:
         """(content type, body) for a request with this `Accept` header."""
         encoder, content_type = choose_encoder(accept or "")
-        return content_type, encoder(self.registry)
+        now = time.monotonic()
+        rendered = self._rendered.get(content_type)
+        if rendered is not None and now - rendered[0] < self.max_age:
+            return content_type, rendered[1]
+        body = encoder(self.registry)
+        self._rendered[content_type] = (now, body)
+        return content_type, body

@@ -5,6 +5,7 @@ scraped over HTTP and parsed with prometheus-client's own parsers."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -24,8 +25,18 @@ DB_ROW = {"id": 1, "username": None, "password": "ClueCon", "ip": "127.0.0.1", "
           "events_csv": "HEARTBEAT"}
 
 
+FRESH_PAGES = 'modparam("httpd", "metrics_max_age", 0)'
+
+
 @pytest.fixture
 def stack(tmp_path):
+    """Stacks whose /metrics page is rendered at every scrape."""
+    for make in stack_factory(tmp_path):
+        yield lambda **kwargs: make(httpd_params=FRESH_PAGES, **kwargs)
+
+
+@pytest.fixture
+def default_stack(tmp_path):
     yield from stack_factory(tmp_path)
 
 
@@ -217,7 +228,7 @@ def test_destination_labels_never_hold_a_password(stack, tmp_path, rabbitmq_brok
         assert result(s.mi("raise_event", {"event": "E_FREESWITCH", "params": "{\"x\": \"1\"}"})) == "OK"
         assert http_sink.wait_for(1) and len(consumer.messages("metrics_q", 1)) == 1
         page = wait_until(lambda: (p := scrape(s.http_port)).value(
-            "opensips_fs_evi_destination_sent_total", transport="rabbitmq") and p, 15, what="rabbitmq sent")
+            "opensips_fs_evi_destination_sent_total", transport="rabbitmq") and p, 30, what="rabbitmq sent")
         assert page.label_values("opensips_fs_evi_destination_sent_total", "destination") == {
             f"http://{host}/hook", f"rabbitmq:metrics_user@127.0.0.1:{rabbitmq_broker.port}/metrics_q"}
         assert page.value("opensips_fs_evi_destination_sent_total", transport="http") == 1
@@ -228,3 +239,20 @@ def test_destination_labels_never_hold_a_password(stack, tmp_path, rabbitmq_brok
         http_sink.close()
         consumer.close()
         rabbitmq_broker.ctl("delete_user", "metrics_user")
+
+
+def test_scrapes_within_a_second_share_one_rendered_page(default_stack):
+    s = default_stack(sims=())
+    first = scrape(s.http_port)
+    rendered = time.monotonic()
+    calls = 0
+    while time.monotonic() - rendered < 0.5:      # a scraper hammering the page
+        result(s.mi("fs_list"))
+        calls += 1
+        assert scrape(s.http_port).text == first.text
+    name = "opensips_fs_mi_command_requests_total"
+    fs_list = {"command": "fs_list", "transport": "http", "outcome": "ok"}
+    assert first.value(name, **fs_list) is None
+    page = wait_until(lambda: (p := scrape(s.http_port)).text != first.text and p, 3, what="a new page")
+    assert page.value(name, **fs_list) == calls
+    assert scrape(s.http_port, accept=OPENMETRICS).text.endswith("# EOF\n")   # each format its own page

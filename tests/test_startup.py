@@ -20,6 +20,7 @@ from gevent.server import StreamServer
 from support.db import EngineDb, standard_db
 from support.scrape import scrape
 from support.service import REPO, make_config, mi_http, reserved_port
+from support.waits import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,8 +161,9 @@ def test_database_up_late_is_loaded_when_it_comes(tmp_path, services):
             # the DB rows below the modparam, as with the database up at start
             assert [s["if"] for s in mi_http(http_port, "fs_list")["result"]["Sockets"]] == [
                 "127.0.0.1:18099", "localhost:8021", "127.0.0.1:8021", "127.0.0.1:8022"]
-            metrics = scrape(http_port)
-            assert metrics.value("opensips_fs_freeswitch_scripting_db_loaded") == 1
+            # a page is served again for up to 1 s (metrics_max_age): wait for a new one
+            metrics = wait_until(lambda: (page := scrape(http_port)).value(
+                "opensips_fs_freeswitch_scripting_db_loaded") == 1 and page, 5, what="a page with db_loaded 1")
             assert metrics.value("opensips_fs_freeswitch_scripting_db_last_load_timestamp_seconds") == \
                 pytest.approx(status["last_load"])
             assert service.stop() == 0

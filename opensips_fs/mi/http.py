@@ -64,7 +64,8 @@ class MiHttpServer:
         self.settings = httpd_settings
         self.registry = registry
         self.stats = stats
-        self.metrics = metrics if metrics is not None else MetricsPage(stats)
+        self.metrics = metrics if metrics is not None else MetricsPage(
+            stats, max_age=httpd_settings.metrics_max_age / 1000)
         root = (mi_http_settings.root if mi_http_settings is not None else "mi").strip("/")
         self.root_path = "/" + root
         self.timeout = float(httpd_settings.conn_timeout)

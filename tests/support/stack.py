@@ -32,7 +32,7 @@ class Stack:
     def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
                  db_rows: list | None = None, esl_cmd_timeout: int = 5000,
                  db_params: str | None = None, extra: str = "", before_start=None,
-                 transport: str = "http"):
+                 transport: str = "http", httpd_params: str = ""):
         self.tmp_path = tmp_path
         self.sims = {}
         for golden_port in sims:
@@ -60,6 +60,7 @@ loadmodule "freeswitch_scripting.so"
 loadmodule "httpd.so"
 modparam("httpd", "ip", "127.0.0.1")
 modparam("httpd", "port", 0)
+{httpd_params}
 loadmodule "mi_http.so"
 modparam("mi_http", "root", "mi")
 '''
