@@ -49,7 +49,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def mi(port: int, method: str, params=None) -> dict:
+def mi(port: int, method: str, params: list | None = None) -> dict:
     body = {"jsonrpc": "2.0", "method": method, "id": 1}
     if params is not None:
         body["params"] = params
@@ -88,7 +88,7 @@ def start_service(workdir: Path, db: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("opensips-fs did not start")
 
 
-def bench_esl(port: int, boxes, calls: int, latency_ms: float) -> float:
+def bench_esl(port: int, boxes: list[FsSimulator], calls: int, latency_ms: float) -> float:
     urls = [f":ClueCon@127.0.0.1:{box.port}" for box in boxes]
     for u in urls:  # connect and log in first
         assert mi(port, "freeswitch_esl", ["api echo warm", u])["result"] == "warm"
@@ -96,7 +96,7 @@ def bench_esl(port: int, boxes, calls: int, latency_ms: float) -> float:
         box.delay(latency_ms)
     pool = gevent.pool.Pool(32)
 
-    def one(n):
+    def one(n: int) -> None:
         reply = mi(port, "freeswitch_esl", [f"api echo {n}", urls[n % len(urls)]])
         assert reply.get("result") == str(n), reply
 
@@ -110,7 +110,7 @@ def bench_esl(port: int, boxes, calls: int, latency_ms: float) -> float:
     return calls / elapsed
 
 
-def fill_db(db: Path, rows: int, boxes) -> None:
+def fill_db(db: Path, rows: int, boxes: list[FsSimulator]) -> None:
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("DELETE FROM freeswitch")

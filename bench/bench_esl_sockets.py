@@ -45,6 +45,7 @@ import gevent  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from opensips_fs.config import FreeswitchSettings  # noqa: E402
 from opensips_fs.esl.manager import EslManager  # noqa: E402
+from opensips_fs.esl.socket import EslSocket  # noqa: E402
 from opensips_fs.stats import Stats  # noqa: E402
 
 PER_PEER = 2500  # ports per peer process
@@ -134,7 +135,7 @@ def run(n: int, seconds: float) -> None:
         mgr = EslManager(FreeswitchSettings(esl_connect_timeout=30000), stats)
         relayed = [0]
 
-        def sink(sock, name, body):
+        def sink(sock: EslSocket, name: str, body: bytes) -> None:
             relayed[0] += 1
 
         mgr.event_sink = sink

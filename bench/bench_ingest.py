@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import types
+from typing import TYPE_CHECKING
 
 from gevent import monkey
 
@@ -37,6 +38,9 @@ monkey.patch_all()
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 from gevent import socket  # noqa: E402
+
+if TYPE_CHECKING:
+    from opensips_fs.esl.socket import EslSocket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -108,13 +112,13 @@ class Run(types.SimpleNamespace):
 # ---------------------------------------------------------------------------
 # The floor: a bare reader that only counts frames
 
-def _read_reply(sock, buf: bytes) -> bytes:
+def _read_reply(sock: socket.socket, buf: bytes) -> bytes:
     while b"\n\n" not in buf:
         buf += sock.recv(65536)
     return buf[buf.index(b"\n\n") + 2:]
 
 
-def bare_connect(port: int):
+def bare_connect(port: int) -> tuple[socket.socket, bytes]:
     sock = socket.create_connection(("127.0.0.1", port))
     rest = _read_reply(sock, b"")  # auth/request
     sock.sendall(b"auth %s\n\n" % PASSWORD.encode())
@@ -124,7 +128,7 @@ def bare_connect(port: int):
     return sock, rest
 
 
-def bare_count(sock, rest: bytes, state: dict, target: int, done) -> None:
+def bare_count(sock: socket.socket, rest: bytes, state: dict, target: int, done: gevent.event.Event) -> None:
     buf = rest
     recv = sock.recv
     while state["n"] < target:
@@ -187,7 +191,7 @@ def run_manager(host: SimHost, n: int, per_sim: int, size: int) -> tuple["Run", 
     done = gevent.event.Event()
     count = [0]
 
-    def sink(sock, name, body):
+    def sink(sock: EslSocket, name: str, body: bytes) -> None:
         count[0] += 1
         if count[0] >= target:
             done.set()

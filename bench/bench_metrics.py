@@ -93,7 +93,7 @@ class Scraper:
                 "per_minute": int(scrapes) / (time.monotonic() - self.started) * 60}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scraper", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--sockets", default="1", help="ESL socket counts, comma separated (default 1)")

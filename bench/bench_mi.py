@@ -39,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -49,7 +51,8 @@ FS_LIST = b'{"jsonrpc":"2.0","method":"fs_list","id":1}'
 WHICH = b'{"jsonrpc":"2.0","method":"which","id":1}'
 
 # (row name, transport, body, concurrent clients, new connection per request)
-CASES = [
+Case = tuple[str, str, bytes, int, bool]
+CASES: list[Case] = [
     ("http fs_list  1 conn", "http", FS_LIST, 1, False),
     ("http fs_list 16 conn", "http", FS_LIST, 16, False),
     ("http which   16 conn", "http", WHICH, 16, False),
@@ -78,7 +81,7 @@ end
 """
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -88,7 +91,8 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 # clients
 
 
-def run_wrk(port: int, body: bytes, connections: int, close: bool, duration: float, workdir: Path):
+def run_wrk(port: int, body: bytes, connections: int, close: bool, duration: float,
+            workdir: Path) -> tuple[float, float, float]:
     script = workdir / f"wrk-{connections}-{int(close)}-{hash(body) & 0xffff}.lua"
     extra = 'wrk.headers["Connection"] = "close"' if close else ""
     script.write_text(WRK_SCRIPT % (json.dumps(body.decode()), extra))
@@ -103,13 +107,13 @@ def run_wrk(port: int, body: bytes, connections: int, close: bool, duration: flo
     return int(requests) / (float(micros) / 1e6), float(p50) / 1000, float(p99) / 1000
 
 
-def _closed_loop(clients, duration):
+def _closed_loop(clients: Sequence[DatagramClient | FifoClient], duration: float) -> tuple[int, float, list[float]]:
     """clients: list of (fileobj, start(), finish(data) -> bool done); returns
     (done, elapsed, latencies)."""
     selector = selectors.DefaultSelector()
     clock = time.perf_counter
-    latencies = []
-    started = {}
+    latencies: list[float] = []
+    started: dict[DatagramClient | FifoClient, float] = {}
     for client in clients:
         fileobj = client.start()
         started[client] = clock()
@@ -136,13 +140,13 @@ def _closed_loop(clients, duration):
 
 
 class DatagramClient:
-    def __init__(self, address, body):
+    def __init__(self, address: tuple[str, int], body: bytes):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.address = address
         self.body = body
 
-    def start(self):
+    def start(self) -> socket.socket:
         self.sock.sendto(self.body, self.address)
         return self.sock
 
@@ -158,7 +162,7 @@ class FifoClient:
     """One opensips-cli-like client: `:name:json` to the server FIFO, the
     reply read from its own FIFO up to the end of file."""
 
-    def __init__(self, server_fd, reply_dir, index, body):
+    def __init__(self, server_fd: int, reply_dir: str, index: int, body: bytes):
         self.server_fd = server_fd
         self.name = f"bench_reply_{os.getpid()}_{index}"
         self.path = os.path.join(reply_dir, self.name)
@@ -167,7 +171,7 @@ class FifoClient:
         self.fd = -1
         self.got = False
 
-    def start(self):
+    def start(self) -> int:
         # Open the reply FIFO before asking, so the server finds a reader.
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         os.write(self.server_fd, self.request)
@@ -189,7 +193,9 @@ class FifoClient:
         return True
 
 
-def python_client(transport, target, body, connections, duration, queue):
+# target: the datagram (host, port), or the FIFO's path and reply folder
+def python_client(transport: str, target: tuple[str, Any], body: bytes, connections: int, duration: float,
+                  queue: multiprocessing.Queue) -> None:
     clients: list
     if transport == "dgram":
         clients = [DatagramClient(target, body) for _ in range(connections)]
@@ -208,7 +214,8 @@ def python_client(transport, target, body, connections, duration, queue):
                latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000))
 
 
-def run_python_client(transport, target, body, connections, duration):
+def run_python_client(transport: str, target: tuple[str, Any], body: bytes, connections: int,
+                      duration: float) -> tuple[float, float, float]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
     process = multiprocessing.Process(target=python_client,
                                       args=(transport, target, body, connections, duration, queue))
@@ -223,7 +230,7 @@ def run_python_client(transport, target, body, connections, duration):
 
 
 class Simulator:
-    def __init__(self):
+    def __init__(self) -> None:
         self.ports = [free_port() for _ in range(SOCKETS)]
         args = [str(Path(PYTHON).with_name("opensips-fs-sim"))]
         for port in self.ports:
@@ -240,7 +247,7 @@ class Simulator:
                         raise SystemExit("the simulator did not start")
                     time.sleep(0.05)
 
-    def stop(self):
+    def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
 
@@ -248,7 +255,7 @@ class Simulator:
 class Service:
     """opensips-fs from `tree` (None: this checkout) with every MI transport."""
 
-    def __init__(self, tree, sim: Simulator, workdir: Path, label: str):
+    def __init__(self, tree: Path | None, sim: Simulator, workdir: Path, label: str):
         self.http_port = free_port()
         self.udp_port = free_port(socket.SOCK_DGRAM)
         self.fifo = str(workdir / f"{label}.fifo")
@@ -287,7 +294,7 @@ class Service:
             time.sleep(0.1)
         self.fs_list_bytes = len(json.dumps(self.call(FS_LIST)["result"]))
 
-    def call(self, body):
+    def call(self, body: bytes) -> Any:
         with socket.create_connection(("127.0.0.1", self.http_port), timeout=2) as sock:
             sock.sendall(b"POST /mi HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -301,7 +308,7 @@ class Service:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def run(self, case, duration, workdir):
+    def run(self, case: Case, duration: float, workdir: Path) -> tuple[float, float, float, float]:
         """(requests/s, p50 ms, p99 ms, service CPU µs per request)."""
         _, transport, body, connections, new_conn = case
         cpu0 = self.cpu_seconds()
@@ -313,7 +320,7 @@ class Service:
         cpu = self.cpu_seconds() - cpu0
         return rps, p50, p99, cpu / (rps * duration) * 1e6
 
-    def stop(self):
+    def stop(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
@@ -324,7 +331,7 @@ class Service:
 # ---------------------------------------------------------------------------
 
 
-def git_describe(tree) -> str:
+def git_describe(tree: Path) -> str:
     try:
         return subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
                               capture_output=True, text=True).stdout.strip()[:60]
@@ -370,7 +377,7 @@ def main() -> None:
                 service.stop()
             sim.stop()
 
-    def median(rows, i):
+    def median(rows: list[tuple[float, ...]], i: int) -> float:
         return statistics.median(r[i] for r in rows)
 
     header = f"{'case':<30} " + " ".join(

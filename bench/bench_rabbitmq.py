@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -55,7 +56,7 @@ def run_consumer(port: int) -> int:
     counter = relay.Counter()
     state = {"redelivered": 0, "reconnects": 0, "consuming": False, "stop": False}
 
-    def consume():
+    def consume() -> None:
         while not state["stop"]:
             try:
                 conn = pika.BlockingConnection(pika.ConnectionParameters(
@@ -67,7 +68,8 @@ def run_consumer(port: int) -> int:
                 now = time.time
                 unacked = [0]
 
-                def on_message(ch, method, properties, body):
+                def on_message(ch: pika.adapters.blocking_connection.BlockingChannel, method: pika.spec.Basic.Deliver,
+                               properties: pika.spec.BasicProperties, body: bytes) -> None:
                     append((body, now()))
                     if method.redelivered:
                         state["redelivered"] += 1
@@ -171,19 +173,19 @@ class Rig:
                 time.sleep(0.1)
         self.seq = 0
 
-    def _ask(self, cmd):
+    def _ask(self, cmd: dict) -> Any:
         self.gen_in.write(json.dumps(cmd) + "\n")
         self.gen_in.flush()
         return json.loads(self.gen_out.readline())
 
-    def emit(self, count: int, rate: float):
+    def emit(self, count: int, rate: float) -> dict:
         seq0, self.seq = self.seq, self.seq + count
         return self._ask({"count": count, "rate": rate, "seq0": seq0})
 
-    def status(self):
+    def status(self) -> list[dict]:
         return relay.mi(self.mi_port, "evi_status")["Destinations"]
 
-    def close(self):
+    def close(self) -> None:
         try:
             self._ask({"op": "quit"})
         except Exception:
@@ -197,7 +199,7 @@ class Rig:
         self.broker.close()
 
 
-def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | None):
+def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | None) -> dict:
     import gevent
     udp_counter = relay.Counter()
     udp_sock, udp_socket, udp_greenlet = relay.udp_subscriber(udp_counter)
@@ -260,7 +262,7 @@ def run_case(rig: Rig, label: str, count: int, rate: float, restart_at: float | 
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=5000.0, help="offered ev/s (default 5000)")
     parser.add_argument("--duration", type=float, default=20.0,

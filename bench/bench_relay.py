@@ -45,6 +45,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gevent
+    from gevent import socket as gsocket
+
+    from opensips_fs.sim.client import SimClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -93,7 +100,7 @@ def event_body_parts(size: int) -> tuple[bytes, bytes, bytes]:
     return prefix, middle, suffix
 
 
-def run_generator(args) -> int:
+def run_generator(args: argparse.Namespace) -> int:
     from gevent import monkey
     monkey.patch_all()
     import gevent
@@ -111,7 +118,7 @@ def run_generator(args) -> int:
         body = b"%s%d%s%.6f%s" % (prefix, seq, middle, time.time(), suffix)
         return b"Content-Length: %d\nContent-Type: text/event-json\n\n%s" % (len(body), body)
 
-    def clients(box):
+    def clients(box: FsSimulator) -> list[SimClient]:
         return [c for c in box.clients if c.alive and c.authed and c.events_on]
 
     from gevent.socket import wait_read
@@ -163,12 +170,13 @@ class Counter:
     """What one subscriber received: raw reads with their arrival times,
     recorded as cheaply as possible during the run and analysed after it."""
 
-    def __init__(self):
-        self.reads = []          # (bytes, arrival time)
+    def __init__(self) -> None:
+        self.reads: list[tuple[bytes, float]] = []          # (bytes, arrival time)
         self._counted = self._count = 0
-        self.seen = set()
-        self.latencies = []
-        self.first = self.last = None
+        self.seen: set[int] = set()
+        self.latencies: list[float] = []
+        self.first: float | None = None
+        self.last: float | None = None
         self.duplicates = 0
 
     def add(self, seq: int, sent: float, now: float) -> None:
@@ -223,7 +231,7 @@ def scan(data: bytes, counter: Counter, now: float, start: int = 0) -> int:
         pos = d
 
 
-def _big_rcvbuf(sock) -> None:
+def _big_rcvbuf(sock: gsocket.socket) -> None:
     # SO_RCVBUFFORCE (33 on Linux, not exported by Python) lifts rmem_max for root
     for opt in (getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None),
                 socket.SO_RCVBUF):
@@ -236,14 +244,14 @@ def _big_rcvbuf(sock) -> None:
             continue
 
 
-def udp_subscriber(counter: Counter):
+def udp_subscriber(counter: Counter) -> tuple[gsocket.socket, str, gevent.Greenlet]:
     import gevent
     from gevent import socket as gsocket
     sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     _big_rcvbuf(sock)
     sock.bind(("127.0.0.1", 0))
 
-    def run():
+    def run() -> None:
         recv = sock.recv
         append = counter.reads.append
         now = time.time
@@ -253,14 +261,14 @@ def udp_subscriber(counter: Counter):
     return sock, f"udp:127.0.0.1:{sock.getsockname()[1]}", gevent.spawn(run)
 
 
-def tcp_subscriber(counter: Counter):
+def tcp_subscriber(counter: Counter) -> tuple[gsocket.socket, str, gevent.Greenlet]:
     import gevent
     from gevent import socket as gsocket
     listener = gsocket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
 
-    def serve(conn):
+    def serve(conn: gsocket.socket) -> None:
         recv = conn.recv
         append = counter.reads.append
         now = time.time
@@ -270,7 +278,7 @@ def tcp_subscriber(counter: Counter):
                 return
             append((data, now()))
 
-    def run():
+    def run() -> None:
         while True:
             conn, _ = listener.accept()
             _big_rcvbuf(conn)
@@ -290,9 +298,9 @@ def free_port() -> int:
     return port
 
 
-def mi(port: int, method: str, params=None):
+def mi(port: int, method: str, params: list | None = None) -> Any:
     import urllib.request
-    body = {"jsonrpc": "2.0", "method": method, "id": 1}
+    body: dict[str, object] = {"jsonrpc": "2.0", "method": method, "id": 1}
     if params is not None:
         body["params"] = params
     req = urllib.request.Request(f"http://127.0.0.1:{port}/mi", json.dumps(body).encode(),
@@ -307,13 +315,13 @@ def mi(port: int, method: str, params=None):
 class RssSampler:
     """The peak resident set of a process, sampled every 20 ms in a greenlet."""
 
-    def __init__(self, rig):
+    def __init__(self, rig: Rig):
         import gevent
         self.rig = rig
         self.peak = 0.0
         self._greenlet = gevent.spawn(self._run)
 
-    def _run(self):
+    def _run(self) -> None:
         import gevent
         while True:
             try:
@@ -369,12 +377,12 @@ class Rig:
                 time.sleep(0.1)
         self.seq = 0
 
-    def _ask(self, cmd):
+    def _ask(self, cmd: dict) -> Any:
         self.gen_in.write(json.dumps(cmd) + "\n")
         self.gen_in.flush()
         return json.loads(self.gen_out.readline())
 
-    def run(self, count: int, rate: float, subscribers: list[str]):
+    def run(self, count: int, rate: float, subscribers: list[str]) -> dict:
         """Subscribe, then have the generator emit `count` events."""
         for s in subscribers:
             mi(self.mi_port, "event_subscribe", ["E_FREESWITCH", s, 3600])
@@ -382,7 +390,7 @@ class Rig:
         self.seq += count
         return self._ask({"count": count, "rate": rate, "seq0": seq0})
 
-    def unsubscribe(self, subscribers):
+    def unsubscribe(self, subscribers: list[str]) -> None:
         for s in subscribers:
             mi(self.mi_port, "event_subscribe", ["E_FREESWITCH", s, 0])
 
@@ -391,7 +399,7 @@ class Rig:
         fields = Path(f"/proc/{self.fs.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stats(self):
+    def stats(self) -> dict:
         return mi(self.mi_port, "get_statistics", [["all"]])
 
     def rss_mb(self) -> float:
@@ -401,7 +409,7 @@ class Rig:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def close(self):
+    def close(self) -> None:
         try:
             self.gen_in.write(json.dumps({"op": "quit"}) + "\n")
             self.gen_in.flush()
@@ -416,14 +424,14 @@ class Rig:
                 proc.kill()
 
 
-def percentile(values, q):
+def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int):
+def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int) -> tuple[int, dict, list[dict]]:
     import gevent
     n = 4 if kind == "4udp" else 1
     counters = [Counter() for _ in range(n)]
@@ -478,7 +486,7 @@ def run_case(rig: Rig, kind: str, rate: float, duration: float, full_count: int)
     return count, reply, rows
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sockets", default="1,20",

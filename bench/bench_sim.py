@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_RE = {
@@ -28,7 +29,7 @@ SEQ_RE = {
 }
 
 
-def start_sim(extra=()):
+def start_sim(extra: Sequence[str] = ()) -> tuple[subprocess.Popen[str], tuple[str, int], tuple[str, int]]:
     exe = os.path.join(os.path.dirname(sys.executable), "opensips-fs-sim")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "opensips_fs.sim.cli"]
     proc = subprocess.Popen(cmd + ["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0",
@@ -52,7 +53,7 @@ def start_sim(extra=()):
 class Reader:
     """A bare ESL client: auth, subscribe, then count frames as they come."""
 
-    def __init__(self, addr, fmt: str, subscribe: bytes = b"CUSTOM sim::burst"):
+    def __init__(self, addr: tuple[str, int], fmt: str, subscribe: bytes = b"CUSTOM sim::burst"):
         self.sock = socket.create_connection(addr)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.fmt = fmt
@@ -114,7 +115,7 @@ class Reader:
         self.t_last = time.perf_counter()
 
 
-def control(addr, request: dict) -> socket.socket:
+def control(addr: tuple[str, int], request: dict) -> socket.socket:
     sock = socket.create_connection(addr)
     sock.sendall(json.dumps(request).encode() + b"\n")
     return sock
@@ -164,7 +165,7 @@ def main() -> None:
         proc.wait(5)
 
 
-def bench_calls(args) -> None:
+def bench_calls(args: argparse.Namespace) -> None:
     proc, esl, _ = start_sim(["--calls-per-second", str(args.calls_per_second), "--call-duration", "1"])
     try:
         reader = Reader(esl, args.format, b"ALL")
