@@ -261,7 +261,7 @@ def test_tls_with_our_ca_and_use_tls(rabbitmq_broker, consumer):
         assert refused.value.code == 400 and plain.destinations() == []
     finally:
         plain.stop()
-    evi = registry(use_tls=True, tls_ca_file=rabbitmq_broker.cert)
+    evi = registry(use_tls=True, tls_ca_file=rabbitmq_broker.ca_file)
     try:
         evi.subscribe("E_FREESWITCH", f"rabbitmq:127.0.0.1:{rabbitmq_broker.tls_port}"
                       "/tls_domain=dom?tls_q", 3600)

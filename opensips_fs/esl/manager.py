@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..config import FreeswitchSettings
 
 # what a consumer is handed: (socket, event name, event body)
-ConsumerHandler = Callable[[EslSocket, str, bytes], object]
+ConsumerHandler = Callable[[EslSocket, str, bytes], None]
 
 __all__ = [
     "EslConsumer",

@@ -85,6 +85,11 @@ class Broker:
         self.epmd: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
+    @property
+    def ca_file(self) -> str | None:
+        """The CA certificate that verifies the TLS listener (None without TLS)."""
+        return self.tls[0] if self.tls else None
+
     # -- lifecycle ----------------------------------------------------------
     @classmethod
     def start(cls, folder: str | Path | None = None, tls: tuple[str, str, str] | None = None) -> "Broker":

@@ -13,12 +13,14 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Any, NoReturn
 
 import gevent
 import pytest
 
 from opensips_fs.db import FsDatabase
 from opensips_fs.dburl import parse_db_url
+from support.ci import in_ci
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URLS = {
@@ -35,10 +37,10 @@ def server_url(engine: str) -> str:
     return os.environ.get(ENV_VARS[engine]) or DEFAULT_URLS[engine]
 
 
-def unavailable(engine: str, exc: Exception):
+def unavailable(engine: str, exc: Exception) -> NoReturn:
     reason = (f"{engine} server at {parse_db_url(server_url(engine)).masked()} unreachable "
               f"({type(exc).__name__}: {exc}); run .ci/start-db")
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(reason)
     pytest.skip(reason)
 
@@ -74,7 +76,7 @@ class EngineDb:
         if engine == "sqlite":
             path = tmp_path / f"{self.name}.db"
             self.url = f"sqlite://{path}"
-            self.conn = sqlite3.connect(path, isolation_level=None)
+            self.conn: Any = sqlite3.connect(path, isolation_level=None)  # or the driver's: see connect()
             self.placeholder = "?"
             return
         base = parse_db_url(server_url(engine))
@@ -92,7 +94,8 @@ class EngineDb:
         self.url = f"{engine}://{base.user}:{base.password}@{base.host}{port}/{self.name}"
         self.conn = self.connect(self.name)
 
-    def connect(self, database: str):
+    def connect(self, database: str) -> Any:
+        """A DB-API connection of the engine's driver (psycopg2 or pymysql)."""
         b = self.base
         if self.engine == "postgres":
             import psycopg2
@@ -101,19 +104,19 @@ class EngineDb:
             conn.autocommit = True
             return conn
         import pymysql
-        return pymysql.connect(host=b.host, port=b.port or 3306, user=b.user, password=b.password,
+        return pymysql.connect(host=b.host, port=b.port or 3306, user=b.user, password=b.password or "",
                                database=database, autocommit=True, connect_timeout=3)
 
-    def execute(self, sql: str, params=()):
+    def execute(self, sql: str, params: tuple | list = ()) -> Any:
         cur = self.conn.cursor()
         cur.execute(sql.replace("?", self.placeholder), params)
         return cur
 
-    def run_script(self, name: str | None = None):
+    def run_script(self, name: str | None = None) -> None:
         for statement in sql_statements((ROOT / "sql" / f"{name or self.engine}.sql").read_text()):
             self.execute(statement)
 
-    def insert(self, table: str, rows, cols: dict[str, str] | None = None):
+    def insert(self, table: str, rows: list[tuple], cols: dict[str, str] | None = None) -> None:
         c = cols or {"col_username": "username", "col_password": "password", "col_ip": "ip",
                      "col_port": "port", "col_events": "events_csv"}
         names = ", ".join(c[k] for k in ("col_username", "col_password", "col_ip", "col_port",
@@ -121,16 +124,16 @@ class EngineDb:
         for row in rows:
             self.execute(f"INSERT INTO {table} ({names}) VALUES (?, ?, ?, ?, ?)", row)
 
-    def set_version(self, table: str, version: int | None):
+    def set_version(self, table: str, version: int | None) -> None:
         self.execute("DELETE FROM version WHERE table_name = ?", (table,))
         if version is not None:
             self.execute("INSERT INTO version (table_name, table_version) VALUES (?, ?)",
                          (table, version))
 
-    def fs_database(self, **kwargs) -> FsDatabase:
+    def fs_database(self, **kwargs: Any) -> FsDatabase:
         return FsDatabase(self.url, **kwargs)
 
-    def close(self):
+    def close(self) -> None:
         try:
             self.conn.close()
         except Exception:  # noqa: BLE001
@@ -187,7 +190,7 @@ def kill_connection(db: EngineDb, server_id: int) -> None:
         killer.close()
 
 
-def unlock_table(db: EngineDb):
+def unlock_table(db: EngineDb) -> None:
     if db.engine == "postgres":
         db.conn.rollback()
         db.conn.autocommit = True

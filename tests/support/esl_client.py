@@ -13,31 +13,31 @@ class Frame:
     def __init__(self, header_block: bytes, body: bytes | None):
         self.header_block = header_block
         self.body = body
-        self.headers = []
+        self.headers: list[tuple[str, str]] = []
         for line in header_block.decode("utf-8", "surrogateescape").split("\n"):
             if line:
                 name, _, value = line.partition(":")
                 self.headers.append((name, value.lstrip(" ")))
 
-    def header(self, name):
+    def header(self, name: str) -> str | None:
         for k, v in self.headers:
             if k.lower() == name.lower():
                 return v
         return None
 
     @property
-    def content_type(self):
+    def content_type(self) -> str | None:
         return self.header("Content-Type")
 
     @property
     def raw(self) -> bytes:
         return self.header_block + (self.body or b"")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Frame(%r, %r)" % (self.header_block[:80], (self.body or b"")[:80])
 
 
-def split_frames(data: bytes):
+def split_frames(data: bytes) -> tuple[list[Frame], bytes]:
     """Parse a received byte stream into frames; returns (frames, rest)."""
     frames = []
     pos = 0
@@ -66,8 +66,8 @@ class EslTestClient:
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
-        self.frames = []
-        self.skipped = []  # events that arrived while waiting for a reply
+        self.frames: list[Frame] = []
+        self.skipped: list[Frame] = []  # events that arrived while waiting for a reply
         self.eof = False
 
     def send(self, data: bytes) -> None:
@@ -99,7 +99,7 @@ class EslTestClient:
             self._fill(left)
         return self.frames.pop(0)
 
-    def collect(self, duration: float) -> list:
+    def collect(self, duration: float) -> list[Frame]:
         """Every frame arriving within ``duration`` seconds."""
         deadline = time.monotonic() + duration
         while not self.eof:
@@ -126,7 +126,7 @@ class EslTestClient:
                 return f
             self.skipped.append(f)
 
-    def sent_so_far(self, timeout: float = 5.0) -> list:
+    def sent_so_far(self, timeout: float = 5.0) -> list[Frame]:
         """Every event the server sent before now, without waiting a guessed
         time: a command the server answers with no side effect (an unknown
         word) goes out, and the frames that arrive before its reply are

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import gevent
 from gevent.monkey import get_original
@@ -17,6 +18,7 @@ from opensips_fs.config import HttpdSettings
 from opensips_fs.mi.commands import MiCommand
 from opensips_fs.mi.registry import MiRegistry
 from opensips_fs.mi.core import CoreContext, core_commands, statistics_commands
+from opensips_fs.mi.fifo import MiFifoServer
 from opensips_fs.stats import Stats
 
 from support import golden
@@ -32,13 +34,13 @@ class HandlerReached(AssertionError):
     error produced before the handler."""
 
 
-def _declared_only(params):
+def _declared_only(params: object) -> None:
     raise HandlerReached("declaration-only command handler called")
 
 
 # Recipes of the EVI and freeswitch_scripting rooms (docs/protocols/mi.md §2.2); their
 # handlers live in those rooms: here only recipe matching is exercised.
-DECLARATIONS = [
+DECLARATIONS: list[tuple[str, str, str, list[list[str]], str | None]] = [
     ("evi", "subscribe", "event_subscribe", [["event", "socket"], ["event", "socket", "expire"]],
      "subscribes an event to the Event Interface"),
     ("evi", "list", "events_list", [[]], "lists all the events advertised through the Event Interface"),
@@ -60,7 +62,7 @@ def declarations() -> list[MiCommand]:
 
 
 class LogLevel:
-    def __init__(self):
+    def __init__(self) -> None:
         self.level = 3
 
     def get(self) -> int:
@@ -70,9 +72,15 @@ class LogLevel:
         self.level = level
 
 
-def build_registry(stats: Stats | None = None, started_at: float | None = None):
+class RegistryWithLevel(MiRegistry):
+    """A registry that also holds the log level its core commands get and set."""
+
+    log_level: LogLevel
+
+
+def build_registry(stats: Stats | None = None, started_at: float | None = None) -> RegistryWithLevel:
     stats = stats if stats is not None else Stats()
-    registry = MiRegistry(stats)
+    registry = RegistryWithLevel(stats)
     level = LogLevel()
     ctx = CoreContext(started_at if started_at is not None else time.time(), stats,
                       lambda: list(PROCESSES), level.get, level.set, registry)
@@ -83,9 +91,9 @@ def build_registry(stats: Stats | None = None, started_at: float | None = None):
     return registry
 
 
-def httpd_settings(**overrides) -> HttpdSettings:
+def httpd_settings(**overrides: Any) -> HttpdSettings:
     """The httpd settings of a test server: an ephemeral port on 127.0.0.1."""
-    values = dict(ip="127.0.0.1", port=0)
+    values: dict[str, Any] = dict(ip="127.0.0.1", port=0)
     values.update(overrides)
     return HttpdSettings(**values)
 
@@ -106,7 +114,7 @@ def latin1(text: str) -> bytes:
     return text.encode("latin-1")
 
 
-def http_exchange(address, raw: bytes, timeout: float = 5.0) -> bytes:
+def http_exchange(address: tuple[str, int], raw: bytes, timeout: float = 5.0) -> bytes:
     """Send raw request bytes, read until the server closes."""
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(raw)
@@ -119,7 +127,7 @@ def http_exchange(address, raw: bytes, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
-def read_http_response(sock, buffer: bytearray) -> bytes:
+def read_http_response(sock: socket.socket, buffer: bytearray) -> bytes:
     """Read exactly one Content-Length framed response from a keep-alive socket."""
     while b"\r\n\r\n" not in buffer:
         data = sock.recv(65536)
@@ -162,7 +170,7 @@ def mask_date(raw: bytes) -> bytes:
     return b"\r\n".join(lines) + sep + body
 
 
-def split_response(raw: bytes):
+def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, ...]], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in lines[1:]]
@@ -175,7 +183,7 @@ def mkfifo_reply(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def write_fifo(server, data: bytes) -> None:
+def write_fifo(server: MiFifoServer, data: bytes) -> None:
     fd = os.open(server.path, os.O_WRONLY)
     try:
         os.write(fd, data)
@@ -183,13 +191,13 @@ def write_fifo(server, data: bytes) -> None:
         os.close(fd)
 
 
-def read_reply(path, timeout: float = 5.0) -> bytes:
+def read_reply(path: str | Path, timeout: float = 5.0) -> bytes:
     """Read a reply FIFO to EOF as clients do, without blocking the hub: a
     non-blocking read end only polls readable once a writer has come (data,
     or the hang-up after a writer that wrote nothing). The kernel's own
     select() is polled: gevent's wait does not report a FIFO hang-up."""
     fd = os.open(str(path), os.O_RDONLY | os.O_NONBLOCK)
-    chunks = []
+    chunks: list[bytes] = []
     try:
         with gevent.Timeout(timeout):
             while True:

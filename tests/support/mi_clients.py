@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import gevent
 
@@ -78,7 +78,7 @@ print(json.dumps(out))
 """
 
 
-def opensips_mi(servers: MiServers, transport: str, calls) -> list:
+def opensips_mi(servers: MiServers, transport: str, calls: list) -> list:
     """Run `calls` ([method, params] pairs) through the `opensips` package's
     OpenSIPSMI in a child process; the list of replies."""
     host, port = servers.http.address
@@ -102,7 +102,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CLI_ERROR = re.compile(r"Error executing command: (-?[0-9]+): (.*?)(?: \((.*)\))?$")
 
 
-def cli_words(body) -> list[str] | None:
+def cli_words(body: object) -> list[str] | None:
     """The opensips-cli words that send this request, or None when the CLI
     cannot express it (it only sends strings, groups the words after the URL
     of fs_subscribe/fs_unsubscribe into one array, and makes `events=…` an
@@ -179,12 +179,14 @@ class CliSession:
         self.proc = subprocess.Popen([sys.executable, "-u", str(CLI), "-f", str(self.config)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
-        for pipe in (self.proc.stdout, self.proc.stderr):
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        for pipe in (self.stdout, self.stderr):
             fd = pipe.fileno()
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self._read_until_prompt()
 
-    def _read(self, pipe) -> bytes:
+    def _read(self, pipe: IO[bytes]) -> bytes:
         try:
             return os.read(pipe.fileno(), 65536) or b""
         except BlockingIOError:
@@ -194,7 +196,7 @@ class CliSession:
         data = b""
         with gevent.Timeout(20, AssertionError(f"opensips-cli gave no prompt: {data!r}")):
             while not data.endswith(self.PROMPT):
-                chunk = self._read(self.proc.stdout)
+                chunk = self._read(self.stdout)
                 if chunk:
                     data += chunk
                 else:
@@ -208,18 +210,18 @@ class CliSession:
             run = subprocess.run([str(CLI), "-f", str(self.config), "-x", "mi", *words],
                                  capture_output=True, text=True, timeout=30)
             return parse_cli_output(run.returncode == 0, run.stdout, run.stderr)
-        self._read(self.proc.stderr)  # nothing left over
-        self.proc.stdin.write(("mi " + " ".join(shlex.quote(w) for w in words) + "\n").encode())
-        self.proc.stdin.flush()
+        self._read(self.stderr)  # nothing left over
+        self.stdin.write(("mi " + " ".join(shlex.quote(w) for w in words) + "\n").encode())
+        self.stdin.flush()
         out = self._read_until_prompt().decode("utf-8", "replace")
         err = b""
-        while chunk := self._read(self.proc.stderr):
+        while chunk := self._read(self.stderr):
             err += chunk
         return parse_cli_output(True, out, err.decode("utf-8", "replace"))
 
-    def close(self):
+    def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
         except OSError:
             pass
         try:

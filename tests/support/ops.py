@@ -12,6 +12,7 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from opensips_fs import config, logs
 from opensips_fs.app import App
@@ -32,7 +33,10 @@ loadmodule "event_datagram.so"
 '''
 
 
-def wait_until(predicate, timeout: float = 10.0):
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0) -> T:
     """`waits.wait_until` with the longer bound these whole-service tests need."""
     return waits.wait_until(predicate, timeout=timeout, step=0.01)
 
@@ -48,7 +52,7 @@ class LogCapture(io.StringIO):
                        logs.get_level())
         logs.setup(level, True)
         for handler in self._logger.handlers:
-            if getattr(handler, "_opensips_fs", False):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "_opensips_fs", False):
                 handler.setStream(self)
 
     def lines(self) -> list[str]:
@@ -80,7 +84,7 @@ class OpsStack:
         self.http = self._bound("MI HTTP")
         self.udp = self._bound("MI datagram")
 
-    def _bound(self, what):
+    def _bound(self, what: str) -> Any:
         for name, _, server in self.app.transports:
             if name == what:
                 return server.address
@@ -91,8 +95,8 @@ class OpsStack:
         self.log.close()
 
     # -- MI
-    def mi(self, method: str, params=None, transport: str = "http", auth=None):
-        body = {"jsonrpc": "2.0", "method": method, "id": 1}
+    def mi(self, method: str, params: object = None, transport: str = "http", auth: str | None = None) -> Any:
+        body: dict[str, object] = {"jsonrpc": "2.0", "method": method, "id": 1}
         if params is not None:
             body["params"] = params
         data = json.dumps(body).encode()

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 import gevent
 import pika
 import pika.exceptions
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from opensips_fs.tools.rabbitmq_broker import SERVER, Broker, available
-from support import golden
+from support.ci import in_ci
 
 
-def make_cert(folder):
+def make_cert(folder: Path) -> tuple[str, str]:
     key, cert = folder / "broker-key.pem", folder / "broker-cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
@@ -33,16 +36,14 @@ def make_cert(folder):
     return str(cert), str(key)
 
 
-def broker_for_tests(folder) -> Broker:
+def broker_for_tests(folder: Path) -> Broker:
     if not available():
         reason = f"rabbitmq-server is not installed ({SERVER}; apt-get install rabbitmq-server)"
-        if golden.in_ci():
+        if in_ci():
             pytest.fail(reason + " — CI=true: the RabbitMQ tests must run", pytrace=False)
         pytest.skip(reason)
     cert, key = make_cert(folder)
-    broker = Broker.start(folder / "state", tls=(cert, cert, key))
-    broker.cert = cert
-    return broker
+    return Broker.start(folder / "state", tls=(cert, cert, key))
 
 
 class Consumer:
@@ -50,10 +51,10 @@ class Consumer:
 
     def __init__(self, broker: Broker):
         self.broker = broker
-        self.connection = None
-        self.channel = None
+        self.connection: pika.BlockingConnection | None = None
+        self.channel: BlockingChannel | None = None
 
-    def _ch(self):
+    def _ch(self) -> BlockingChannel:
         if self.connection is None or self.connection.is_closed:
             self.connection = pika.BlockingConnection(
                 pika.ConnectionParameters("127.0.0.1", self.broker.port))
@@ -72,7 +73,7 @@ class Consumer:
     def delete_exchange(self, name: str) -> None:
         self._ch().exchange_delete(name)
 
-    def _get(self, queue: str):
+    def _get(self, queue: str) -> tuple[Any, Any, bytes | None]:
         """One basic.get; a connection the broker dropped is opened anew."""
         try:
             return self._ch().basic_get(queue, auto_ack=True)
@@ -83,7 +84,7 @@ class Consumer:
     def messages(self, queue: str, count: int, timeout: float = 10.0) -> list:
         """Up to `count` messages of `queue` (waiting up to `timeout` for them),
         each (body, properties, method); acked."""
-        got = []
+        got: list[tuple[bytes | None, Any, Any]] = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
             method, properties, body = self._get(queue)
@@ -95,7 +96,8 @@ class Consumer:
 
     def drain(self, queue: str, settle: float = 0.5) -> list:
         """Every message of `queue` until none came for `settle` seconds."""
-        got, quiet_since = [], time.monotonic()
+        got: list[tuple[bytes | None, Any, Any]] = []
+        quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < settle:
             method, properties, body = self._get(queue)
             if method is None:

@@ -4,6 +4,8 @@ tmp folder and ephemeral ports (`make_config`, `reserved_port`), and MI over
 HTTP (`mi_http`). The `services` fixture (conftest.py) starts and reaps
 `Service`s."""
 
+from __future__ import annotations
+
 import json
 import signal
 import socket
@@ -12,12 +14,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CFG = REPO / "etc" / "opensips-fs.cfg"
 
 
-def opensips_fs(*args, timeout=15):
+def opensips_fs(*args: object, timeout: float = 15) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "opensips_fs", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
@@ -35,7 +38,7 @@ def reserved_port() -> socket.socket:
     return holder
 
 
-def make_config(tmp_path, http_port=0, extra=""):
+def make_config(tmp_path: Path, http_port: int = 0, extra: str = "") -> Path:
     """The default config, copied, with every fixed address moved to tmp_path
     or to an ephemeral port (tests never touch the default ports and paths)."""
     text = DEFAULT_CFG.read_text()
@@ -53,7 +56,7 @@ def make_config(tmp_path, http_port=0, extra=""):
 class Service:
     """opensips-fs running in a subprocess, stderr captured to a file."""
 
-    def __init__(self, cfg, *args):
+    def __init__(self, cfg: Path, *args: str):
         self.log_path = Path(str(cfg) + ".log")
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen(
@@ -64,7 +67,7 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text()
 
-    def wait_for(self, text, timeout=10.0) -> None:
+    def wait_for(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log:
@@ -74,7 +77,7 @@ class Service:
             time.sleep(0.02)
         raise AssertionError(f"no {text!r} within {timeout} s:\n{self.log}")
 
-    def stop(self, signum=signal.SIGTERM, timeout=10.0) -> int:
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
         try:
@@ -82,15 +85,16 @@ class Service:
         finally:
             self.log_file.close()
 
-    def kill(self):
+    def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self.log_file.close()
 
 
-def mi_http(port, method, params=None, root="mi"):
-    body = {"jsonrpc": "2.0", "method": method, "id": 1}
+def mi_http(port: int, method: str, params: object = None, root: str = "mi") -> Any:
+    """One MI call over HTTP: the decoded JSON-RPC reply."""
+    body: dict[str, object] = {"jsonrpc": "2.0", "method": method, "id": 1}
     if params is not None:
         body["params"] = params
     request = urllib.request.Request(f"http://127.0.0.1:{port}/{root}",

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import socket as gsocket
@@ -24,12 +26,15 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
 __all__ = ["UdpSink", "TcpSink", "HttpSink", "split_documents"]
 
 _decoder = json.JSONDecoder()
 
 
-def split_documents(buffer: str):
+def split_documents(buffer: str) -> tuple[list[Any], str]:
     """Parse concatenated JSON values; return (documents, unparsed rest)."""
     docs = []
     pos = 0
@@ -51,7 +56,7 @@ class _Sink:
     host: str
     port: int
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.payloads: list[bytes] = []   # one per datagram / document / request
         self.times: list[float] = []
         self._changed = Event()
@@ -75,7 +80,7 @@ class _Sink:
     def documents(self) -> list:
         return [json.loads(p) for p in self.payloads]
 
-    def _listen(self):
+    def _listen(self) -> gsocket.socket:
         """A TCP listener on (host, port); `port` becomes the bound one, so a
         paused sink resumes on the same port."""
         listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -99,12 +104,12 @@ class UdpSink(_Sink):
     def socket(self) -> str:
         return f"udp:{self.host}:{self.port}"
 
-    def _run(self):
+    def _run(self) -> None:
         recv = self.sock.recv
         while True:
             self._record(recv(65535))
 
-    def close(self):
+    def close(self) -> None:
         self._greenlet.kill()
         self.sock.close()
 
@@ -116,28 +121,28 @@ class TcpSink(_Sink):
         self.port = port
         self.chunks: list[bytes] = []      # every read, as received
         self.connections = 0
-        self._listener = None
-        self._conns: list = []
-        self._greenlets: list = []
+        self._listener: gsocket.socket | None = None
+        self._conns: list[gsocket.socket] = []
+        self._greenlets: list[gevent.Greenlet] = []
         self.resume()
 
     @property
     def socket(self) -> str:
         return f"tcp:{self.host}:{self.port}"
 
-    def resume(self):
+    def resume(self) -> None:
         listener = self._listen()
         self._listener = listener
         self._greenlets.append(gevent.spawn(self._accept, listener))
 
-    def _accept(self, listener):
+    def _accept(self, listener: gsocket.socket) -> None:
         while True:
             conn, _ = listener.accept()
             self.connections += 1
             self._conns.append(conn)
             self._greenlets.append(gevent.spawn(self._read, conn))
 
-    def _read(self, conn):
+    def _read(self, conn: gsocket.socket) -> None:
         buffer = ""
         pending = b""
         while True:
@@ -160,7 +165,7 @@ class TcpSink(_Sink):
                 self._record(json.dumps(doc, ensure_ascii=False,
                                         separators=(",", ":")).encode())
 
-    def pause(self):
+    def pause(self) -> None:
         """Go away: stop listening and drop every connection."""
         for greenlet in self._greenlets:
             greenlet.kill()
@@ -193,7 +198,7 @@ class HttpSink(_Sink):
     def socket(self) -> str:
         return f"http://{self.host}:{self.port}{self.path}"
 
-    def _app(self, environ, start_response):
+    def _app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         body = environ["wsgi.input"].read()
         self.requests.append({"method": environ["REQUEST_METHOD"],
                               "path": environ["PATH_INFO"],
@@ -205,14 +210,14 @@ class HttpSink(_Sink):
         start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return [b""]
 
-    def resume(self):
+    def resume(self) -> None:
         listener = self._listen()
         # a pool, so that stop() also kills the keep-alive connections
         server = self._server = self._server_class(listener, self._app, spawn=Pool(1000),
                                                    log=None, error_log=None)
         server.start()
 
-    def pause(self):
+    def pause(self) -> None:
         if self._server is not None:
             self._server.stop(timeout=0)
             self._server = None

@@ -11,14 +11,16 @@ import json
 import re
 import socket
 import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import gevent
 
 from opensips_fs import config
 from opensips_fs.app import App
 from opensips_fs.esl.connection import PROBE_COMMAND
-from opensips_fs.sim import FsSimulator, SimSettings
+from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from support.mi_clients import CliSession, cli_words
 
 SIM_PORTS = (8021, 8022, 8023)
@@ -29,16 +31,16 @@ HOST_PORT = re.compile(r"127\.0\.0\.1:(80[0-9][0-9])")
 class Stack:
     """Simulators on ephemeral ports, refused ports, and opensips-fs itself."""
 
-    def __init__(self, tmp_path: Path, sims=SIM_PORTS, users=(), modparams: str = "",
-                 db_rows: list | None = None, esl_cmd_timeout: int = 5000,
-                 db_params: str | None = None, extra: str = "", before_start=None,
+    def __init__(self, tmp_path: Path, sims: Iterable[int] = SIM_PORTS, users: Iterable[SimUser] = (),
+                 modparams: str = "", db_rows: list | None = None, esl_cmd_timeout: int = 5000,
+                 db_params: str | None = None, extra: str = "", before_start: Callable[[Stack], object] | None = None,
                  transport: str = "http", httpd_params: str = ""):
         self.tmp_path = tmp_path
-        self.sims = {}
+        self.sims: dict[int, FsSimulator] = {}
         for golden_port in sims:
             self.sims[golden_port] = FsSimulator(SimSettings(password="ClueCon", users=list(users))).start()
         self.port_map = {p: box.port for p, box in self.sims.items()}
-        self._holders = []
+        self._holders: list[socket.socket] = []
         for golden_port in DEAD_PORTS:  # bound, never listening: connections are refused
             holder = socket.socket()
             holder.bind(("127.0.0.1", 0))
@@ -81,7 +83,7 @@ modparam("mi_http", "root", "mi")
                       lambda m: f"127.0.0.1:{back.get(m[1], m[1])}", text)
 
     # -- DB
-    def write_db(self, rows, version: int | None = 1, table_present: bool = True):
+    def write_db(self, rows: list[dict], version: int | None = 1, table_present: bool = True) -> None:
         conn = sqlite3.connect(self.db_path)
         with conn:
             conn.execute("CREATE TABLE IF NOT EXISTS version (table_name CHAR(32) NOT NULL, "
@@ -117,7 +119,7 @@ modparam("mi_http", "root", "mi")
         _, _, reply_body = rest.partition(b"\r\n\r\n")
         return int(status_line.split()[1]), self.unrewrite(reply_body.decode("latin-1"))
 
-    def via_cli(self, body) -> dict | None:
+    def via_cli(self, body: object) -> dict | None:
         """The reply through opensips-cli, or None (HTTP transport, or a
         request the CLI cannot express)."""
         if self.cli is None:
@@ -145,9 +147,9 @@ modparam("mi_http", "root", "mi")
         expected["id"] = 1
         assert reply == expected, ex["label"]
 
-    def mi(self, method: str, params=None, id_=1):
+    def mi(self, method: str, params: object = None, id_: int = 1) -> Any:
         """One MI call; ports in the reply are shown as the golden ones."""
-        body = {"jsonrpc": "2.0", "method": method, "id": id_}
+        body: dict[str, object] = {"jsonrpc": "2.0", "method": method, "id": id_}
         if params is not None:
             body["params"] = params
         reply = self.via_cli(body) if id_ == 1 else None
@@ -156,9 +158,9 @@ modparam("mi_http", "root", "mi")
         text = json.dumps(body)
         raw = (f"POST /mi HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}")
-        status, reply = self.send_raw(raw)
+        status, text_reply = self.send_raw(raw)
         assert status == 200
-        return json.loads(reply)
+        return json.loads(text_reply)
 
     # -- wire
     def commands(self, golden_port: int, conn: int) -> list[str]:
@@ -167,7 +169,7 @@ modparam("mi_http", "root", "mi")
             return []
         return [c for c in clients[conn - 1].commands if c != PROBE_COMMAND]
 
-    def wait_commands(self, golden_port: int, conn: int, expected: list[str], timeout=5.0):
+    def wait_commands(self, golden_port: int, conn: int, expected: list[str], timeout: float = 5.0) -> None:
         expected = [self.rewrite(c) for c in expected]
         deadline = gevent.get_hub().loop.now() + timeout
         while self.commands(golden_port, conn) != expected:
@@ -176,13 +178,13 @@ modparam("mi_http", "root", "mi")
             gevent.sleep(0.02)
         assert self.commands(golden_port, conn) == expected, (golden_port, conn)
 
-    def wait_closed(self, golden_port: int, conn: int, timeout=3.0):
+    def wait_closed(self, golden_port: int, conn: int, timeout: float = 3.0) -> None:
         client = self.sims[golden_port].clients[conn - 1]
         with gevent.Timeout(timeout, AssertionError(f"{golden_port} conn {conn} still open")):
             while client.alive:
                 gevent.sleep(0.02)
 
-    def stop(self):
+    def stop(self) -> None:
         if self.cli is not None:
             self.cli.close()
         self.app.stop()
@@ -192,12 +194,12 @@ modparam("mi_http", "root", "mi")
             holder.close()
 
 
-def stack_factory(tmp_path: Path):
+def stack_factory(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """For a pytest fixture (`yield from`): a function that builds a Stack
     in `tmp_path`; every stack made is stopped when the fixture ends."""
     made: list[Stack] = []
 
-    def make(**kwargs) -> Stack:
+    def make(**kwargs: Any) -> Stack:
         s = Stack(tmp_path, **kwargs)
         made.append(s)
         return s
@@ -212,11 +214,11 @@ def url(s: Stack, golden_port: int, creds: str = ":ClueCon@") -> str:
     return f"{creds}127.0.0.1:{s.port_map[golden_port]}"
 
 
-def result(reply):
+def result(reply: dict) -> Any:
     assert "result" in reply, reply
     return reply["result"]
 
 
-def error(reply):
+def error(reply: dict) -> Any:
     assert "error" in reply, reply
     return reply["error"]
