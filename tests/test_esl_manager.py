@@ -4,7 +4,9 @@ faults, reconnects, lifetime, delivery."""
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 import time
 
 import gevent
@@ -12,7 +14,7 @@ import pytest
 
 from opensips_fs.config import FreeswitchSettings
 from opensips_fs.esl.connection import EslNotConnected, EslReply, EslTimeout
-from opensips_fs.esl.manager import TICK, EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
+from opensips_fs.esl.manager import TICK, TRIM_AFTER, EslManager, EslNoPassword, backoff_gap, rejected_retry_gap
 from opensips_fs.sim import FsSimulator, SimSettings, SimUser
 from opensips_fs.stats import Stats
 from support.esl_managers import manager_factory, stat
@@ -439,6 +441,20 @@ def test_slow_consumer_drops_counted_reader_unaffected(make_manager, box, stats)
     assert consumer.status()["dropped"] == consumer.dropped
 
 
+def test_consumer_forgets_a_socket_once_it_is_gone(make_manager, box, stats):
+    mgr = make_manager()
+    consumer = mgr.add_consumer("stuck", lambda s, n, b: gevent.sleep(60), maxsize=1)
+    sock = connected_socket(mgr, box, "CHANNEL_CREATE")
+    box.burst(50, "CHANNEL_CREATE")
+    wait_until(lambda: consumer.dropped >= 48)
+    assert consumer.status()["dropped_by_socket"] == {sock.name: consumer.dropped}
+    sock.unsubscribe("CHANNEL_CREATE")
+    sock.unref()
+    assert mgr.sockets() == []
+    status = consumer.status()
+    assert status["dropped_by_socket"] == {} and status["dropped"] == consumer.dropped
+
+
 # ---------------------------------------------------------------------------
 # Lifetime
 
@@ -448,6 +464,38 @@ def test_socket_only_created_is_reaped_and_never_connects(make_manager, box):
     assert sock.state == "closed" and mgr.sockets() == [sock]
     wait_until(lambda: mgr.sockets() == [], timeout=4)
     assert box.clients == []
+
+
+class _Watcher:
+    def stop(self):
+        pass
+
+
+def test_many_sockets_gone_their_heap_is_handed_back(make_manager):
+    """Once TRIM_AFTER sockets went, the manager runs a full collection (it
+    empties the free lists) and clears the attribute cache (it holds names
+    made while the sockets lived) before trimming the C heap."""
+    mgr = make_manager()
+    name = "".join(["st", "op"])  # made at run time, as gevent's C code does
+    refs = sys.getrefcount(name)
+    getattr(_Watcher(), name)
+    assert sys.getrefcount(name) == refs + 1  # the attribute cache holds it
+    full_collections = []
+
+    def watch(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            full_collections.append(info)
+
+    gc.disable()  # no automatic collection: only one asked for is seen
+    gc.callbacks.append(watch)
+    try:
+        for port in range(20000, 20000 + TRIM_AFTER):
+            mgr.get("127.0.0.1", port, None, PASSWORD)  # created, never used: reaped
+        wait_until(lambda: mgr.sockets() == [], timeout=5)
+        wait_until(lambda: full_collections and sys.getrefcount(name) == refs, timeout=4 * TICK)
+    finally:
+        gc.callbacks.remove(watch)
+        gc.enable()
 
 
 def test_esl_used_socket_outlives_refs_then_idles_out(make_manager, box):

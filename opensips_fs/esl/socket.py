@@ -176,7 +176,7 @@ class EslSocket:
         self._conn: EslConnection | None = None
         self._supervisor: gevent.Greenlet | None = None
         self._wake = gevent.event.Event()
-        self._retry = gevent.event.Event()  # cut a backoff wait short
+        self._retry = gevent.event.Event()  # cut a backoff wait short (retry_now, close)
         self._stop = gevent.event.Event()
         self._attempted = gevent.event.Event()  # the current connection attempt is over
         self._holding: list | None = None
@@ -431,6 +431,7 @@ class EslSocket:
         self.closed = True
         self.state = SocketState.CLOSED
         self._stop.set()
+        self._retry.set()  # ends a backoff wait
         supervisor, self._supervisor = self._supervisor, None
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -458,6 +459,7 @@ class EslSocket:
             self._attempted.clear()
             self._retry.clear()
             self._holding = []
+            failure: tuple[str, bool] | None = None
             try:
                 conn.open(self.username, self._password, on_authenticating=self._authenticating)
             except Exception as exc:  # EslConnectError, or a bug: never lose the socket
@@ -466,7 +468,12 @@ class EslSocket:
                 if not isinstance(exc, EslConnectError):
                     log.error("ESL %s: connection attempt failed: %r", self.name, exc)
                     exc = EslConnectError(f"connection attempt failed: {type(exc).__name__}")
-                if not self._attempt_failed(exc):
+                failure = (str(exc), isinstance(exc, EslAuthError))
+            if failure is not None:
+                # only the reason outlives the attempt: its connection, exception
+                # and traceback are not kept through the backoff wait
+                conn = None
+                if not self._attempt_failed(*failure):
                     return
                 continue
             if stop.is_set():
@@ -478,14 +485,14 @@ class EslSocket:
                 return  # close() cleaned up
             self._lost(conn, stable)
 
-    def _attempt_failed(self, exc: EslConnectError) -> bool:
+    def _attempt_failed(self, reason: str, login_refused: bool) -> bool:
         """Count a failed attempt, log it, wait; False if the socket gave up."""
         counters = self._counters
         self._holding = None
         self.attempts += 1
         self._streak += 1
-        self.last_error = str(exc)
-        self.login_refused = isinstance(exc, EslAuthError)
+        self.last_error = reason
+        self.login_refused = login_refused
         self.connect_failures += 1
         counters.connect_failures.value += 1
         if self.login_refused:
@@ -496,7 +503,7 @@ class EslSocket:
             self._owner.give_up(self, "gave up connecting")
             return False
         gap = backoff_gap(self._streak, self._settings.max_gap)
-        self._failing(str(exc), gap)
+        self._failing(reason, gap)
         self._backoff(gap)
         return True
 
@@ -563,7 +570,7 @@ class EslSocket:
             return
         self.state = SocketState.BACKOFF
         gap *= 1.0 + random.random() * 0.1  # many sockets failing together do not retry in step
-        gevent.wait([self._stop, self._retry], count=1, timeout=gap)
+        self._retry.wait(gap)  # close() sets it too: one event, one timer per wait
 
     def _count_late(self, conn: EslConnection) -> None:
         if conn.late_replies:
