@@ -135,17 +135,41 @@ def start_peers(n: int) -> tuple[list[subprocess.Popen], list[int]]:
     return procs, ports
 
 
-def settled_rss_kib(limit: float = 60.0) -> tuple[int, float]:
-    """RSS once it stops moving (three samples a second apart within 1 %
-    of each other), and the seconds that took; nothing forces a collection:
-    what the manager does by itself is what is measured."""
+def add_sockets(mgr: EslManager, ports: list[int], event: str, sockets: list, pause_every: int = 0) -> None:
+    """A referenced socket subscribed to `event` for each port, appended to
+    `sockets`; with `pause_every`, the supervisors get to run as we go."""
+    for i, port in enumerate(ports, 1):
+        sock = mgr.get("127.0.0.1", port, None, "ClueCon")
+        sock.ref()
+        sock.subscribe(event)
+        sockets.append(sock)
+        if pause_every and i % pause_every == 0:
+            gevent.sleep(0)
+
+
+def drop_all(sockets: list, event: str) -> None:
+    """Unreference every socket, emptying `sockets`: once this returns the
+    bench itself holds none of them (a leftover loop variable would keep a
+    socket, and the heap arenas its objects sit in, alive)."""
+    while sockets:
+        sock = sockets.pop()
+        sock.unsubscribe(event)
+        sock.unref()
+
+
+def settled_rss_kib(least: float = 10.0, limit: float = 60.0) -> tuple[int, float]:
+    """RSS once it stops moving — after at least `least` seconds (the
+    manager hands memory back a tick or two after the last socket went),
+    three samples a second apart within 1 % of each other — and the seconds
+    that took. Nothing forces a collection: what the manager does by itself
+    is what is measured."""
     t0 = time.monotonic()
     samples = [rss_kib()]
     while time.monotonic() - t0 < limit:
         gevent.sleep(1.0)
         samples.append(rss_kib())
         last = samples[-3:]
-        if len(last) == 3 and max(last) - min(last) <= max(last) // 100:
+        if time.monotonic() - t0 >= least and max(last) - min(last) <= max(last) // 100:
             break
     return samples[-1], time.monotonic() - t0
 
@@ -169,13 +193,7 @@ def run(counts: list[int], seconds: float) -> None:
         sockets: list = []
         for n in counts:
             t0 = time.monotonic()
-            for i, port in enumerate(ports[len(sockets):n]):
-                sock = mgr.get("127.0.0.1", port, None, "ClueCon")
-                sock.ref()
-                sock.subscribe("CUSTOM")
-                sockets.append(sock)
-                if i % 200 == 199:
-                    gevent.sleep(0)  # let the supervisors connect as we go
+            add_sockets(mgr, ports[len(sockets):n], "CUSTOM", sockets, pause_every=200)
             deadline = time.monotonic() + 120
             while sum(1 for s in sockets if s.settled()) < n:
                 if time.monotonic() > deadline:
@@ -193,10 +211,7 @@ def run(counts: list[int], seconds: float) -> None:
                   f"= {per_socket / 1024:.1f} KB per socket over idle "
                   f"({per_socket / (30 * 1024):.2f} of the 30 KB target); relaying {rate:,.0f} events/s "
                   f"({rate / n:.2f} per socket per s, the peers send 1)")
-        for sock in sockets:
-            sock.unsubscribe("CUSTOM")
-            sock.unref()
-        sockets = []
+        drop_all(sockets, "CUSTOM")
         settled, took = settled_rss_kib()
         print(f"  all {max(counts):,} dropped: RSS {settled / 1024:.1f} MB once settled ({took:.0f} s) = "
               f"{settled / idle:.2f}x idle (target <= 1.5x; {len(mgr.sockets())} sockets left)")
@@ -235,22 +250,15 @@ def run_unreachable(n: int) -> None:
         before = rss_kib()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.monotonic()
-        sockets = []
-        for port in ports:
-            sock = mgr.get("127.0.0.1", port, None, "ClueCon")
-            sock.ref()
-            sock.subscribe("DTMF")
-            sockets.append(sock)
+        sockets: list = []
+        add_sockets(mgr, ports, "DTMF", sockets)
         gevent.sleep(15.0)
         elapsed = time.monotonic() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / elapsed
         failures = next(s.value for s in stats if s.group == "freeswitch" and s.name == "connect_failures")
         failing = rss_kib()
-        for sock in sockets:
-            sock.unsubscribe("DTMF")
-            sock.unref()
-        sockets = []
+        drop_all(sockets, "DTMF")
         settled, took = settled_rss_kib()
         print(f"unreachable: idle RSS {before / 1024:.1f} MB")
         print(f"{n:>6} unreachable: {failures:,} connect failures in {elapsed:.0f} s (backoff 1, 2, 4 … 60 s: "

@@ -20,4 +20,3 @@ def test_trim_releases_the_names_the_attribute_cache_holds():
     assert sys.getrefcount(name) == before + 1  # the cache holds it
     heap.trim()
     assert sys.getrefcount(name) == before
-

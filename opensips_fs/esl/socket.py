@@ -472,7 +472,7 @@ class EslSocket:
             if failure is not None:
                 # only the reason outlives the attempt: its connection, exception
                 # and traceback are not kept through the backoff wait
-                conn = None
+                del conn
                 if not self._attempt_failed(*failure):
                     return
                 continue
