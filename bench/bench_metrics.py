@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{scraped:.1%} while scraped {args.scrapes_per_minute:,.0f} times a minute", flush=True)
                 relay: dict[bool, list[float]] = {False: [], True: []}
                 received: dict[bool, list[float]] = {False: [], True: []}
+                cpu_us: dict[bool, list[float]] = {False: [], True: []}
                 scrapes = []
                 for _ in range(args.rounds):
                     for scraping in (False, True):
@@ -140,15 +141,17 @@ def main(argv: list[str] | None = None) -> int:
                         row = rows[0]
                         relay[scraping].append(reply["relay_rate"])
                         received[scraping].append(row["rate"])
+                        cpu_us[scraping].append(reply["cpu_us"])
                         label = f"{scrapes[-1]['per_minute']:,.0f}/min" if scraping else "none"
                         print(f"{sockets:>7} {label:>8} {reply['relay_rate']:>10,.0f} {row['rate']:>10,.0f} "
                               f"{row['lost']:>5} {reply['cpu_us']:>9.1f}", flush=True)
                 last = scrapes[-1]
-                for what, rates in (("relay", relay), ("received", received)):
-                    without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
+                for what, figures, unit in (("relay", relay, "ev/s"), ("received", received, "ev/s"),
+                                            ("CPU per event", cpu_us, "us")):
+                    without, with_ = statistics.median(figures[False]), statistics.median(figures[True])
                     ratio = f"{with_ / without:.3f}x" if without else "n/a (events were lost: see lost)"
-                    print(f"        {sockets} socket(s): median {what} {without:,.0f} ev/s without scrapes, "
-                          f"{with_:,.0f} ev/s with them = {ratio}", flush=True)
+                    print(f"        {sockets} socket(s): median {what} {without:,.1f} {unit} without scrapes, "
+                          f"{with_:,.1f} {unit} with them = {ratio}", flush=True)
                 print(f"        /metrics page {last['bytes']:,} bytes, scrape p50 {last['p50']:.2f} ms, "
                       f"p99 {last['p99']:.2f} ms (during the runs)", flush=True)
             finally:
