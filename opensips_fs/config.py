@@ -820,7 +820,7 @@ def loads(text: str, path: str) -> Config:
     return config
 
 
-def load(path: str) -> Config:
+def load(path: str | os.PathLike[str]) -> Config:
     """Read and parse the config file at ``path``; raises `ConfigError`."""
     shown = os.fspath(path)
     try:

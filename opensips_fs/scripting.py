@@ -38,7 +38,7 @@ import builtins
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import gevent
 import gevent.lock
@@ -80,12 +80,16 @@ def internal_error() -> MiError:
 
 # ----------------------------------------------------------------- the model
 
-class Entry:
+# the socket type: opaque to the bookkeeping (an EslSocket in the service)
+S = TypeVar("S")
+
+
+class Entry(Generic[S]):
     """One `fs_list` line: a socket and its events, display order."""
 
     __slots__ = ("socket", "events")
 
-    def __init__(self, socket: EslSocket, events: Iterable[str] = ()):
+    def __init__(self, socket: S, events: Iterable[str] = ()):
         self.socket = socket
         self.events: list[str] = list(events)
 
@@ -93,25 +97,25 @@ class Entry:
         return f"Entry({_socket_name(self.socket)}, {self.events!r})"
 
 
-class SubscriptionSet:
+class SubscriptionSet(Generic[S]):
     """The ordered entries. Pure bookkeeping: the caller applies the returned
     changes (references, subscriptions) to the sockets. Once the set is in
     use, entries change only through `add` and `remove` (`as_list` keeps its
     answer until they do)."""
 
-    def __init__(self, entries: Iterable[Entry] | None = None):
-        self.entries: list[Entry] = list(entries or [])
+    def __init__(self, entries: Iterable[Entry[S]] | None = None):
+        self.entries: list[Entry[S]] = list(entries or [])
         self._listing: dict | None = None
         self._listing_json: object = None
 
-    def first(self, socket: EslSocket) -> Entry | None:
+    def first(self, socket: S) -> Entry[S] | None:
         """The newest entry of `socket` (MI calls only ever touch that one)."""
         for entry in self.entries:
             if entry.socket is socket:
                 return entry
         return None
 
-    def sockets(self) -> list:
+    def sockets(self) -> list[S]:
         seen, out = set(), []
         for entry in self.entries:
             if id(entry.socket) not in seen:
@@ -119,7 +123,7 @@ class SubscriptionSet:
                 out.append(entry.socket)
         return out
 
-    def add(self, socket: EslSocket, names: Iterable[str]) -> tuple[bool, list[str]]:
+    def add(self, socket: S, names: Iterable[str]) -> tuple[bool, list[str]]:
         """Subscribe `names` on the socket's first entry, creating (prepending)
         the entry if there is none. Empty names and names already in the entry
         are skipped; each new name is prepended. Returns (entry created, names
@@ -137,7 +141,7 @@ class SubscriptionSet:
                 added.append(name)
         return created, added
 
-    def remove(self, socket: EslSocket, names: Iterable[str]) -> tuple[bool, list[str]]:
+    def remove(self, socket: S, names: Iterable[str]) -> tuple[bool, list[str]]:
         """Unsubscribe `names` from the socket's first entry. An entry left
         without events leaves the set (also one that had none, as soon as a
         non-empty name is given). Returns (entry removed, names removed)."""
@@ -156,7 +160,7 @@ class SubscriptionSet:
             self.entries.remove(entry)
         return dropped, removed
 
-    def extend(self, entries: Iterable[Entry]) -> None:
+    def extend(self, entries: Iterable[Entry[S]]) -> None:
         """Add `entries` after the current ones (the DB loaded late)."""
         self._listing = self._listing_json = None
         self.entries.extend(entries)
@@ -207,7 +211,7 @@ class Scripting:
         self.stats = stats
         self.max_command_bytes = settings.esl_cmd_max_size
         db_timeout = settings.db_timeout / 1000.0
-        self.set = SubscriptionSet()
+        self.set: SubscriptionSet[EslSocket] = SubscriptionSet()
         self.db = None
         if settings.db_url:
             self.db = FsDatabase(
@@ -396,7 +400,7 @@ class Scripting:
                             row.id, exc)
         if not rows and replace:
             log.info("table %s is empty, clearing all sockets", self.settings.db_table)
-        new = SubscriptionSet()
+        new: SubscriptionSet[EslSocket] = SubscriptionSet()
         try:
             for sub in subs:
                 socket = self.manager.find(sub.host, sub.port)

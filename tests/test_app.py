@@ -216,7 +216,7 @@ def test_evi_print_subscribes_prints_and_unsubscribes(running):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         deadline = time.monotonic() + 10
-        subscribers = []
+        subscribers: list = []
         while time.monotonic() < deadline and not subscribers:
             gevent.sleep(0.05)
             events = mi(port, "subscribers_list")["result"]["Events"]

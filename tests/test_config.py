@@ -48,11 +48,13 @@ def test_loaded_modules_get_opensips_defaults(tmp_path):
         event_heartbeat_interval=1, esl_connect_timeout=5000, esl_cmd_timeout=5000,
         esl_cmd_polling_itv=1000, fs_no_esl_timeout=86400)
     s = cfg.freeswitch_scripting
+    assert s is not None
     assert (s.db_url, s.db_table, s.db_col_username, s.db_col_password, s.db_col_ip,
             s.db_col_port, s.db_col_events, s.fs_subscribe) == (
         None, "freeswitch", "username", "password", "ip", "port", "events_csv", [])
     assert (s.esl_cmd_max_size, s.db_timeout) == (65536, 10000)
     h = cfg.httpd
+    assert h is not None and cfg.mi_http is not None and cfg.mi_fifo is not None and cfg.mi_datagram is not None
     assert (h.ip, h.port, h.auth_realm, h.auth_username, h.auth_password, h.tls_cert_file,
             h.tls_key_file, h.conn_timeout) == (
         "127.0.0.1", 8888, "OpenSIPS MI", None, None, None, None, 30)
@@ -63,8 +65,9 @@ def test_loaded_modules_get_opensips_defaults(tmp_path):
     assert (cfg.mi_datagram.host, cfg.mi_datagram.port) == ("127.0.0.1", 8080)
     for name in ("event_datagram", "event_stream", "event_xmlrpc", "event_http", "event_rabbitmq"):
         assert getattr(cfg, name).queue_size == 100000
-    assert cfg.event_http.verify_cert is True
+    assert cfg.event_http is not None and cfg.event_http.verify_cert is True
     r = cfg.event_rabbitmq        # OpenSIPS's defaults, then ours
+    assert r is not None
     assert (r.heartbeat, r.connect_timeout, r.timeout, r.use_tls) == (0, 500, 0, False)
     assert (r.tls_ca_file, r.tls_cert_file, r.tls_key_file, r.verify_cert) == (None, None, None, True)
     assert list(cfg.evi_transports()) == [
@@ -81,6 +84,7 @@ def test_event_rabbitmq_modparams(tmp_path):
         'modparam("event_rabbitmq", "tls_ca_file", "certs/ca.pem")',
         'modparam("event_rabbitmq", "verify_cert", 0)']) + "\n", str(tmp_path / "x.cfg"))
     r = cfg.event_rabbitmq
+    assert r is not None
     assert (r.heartbeat, r.connect_timeout, r.timeout, r.use_tls, r.verify_cert) == (
         10, 2000, 3000, True, False)
     assert r.tls_ca_file == str(tmp_path / "certs" / "ca.pem")   # relative to the config
@@ -131,10 +135,13 @@ modparam("event_stream", "queue_size", 5000)
     assert cfg.loaded == ["freeswitch", "freeswitch_scripting", "httpd", "mi_http", "mi_fifo",
                           "mi_datagram", "event_stream"]
     assert cfg.log_level == -1 and cfg.log_stderror is False
+    assert cfg.freeswitch is not None and cfg.httpd is not None and cfg.mi_http is not None
+    assert cfg.mi_fifo is not None and cfg.mi_datagram is not None and cfg.event_stream is not None
     assert cfg.freeswitch.esl_cmd_timeout == 1500
     assert cfg.freeswitch.esl_connect_timeout == 2500
     assert cfg.freeswitch.event_heartbeat_interval == 10
     s = cfg.freeswitch_scripting
+    assert s is not None
     assert s.db_url == "mysql://opensips:opensipsrw@localhost/opensips"
     assert s.db_table == "fs_boxes"
     assert s.fs_subscribe == [
@@ -169,11 +176,13 @@ def test_evi_queue_bounds(tmp_path):
     """Issue 11: queues bounded by bytes per destination and in all."""
     cfg = config.load(write(tmp_path, 'loadmodule "event_stream.so"\n'))
     assert cfg.evi_queue_bytes == 64 << 20
+    assert cfg.event_stream is not None
     assert (cfg.event_stream.queue_bytes, cfg.event_stream.drain_timeout) == (16 << 20, 3)
     cfg = config.load(write(tmp_path, 'evi_queue_bytes = 0x100000\nloadmodule "event_stream.so"\n'
                             'modparam("event_stream", "queue_bytes", 65536)\n'
                             'modparam("event_stream", "drain_timeout", 0)\n'))
     assert cfg.evi_queue_bytes == 1 << 20
+    assert cfg.event_stream is not None
     assert (cfg.event_stream.queue_bytes, cfg.event_stream.drain_timeout) == (65536, 0)
 
 
@@ -214,11 +223,12 @@ loadmodule "event_datagram.so"
 modparam("mi_fifo", "fifo_mode", 0600)
 modparam("event_datagram", "queue_size", 0x10)
 '''))
+    assert cfg.mi_fifo is not None and cfg.event_datagram is not None
     assert cfg.mi_fifo.fifo_mode == 0o600
     assert cfg.event_datagram.queue_size == 16
     cfg = config.load(write(tmp_path, 'loadmodule "mi_fifo.so"\n'
                                       'modparam("mi_fifo", "fifo_mode", "0640")\n'))
-    assert cfg.mi_fifo.fifo_mode == 0o640
+    assert cfg.mi_fifo is not None and cfg.mi_fifo.fifo_mode == 0o640
 
 
 def test_ignored_modules_are_noted_not_errors(tmp_path):
@@ -243,7 +253,7 @@ def test_sqlite_urls_stay_textual(tmp_path):
         cfg = config.load(write(tmp_path, f'''loadmodule "freeswitch.so"
 loadmodule "freeswitch_scripting.so"
 modparam("freeswitch_scripting", "db_url", "{url}")'''))
-        assert cfg.freeswitch_scripting.db_url == url
+        assert cfg.freeswitch_scripting is not None and cfg.freeswitch_scripting.db_url == url
 
 
 def test_scripting_needs_freeswitch_loaded_in_any_order(tmp_path):
@@ -257,7 +267,7 @@ def test_include_file_resolves_against_its_folder(tmp_path):
     write(tmp_path / "conf.d", 'loadmodule "mi_fifo.so"\n'
                                'modparam("mi_fifo", "fifo_name", "fifo")\n', "mi.cfg")
     cfg = config.load(write(tmp_path, 'include_file "conf.d/mi.cfg"\nlog_level=4\n'))
-    assert cfg.mi_fifo.fifo_name == str(tmp_path / "conf.d" / "fifo")
+    assert cfg.mi_fifo is not None and cfg.mi_fifo.fifo_name == str(tmp_path / "conf.d" / "fifo")
     assert cfg.log_level == 4
 
 
@@ -267,6 +277,8 @@ def test_default_config_loads_as_documented():
     for name in ("freeswitch", "freeswitch_scripting", "httpd", "mi_http", "mi_fifo",
                  "mi_datagram", "event_datagram", "event_stream"):
         assert name in cfg.loaded
+    assert cfg.httpd is not None and cfg.mi_http is not None and cfg.mi_fifo is not None
+    assert cfg.mi_datagram is not None and cfg.freeswitch_scripting is not None
     assert (cfg.httpd.ip, cfg.httpd.port, cfg.mi_http.root) == ("127.0.0.1", 8888, "mi")
     assert cfg.mi_fifo.fifo_name == "/tmp/opensips_fifo"
     assert cfg.mi_datagram.socket_name == "udp:127.0.0.1:8080"
@@ -276,6 +288,7 @@ def test_default_config_loads_as_documented():
 
 def test_demo_config_loads():
     cfg = config.load(REPO / "etc" / "demo.cfg")
+    assert cfg.freeswitch_scripting is not None
     assert [p.url for p in cfg.freeswitch_scripting.fs_subscribe]
 
 
@@ -410,6 +423,7 @@ def test_config_secrets_hold_the_whole_db_url_password(tmp_path):
     cfg = config.load(write(tmp_path, 'loadmodule "freeswitch.so"\n'
                                       'loadmodule "freeswitch_scripting.so"\n'
                                       'modparam("freeswitch_scripting","db_url","mysql://u:p@ss@h/db")\n'))
+    assert cfg.freeswitch_scripting is not None
     assert cfg.freeswitch_scripting.db_url == "mysql://u:p@ss@h/db"
     assert config_secrets(cfg) == ["p@ss"]
     assert "p@ss" not in repr(cfg) and "ss@" not in repr(cfg)
@@ -465,6 +479,7 @@ def test_copy_of_default_config_with_other_ports(tmp_path):
         f'modparam("mi_fifo", "fifo_name", "{tmp_path}/fifo")\n')
     # the default config already sets these params: setting again wins
     cfg = config.loads(text, str(tmp_path / "opensips-fs.cfg"))
+    assert cfg.httpd is not None and cfg.mi_fifo is not None
     assert cfg.httpd.port == 0
     assert cfg.mi_fifo.fifo_name == f"{tmp_path}/fifo"
 

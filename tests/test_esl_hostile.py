@@ -79,7 +79,9 @@ class Peer:
 
     @property
     def port(self) -> int:
-        return self.server.server_port
+        port = self.server.server_port
+        assert port is not None  # listening
+        return port
 
 
 @pytest.fixture

@@ -323,7 +323,7 @@ def test_parallel_commands_each_get_their_own_reply(make_manager, box):
     sock = connected_socket(mgr, box)
     jobs = [gevent.spawn(sock.command, f"api echo n{i}") for i in range(100)]
     gevent.joinall(jobs, raise_error=True)
-    assert [j.value.body for j in jobs] == [f"n{i}".encode() for i in range(100)]
+    assert [j.get().body for j in jobs] == [f"n{i}".encode() for i in range(100)]
 
 
 # ---------------------------------------------------------------------------
@@ -569,7 +569,7 @@ def test_200_sockets_at_once(make_manager):
             for i in range(5):
                 sim.raise_event("CUSTOM", {"N": str(i)})
         wait_until(lambda: len(sink.events) == 1000, timeout=20)
-        per_socket = {}
+        per_socket: dict[str, list[str]] = {}
         for name, _, body in sink.events:
             per_socket.setdefault(name, []).append(json.loads(body)["N"])
         assert len(per_socket) == 200
@@ -577,7 +577,7 @@ def test_200_sockets_at_once(make_manager):
         assert [s.name for s in mgr.sockets()] == [s.name for s in socks]
         replies = [gevent.spawn(s.command, "api echo ok") for s in socks]
         gevent.joinall(replies, raise_error=True)
-        assert all(r.value.body == b"ok" for r in replies)
+        assert all(r.get().body == b"ok" for r in replies)
     finally:
         for sim in sims:
             sim.stop()

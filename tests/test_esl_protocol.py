@@ -221,7 +221,7 @@ def test_300kb_utf8_event_any_chunking():
             pieces = pieces[:200] + [b"".join(pieces[200:-200])] + pieces[-200:]
         frames = _feed_all(parser, pieces)
         assert [f.body for f in frames] == [hb_body, body, hb_body]
-        assert [event_name(f.body) for f in frames] == ["HEARTBEAT", "CUSTOM", "HEARTBEAT"]
+        assert [event_name(f.body or b"") for f in frames] == ["HEARTBEAT", "CUSTOM", "HEARTBEAT"]
 
 
 def test_utf8_body_length_is_bytes_not_characters():
@@ -454,7 +454,7 @@ def test_command_text_drops_only_the_terminator():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _header_names = st.sampled_from(["Content-Type", "Reply-Text", "Job-UUID", "X-Thing", "User-Data"])
-_header_values = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), max_size=30) \
+_header_values = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]), max_size=30) \
     .map(lambda v: v.lstrip(" \t"))
 _frames = st.lists(st.tuples(
     st.lists(st.tuples(_header_names, _header_values), max_size=4),

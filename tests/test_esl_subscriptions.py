@@ -53,12 +53,14 @@ def test_refused_name_is_retried_on_schedule_and_cancelled_quietly():
     subs.add("NOPE")
     [(sub, text)] = subs.next_commands(0.0)
     outcome = subs.on_reply(sub, "-ERR no keywords supplied", 0.0)
+    assert outcome is not None
     assert outcome.refused and outcome.retry_gap == 1.0 and outcome.gap_changed
     assert sub.state is SubState.PENDING and subs.settled()  # answered, refused
     assert subs.next_commands(0.5) == [] and subs.next_retry(0.5) == pytest.approx(0.5)
     for n in range(2, 13):
         [(sub, _)] = subs.next_commands(1e6 * n)
         outcome = subs.on_reply(sub, "-ERR no", 1e6 * n)
+        assert outcome is not None
         assert outcome.retry_gap == rejected_retry_gap(n)
     assert outcome.retry_gap == 4.0
     assert subs.remove("NOPE") is True
@@ -72,6 +74,7 @@ def test_accepted_after_refusals_reports_recovery():
     subs.on_reply(sub, "-ERR later", 0.0)
     [(sub, _)] = subs.next_commands(2.0)
     outcome = subs.on_reply(sub, "+OK event listener enabled json", 2.0)
+    assert outcome is not None
     assert outcome.recovered == 1 and not outcome.refused and not outcome.unexpected
     assert subs.split() == (["X"], [])
 

@@ -55,7 +55,10 @@ loadmodule "event_stream.so"
         request = {"jsonrpc": "2.0", "method": method, "id": 1}
         if params is not None:
             request["params"] = params
-        return json.loads(app.registry.handle(dumps(request)))
+        assert app.registry is not None
+        reply = app.registry.handle(dumps(request))
+        assert reply is not None
+        return json.loads(reply)
 
     for sink in (udp, tcp):
         assert mi("event_subscribe", ["E_FREESWITCH", sink.socket])["result"] == "OK"

@@ -163,8 +163,13 @@ def test_all_transports_at_once(tmp_path):
     unix_path = str(tmp_path / "evi.sock")
     unix = gsocket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     unix.bind(unix_path)
-    unix_got = []
-    reader = gevent.spawn(lambda: [unix_got.append(unix.recv(65536)) for _ in iter(int, 1)])
+    unix_got: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            unix_got.append(unix.recv(65536))
+
+    reader = gevent.spawn(read)
     try:
         for s in (udp.socket, tcp.socket, http.socket, f"unix:{unix_path}"):
             evi.subscribe("E_FREESWITCH", s, 3600)

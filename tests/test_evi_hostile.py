@@ -135,7 +135,9 @@ def test_addresses_with_spaces_or_control_characters_are_refused(socket_text):
         request = json.dumps({"jsonrpc": "2.0", "method": "event_subscribe",
                               "params": {"event": "E_FREESWITCH", "socket": text}, "id": 5})
         assert mi.handle(request.encode()) == _golden_400()
-        listed = json.loads(mi.handle(b'{"jsonrpc":"2.0","method":"subscribers_list","id":1}'))
+        reply = mi.handle(b'{"jsonrpc":"2.0","method":"subscribers_list","id":1}')
+        assert reply is not None
+        listed = json.loads(reply)
         assert listed["result"] == {"Events": []}
         assert evi.destinations() == []
         evi.raise_event("E_FREESWITCH", [("x", "y")])
@@ -165,7 +167,7 @@ class HostileHttp:
         self.requests = 0
         self.written = 0
         self.closed_by_peer = 0
-        self._greenlets = [gevent.spawn(self._accept)]
+        self._greenlets: list[gevent.Greenlet] = [gevent.spawn(self._accept)]
 
     def _accept(self):
         while True:
@@ -181,8 +183,7 @@ class HostileHttp:
                     return
                 data += chunk
             self.requests += 1
-            for byte in (self.reply if self.pause else [self.reply]):
-                out = bytes([byte]) if self.pause else byte
+            for out in ([bytes([byte]) for byte in self.reply] if self.pause else [self.reply]):
                 conn.sendall(out)
                 self.written += len(out)
                 if self.pause:
@@ -310,8 +311,8 @@ def test_queues_are_bounded_by_bytes_per_destination_and_per_process():
             d.dropped for d in evi.destinations())
     finally:
         evi.stop()
-        for s in (slow1, slow2, udp):
-            s.close()
+        for sink in (slow1, slow2, udp):
+            sink.close()
 
 
 def test_a_payload_bigger_than_its_queue_is_dropped_alone():
@@ -346,10 +347,10 @@ class ResettingSubscriber:
         self.listener.listen(8)
         self.socket = f"tcp:127.0.0.1:{self.listener.getsockname()[1]}"
         self.read_first = read_first
-        self.docs = []
+        self.docs: list = []
         self.reset_done = False
         self.connections = 0
-        self._greenlets = [gevent.spawn(self._accept)]
+        self._greenlets: list[gevent.Greenlet] = [gevent.spawn(self._accept)]
 
     def _accept(self):
         while True:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opensips_fs.evi import payload as P
-from opensips_fs.evi.address import parse_socket
+from opensips_fs.evi.address import Target, parse_socket
 from opensips_fs.evi.xmlrpc import request, request_params
 from opensips_fs.mi.commands import MISSING, MiError
 
@@ -68,6 +68,12 @@ def test_mi_params_errors(raw, message):
     assert (err.value.code, err.value.message, err.value.data) == (400, message, None)
 
 
+def parsed(text: str) -> Target:
+    target = parse_socket(text)
+    assert target is not None, text
+    return target
+
+
 @pytest.mark.parametrize("text,transport,printed,host,port,method,path", [
     ("udp:127.0.0.1:9500", "udp", "udp:127.0.0.1:9500", "127.0.0.1", 9500, None, ""),
     ("udp:localhost:09500", "udp", "udp:localhost:9500", "localhost", 9500, None, ""),
@@ -81,16 +87,16 @@ def test_mi_params_errors(raw, message):
     ("http://u:p%40ss@h:81/a?b=1", "http", "http://u:***@h:81/a?b=1", "h", 81, None, "/a?b=1"),
 ])
 def test_socket_strings(text, transport, printed, host, port, method, path):
-    t = parse_socket(text)
+    t = parsed(text)
     assert (t.transport, t.printed, t.host, t.port, t.method, t.path) == (
         transport, printed, host, port, method, path)
 
 
 def test_match_rules():
-    assert parse_socket("udp:h:1").match == parse_socket("udp:h:01").match
-    assert parse_socket("udp:h:1").match != parse_socket("udp:H:1").match
-    assert parse_socket("tcp:h:1").match != parse_socket("tcp:h:1/m").match
-    assert parse_socket("tcp:h:1").match != parse_socket("jsonrpc:h:1").match
+    assert parsed("udp:h:1").match == parsed("udp:h:01").match
+    assert parsed("udp:h:1").match != parsed("udp:H:1").match
+    assert parsed("tcp:h:1").match != parsed("tcp:h:1/m").match
+    assert parsed("tcp:h:1").match != parsed("jsonrpc:h:1").match
 
 
 def test_xmlrpc_request_layout():

@@ -87,7 +87,7 @@ def test_longest_names_are_accepted():
 
 def test_ledger_counts_acks_single_and_multiple():
     ledger = ConfirmLedger()
-    tags = [ledger.published(f"p{i}", float(i)) for i in range(5)]
+    tags = [ledger.published(b"p%d" % i, float(i)) for i in range(5)]
     assert tags == [1, 2, 3, 4, 5] and len(ledger) == 5
     assert ledger.acked(2, False).delivered == 1
     assert ledger.oldest_since() == 0.0
@@ -102,37 +102,37 @@ def test_ledger_counts_acks_single_and_multiple():
 def test_ledger_returns_are_charged_to_the_next_acks():
     ledger = ConfirmLedger()
     for i in range(3):
-        ledger.published(i, 0.0)
+        ledger.published(b"%d" % i, 0.0)
     ledger.returned()
     settled = ledger.acked(3, True)
     assert (settled.delivered, settled.returned) == (2, 1)
-    ledger.published(9, 0.0)
+    ledger.published(b"9", 0.0)
     assert ledger.acked(4, False).returned == 0
 
 
 def test_ledger_nack_hands_back_in_order():
     ledger = ConfirmLedger()
     for i in range(4):
-        ledger.published(f"p{i}", 0.0)
+        ledger.published(b"p%d" % i, 0.0)
     settled = ledger.nacked(3, True)
-    assert settled.verdict is Verdict.NACKED and settled.resend == ["p0", "p1", "p2"]
-    assert ledger.nacked(4, False).resend == ["p3"]
+    assert settled.verdict is Verdict.NACKED and settled.resend == [b"p0", b"p1", b"p2"]
+    assert ledger.nacked(4, False).resend == [b"p3"]
 
 
 def test_ledger_after_a_lost_connection_starts_over():
     ledger = ConfirmLedger()
     for i in range(4):
-        ledger.published(f"p{i}", 0.0)
+        ledger.published(b"p%d" % i, 0.0)
     ledger.acked(1, False)
     ledger.returned()
-    assert ledger.take_unconfirmed() == ["p1", "p2", "p3"]
+    assert ledger.take_unconfirmed() == [b"p1", b"p2", b"p3"]
     assert len(ledger) == 0
-    assert ledger.published("again", 1.0) == 1          # a new channel numbers from 1
+    assert ledger.published(b"again", 1.0) == 1          # a new channel numbers from 1
     assert ledger.acked(1, False).returned == 0          # the old return is forgotten
 
 
 def test_ledger_is_linear():
     ledger = ConfirmLedger()
     for i in range(100000):
-        ledger.published(i, 0.0)
+        ledger.published(b"%d" % i, 0.0)
     assert ledger.acked(100000, True).delivered == 100000

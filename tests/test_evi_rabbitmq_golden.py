@@ -19,7 +19,7 @@ import pytest
 
 from support import golden
 from opensips_fs.config import EventRabbitmqSettings, EviTransportSettings
-from opensips_fs.evi.address import parse_socket
+from opensips_fs.evi.address import Target, parse_socket
 from opensips_fs.evi.registry import EviRegistry
 from support.sink import UdpSink
 from opensips_fs.jsonenc import dumps
@@ -34,6 +34,12 @@ RECORDING = golden.load("opensips", "evi_rabbitmq.json")
 # accepted by OpenSIPS, refused here (README: differences from OpenSIPS)
 REFUSED = {"rabbitmq:127.0.0.1:99999/q1", "rabbitmq:/q1"}
 QUEUES = ["q1", "q2", "q5", "q6", "q_7", "qlh", "q4"]
+
+
+def _target(socket: str) -> Target:
+    target = parse_socket(socket)
+    assert target is not None, socket
+    return target
 
 
 def raw(text):
@@ -82,7 +88,7 @@ def env(rabbitmq_broker):
 def subscriber_history(exchanges):
     """OpenSIPS's subscriber table as each subscribers_list saw it: for each
     entry (newest first) the socket string that created it."""
-    table = []          # (match, socket), newest first
+    table: list[tuple[object, str]] = []          # (match, socket), newest first
     seen = {}
     for e in exchanges:
         request = json.loads(e["request_body"])
@@ -114,7 +120,7 @@ def expected_reply(e, history, unsubscribed):
             assert len(created_by) == len(event["Subscribers"])
             event["Subscribers"] = [
                 entry for entry, socket in zip(event["Subscribers"], created_by)
-                if socket not in REFUSED and parse_socket(socket).match not in unsubscribed]
+                if socket not in REFUSED and _target(socket).match not in unsubscribed]
     return reply
 
 
@@ -165,7 +171,7 @@ def test_main_phase_replays_and_delivers_the_event_datagram_bytes(env):
     captures = [raw(c["data"]) for c in RECORDING["evi_udp_capture"] if c["phase"] == "main"]
     esl_events = [d for d in captures if b'"sender":"127.0.0.1"' in d]
     assert len(esl_events) == 3 and len(captures) == 8
-    unsubscribed = set()
+    unsubscribed: set[object] = set()
     replayed = 0
     now = [0.0]
     evi.clock = lambda: 1_000_000 + now[0]    # the recording's clock: same ttl, same seconds
@@ -189,7 +195,7 @@ def test_main_phase_replays_and_delivers_the_event_datagram_bytes(env):
             e["label"]
         if request["method"] not in ("subscribers_list",) and isinstance(request.get("params"), dict) \
                 and request["params"].get("expire") == 0:
-            unsubscribed.add(parse_socket(request["params"]["socket"]).match)
+            unsubscribed.add(_target(request["params"]["socket"]).match)
         if want == json.loads(e["response_body"]) and '"never"' not in e["response_body"]:
             assert got == raw(ports(e["response_body"])), e["label"]   # byte for byte
         replayed += 1

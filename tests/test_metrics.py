@@ -84,11 +84,11 @@ def test_every_family_has_help_and_a_type_and_counters_end_in_total(stack, tmp_p
         if family.type == "counter":
             assert all(sample.name.endswith("_total") for sample in family.samples), family.name
     assert page.value("opensips_fs_build_info", version=__version__) == 1
-    assert page.value("process_resident_memory_bytes") > 10 << 20
-    assert page.value("process_open_fds") > 5
-    assert page.value("process_cpu_seconds_total") > 0
+    assert page.number("process_resident_memory_bytes") > 10 << 20
+    assert page.number("process_open_fds") > 5
+    assert page.number("process_cpu_seconds_total") > 0
     # an OpenSIPS statistic keeps its group and name
-    assert page.value("opensips_fs_freeswitch_events_received_total") >= 5
+    assert page.number("opensips_fs_freeswitch_events_received_total") >= 5
     assert page.value("opensips_fs_evi_subscribers") == 1
 
 
@@ -103,8 +103,8 @@ def test_per_socket_and_per_destination_figures(stack, tmp_path):
     assert page.value("opensips_fs_esl_socket_connected", socket=modparam_socket) == 1
     assert page.value("opensips_fs_esl_socket_subscribed_events", socket=modparam_socket) == 2
     assert page.value("opensips_fs_esl_socket_pending_events", socket=modparam_socket) == 0
-    relayed = page.value("opensips_fs_esl_socket_events_relayed_total", socket=modparam_socket)
-    assert page.value("opensips_fs_esl_socket_events_received_total", socket=modparam_socket) >= relayed >= 5
+    relayed = page.number("opensips_fs_esl_socket_events_relayed_total", socket=modparam_socket)
+    assert page.number("opensips_fs_esl_socket_events_received_total", socket=modparam_socket) >= relayed >= 5
     assert page.value("opensips_fs_esl_socket_login_failures_total", socket=modparam_socket) == 0
     for name in ("events_dropped", "events_queue_dropped", "reconnects", "connect_failures"):
         assert page.value(f"opensips_fs_esl_socket_{name}_total", socket=modparam_socket) == 0, name
@@ -144,7 +144,7 @@ def test_mi_requests_by_command_transport_and_outcome(stack, tmp_path):
     def grew(command, transport, outcome):
         name = "opensips_fs_mi_command_requests_total"
         labels = {"command": command, "transport": transport, "outcome": outcome}
-        return page.value(name, **labels) - (before.value(name, **labels) or 0)
+        return page.number(name, **labels) - (before.value(name, **labels) or 0)
 
     assert grew("fs_list", "http", "ok") == 3
     assert grew("fs_subscribe", "http", "error") == 1
@@ -164,13 +164,13 @@ def test_mi_requests_by_command_transport_and_outcome(stack, tmp_path):
         page.value("opensips_fs_mi_command_duration_seconds_count", command="fs_list") == \
         sum(page.value("opensips_fs_mi_command_requests_total", command="fs_list", transport="http",
                        outcome=outcome) or 0 for outcome in ("ok", "error"))
-    assert 0 < page.value("opensips_fs_mi_command_duration_seconds_sum", command="fs_list") < counts[-1]
+    assert 0 < page.number("opensips_fs_mi_command_duration_seconds_sum", command="fs_list") < counts[-1]
 
 
 def test_reset_statistics_never_lowers_a_prometheus_counter(stack, tmp_path):
     s, sim, sink = relay_stack(stack, tmp_path)
     name = "opensips_fs_freeswitch_events_received_total"
-    before = scrape(s.http_port).value(name)
+    before = scrape(s.http_port).number(name)
     assert before >= 5
     assert result(s.mi("reset_statistics", {"statistics": ["events_received"]})) == "OK"
     assert result(s.mi("get_statistics", {"statistics": ["events_received"]})) == \
@@ -184,7 +184,7 @@ def test_reset_statistics_never_lowers_a_prometheus_counter(stack, tmp_path):
     assert result(s.mi("reset_all_statistics")) == "OK"
     after = scrape(s.http_port)
     assert after.value(name) == before + 1
-    assert after.value("opensips_fs_mi_requests_total") > 0
+    assert after.number("opensips_fs_mi_requests_total") > 0
 
 
 def test_openmetrics_when_the_scraper_asks_for_it(stack, tmp_path):
@@ -192,7 +192,7 @@ def test_openmetrics_when_the_scraper_asks_for_it(stack, tmp_path):
     page = scrape(s.http_port, accept=OPENMETRICS)
     assert page.content_type.startswith("application/openmetrics-text")
     assert page.text.endswith("# EOF\n")
-    assert page.value("opensips_fs_freeswitch_events_received_total") >= 5
+    assert page.number("opensips_fs_freeswitch_events_received_total") >= 5
     assert page.value("opensips_fs_build_info", version=__version__) == 1
 
 
@@ -203,11 +203,11 @@ def test_a_refused_login_shows_on_its_socket(stack, tmp_path):
         target = f"127.0.0.1:{sim.port}"
         assert result(s.mi("fs_subscribe", {"freeswitch_url": f":WrongPw1@{target}",
                                             "events": ["DTMF"]})) == "OK"
-        page = wait_until(lambda: (p := scrape(s.http_port)).value(
-            "opensips_fs_esl_socket_login_failures_total", socket=target) and p, 10, what="login failure")
+        page = wait_until(lambda: p if (p := scrape(s.http_port)).value(
+            "opensips_fs_esl_socket_login_failures_total", socket=target) else None, 10, what="login failure")
         assert page.value("opensips_fs_esl_socket_connected", socket=target) == 0
         assert page.value("opensips_fs_esl_socket_pending_events", socket=target) == 1
-        assert page.value("opensips_fs_freeswitch_login_failures_total") >= 1
+        assert page.number("opensips_fs_freeswitch_login_failures_total") >= 1
         assert "WrongPw1" not in page.text
     finally:
         sim.stop()
@@ -227,8 +227,8 @@ def test_destination_labels_never_hold_a_password(stack, tmp_path, rabbitmq_brok
             assert result(s.mi("event_subscribe", {"event": "E_FREESWITCH", "socket": target})) == "OK"
         assert result(s.mi("raise_event", {"event": "E_FREESWITCH", "params": "{\"x\": \"1\"}"})) == "OK"
         assert http_sink.wait_for(1) and len(consumer.messages("metrics_q", 1)) == 1
-        page = wait_until(lambda: (p := scrape(s.http_port)).value(
-            "opensips_fs_evi_destination_sent_total", transport="rabbitmq") and p, 30, what="rabbitmq sent")
+        page = wait_until(lambda: p if (p := scrape(s.http_port)).value(
+            "opensips_fs_evi_destination_sent_total", transport="rabbitmq") else None, 30, what="rabbitmq sent")
         assert page.label_values("opensips_fs_evi_destination_sent_total", "destination") == {
             f"http://{host}/hook", f"rabbitmq:metrics_user@127.0.0.1:{rabbitmq_broker.port}/metrics_q"}
         assert page.value("opensips_fs_evi_destination_sent_total", transport="http") == 1

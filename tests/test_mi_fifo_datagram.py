@@ -35,6 +35,18 @@ def _mi_exchanges(transport: str) -> list:
             if e["transport"] == transport and e["label"] not in FS_HANDLER_LABELS]
 
 
+class FifoWithStats(MiFifoServer):
+    """The FIFO server, with the statistics it counts in (for the tests)."""
+
+    stats: Stats
+
+
+class DatagramWithStats(MiDatagramServer):
+    """The datagram server, with the statistics it counts in (for the tests)."""
+
+    stats: Stats
+
+
 # -- FIFO -------------------------------------------------------------------------
 
 @pytest.fixture
@@ -45,8 +57,9 @@ def fifo(tmp_path):
     reply_dir.mkdir()
     settings = MiFifoSettings(fifo_name=str(tmp_path / "opensips_fifo"), fifo_mode=0o600,
                               reply_dir=str(reply_dir) + "/")
-    server = MiFifoServer(settings, registry, stats).start()
+    server = FifoWithStats(settings, registry, stats)
     server.stats = stats
+    server.start()
     yield server
     server.stop()
 
@@ -195,8 +208,9 @@ def test_fifo_replaces_stale_file(tmp_path):
 @pytest.fixture
 def udp():
     stats = Stats()
-    server = MiDatagramServer(MiDatagramSettings(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats).start()
+    server = DatagramWithStats(MiDatagramSettings(socket_name="udp:127.0.0.1:0"), build_registry(stats), stats)
     server.stats = stats
+    server.start()
     yield server
     server.stop()
 

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from opensips_fs.mi.fifoframe import FifoParser, FifoRejected, FifoRequest
-from opensips_fs.mi.httpwire import CONTINUE, NEED_DATA, HttpError, RequestParser, encode_response
+from opensips_fs.mi.httpwire import (CONTINUE, NEED_DATA, HttpError, HttpRequest, ParseEvent, RequestParser,
+                                     encode_response)
 from support.mi import build_registry
 from opensips_fs.mi.jsonrpc import (
     INVALID_REQUEST_NULL_ID, NOTIFICATION, PARSE_ERROR_REPLY, RequestError, encode_error, encode_success,
@@ -107,6 +108,12 @@ def test_control_pass_is_linear():
 
 # -- httpwire ------------------------------------------------------------------------------
 
+def request_of(event: HttpRequest | ParseEvent) -> HttpRequest:
+    """The parser's answer, which must be a whole request."""
+    assert isinstance(event, HttpRequest), event
+    return event
+
+
 REQ = b"POST /mi HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
 
 
@@ -118,7 +125,7 @@ def test_http_request_whole_and_bytewise():
             parser.feed(chunk)
             while (event := parser.next_event()) is not NEED_DATA:
                 events.append(event)
-        (request,) = events
+        (request,) = [request_of(e) for e in events]
         assert (request.method, request.path, request.version, request.body, request.keep_alive) == \
             ("POST", "/mi", "1.1", b"{}", True)
         assert request.header("host") == "h"
@@ -128,7 +135,7 @@ def test_http_request_whole_and_bytewise():
 def test_http_pipelined_and_connection_close():
     parser = RequestParser()
     parser.feed(REQ + REQ.replace(b"Host: h", b"Connection: close") + b"\r\n")
-    first, second = parser.next_event(), parser.next_event()
+    first, second = request_of(parser.next_event()), request_of(parser.next_event())
     assert first.keep_alive and not second.keep_alive
     assert parser.next_event() is NEED_DATA
 
@@ -139,15 +146,15 @@ def test_http_expect_continue_only_when_body_missing():
     assert parser.next_event() is CONTINUE
     assert parser.next_event() is NEED_DATA
     parser.feed(b"{}")
-    assert parser.next_event().body == b"{}"
+    assert request_of(parser.next_event()).body == b"{}"
     parser.feed(b"POST /mi HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")
-    assert parser.next_event().body == b"{}"
+    assert request_of(parser.next_event()).body == b"{}"
 
 
 def test_http_chunked_with_trailers():
     parser = RequestParser()
     parser.feed(b"POST /mi HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n")
-    assert parser.next_event().body == b"{}"
+    assert request_of(parser.next_event()).body == b"{}"
 
 
 @pytest.mark.parametrize("raw, status", [
@@ -371,7 +378,7 @@ def _requests_from(pieces) -> list:
     for piece in pieces:
         parser.feed(piece)
         while (event := parser.next_event()) is not NEED_DATA:
-            requests.append(event)
+            requests.append(request_of(event))
     assert not parser.in_progress
     return [(r.method, r.path, r.body, r.keep_alive) for r in requests]
 
@@ -405,7 +412,7 @@ def test_http_trickled_trailer_line_is_not_rescanned():
         parser.feed(b"v")
         assert parser.next_event() is NEED_DATA
     parser.feed(b"\r\n\r\n")
-    assert parser.next_event().body == b"{}"
+    assert request_of(parser.next_event()).body == b"{}"
 
 
 @pytest.mark.timeout(5)

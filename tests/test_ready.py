@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(40)
 
 @pytest.fixture
 def made(tmp_path):
-    started = []
+    started: list = []
     yield started
     for thing in reversed(started):
         thing.stop()

@@ -216,7 +216,7 @@ def test_concurrent_freeswitch_esl_calls_each_get_their_own_reply(stack):
     jobs = [gevent.spawn(call, n) for n in range(60)]
     gevent.joinall(jobs, timeout=20, raise_error=True)
     for job in jobs:
-        n, reply = job.value
+        n, reply = job.get()
         assert reply == {"jsonrpc": "2.0", "result": f"reply-{n}", "id": n}
     # every call on the fast socket was answered before the slow socket's queue drained
     last_slow = max(i for i, n in enumerate(finished) if n % 2 == 0)

@@ -2,6 +2,8 @@
 duplicate and empty names, removal rules (docs/protocols/scripting.md §3-§5), DB row validation
 (§6) and freeswitch_esl command normalisation (§7.2)."""
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -13,7 +15,7 @@ A, B = "127.0.0.1:8021", "127.0.0.1:8022"  # sockets are opaque to the model
 
 
 def test_new_entries_and_new_events_are_prepended():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     assert s.add(A, ["CHANNEL_STATE", "DTMF"]) == (True, ["CHANNEL_STATE", "DTMF"])
     assert s.as_list() == {"Sockets": [{"if": A, "Events": ["DTMF", "CHANNEL_STATE"]}]}
     assert s.add(A, ["TALK"]) == (False, ["TALK"])
@@ -25,7 +27,7 @@ def test_new_entries_and_new_events_are_prepended():
 
 def test_listing_is_kept_until_the_set_changes():
     """fs_list's answer is built once per change: every change renews it."""
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     s.add(A, ["DTMF"])
     first, first_json = s.as_list(), s.as_list_json()
     assert s.as_list() is first and s.as_list_json() is first_json
@@ -35,7 +37,7 @@ def test_listing_is_kept_until_the_set_changes():
     assert orjson.loads(orjson.dumps(s.as_list_json())) == s.as_list()
     s.remove(A, ["TALK"])
     assert s.as_list() == {"Sockets": [{"if": A, "Events": ["DTMF"]}]}
-    other = SubscriptionSet()
+    other: SubscriptionSet[str] = SubscriptionSet()
     other.add(B, ["HEARTBEAT"])
     s.extend(other.entries)
     assert s.as_list()["Sockets"][-1] == {"if": B, "Events": ["HEARTBEAT"]}
@@ -43,20 +45,20 @@ def test_listing_is_kept_until_the_set_changes():
 
 
 def test_duplicates_and_empty_names_are_skipped():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     assert s.add(A, ["DTMF", "", "DTMF", "TALK"]) == (True, ["DTMF", "TALK"])
     assert s.add(A, ["TALK", "dtmf"]) == (False, ["dtmf"])  # case-sensitive, as OpenSIPS
     assert s.as_list()["Sockets"][0]["Events"] == ["dtmf", "TALK", "DTMF"]
 
 
 def test_only_empty_names_still_create_an_entry():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     assert s.add(A, [""]) == (True, [])
     assert s.as_list()["Sockets"] == [{"if": A, "Events": []}]
 
 
 def test_remove_names_and_drop_the_entry_with_its_last_event():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     s.add(A, ["CHANNEL_STATE", "DTMF", "TALK"])
     assert s.remove(A, ["DTMF", "NOT_SUBSCRIBED"]) == (False, ["DTMF"])
     assert s.remove(A, ["NOT_SUBSCRIBED"]) == (False, [])
@@ -67,7 +69,7 @@ def test_remove_names_and_drop_the_entry_with_its_last_event():
 
 
 def test_an_entry_without_events_goes_with_any_non_empty_name():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     s.add(A, [])
     assert s.remove(A, [""]) == (False, [])
     assert s.first(A) is not None
@@ -76,7 +78,7 @@ def test_an_entry_without_events_goes_with_any_non_empty_name():
 
 
 def test_mi_calls_touch_the_newest_entry_of_a_socket_only():
-    s = SubscriptionSet()
+    s: SubscriptionSet[str] = SubscriptionSet()
     s.entries = []
     s.add(A, ["CHANNEL_CREATE", "DTMF"])
     s.add(B, ["CHANNEL_ANSWER"])
@@ -95,8 +97,8 @@ def test_mi_calls_touch_the_newest_entry_of_a_socket_only():
 # ------------------------------------------------------------------ DB rows
 
 def row(**kw):
-    values = dict(id=7, username=None, password="ClueCon", ip="127.0.0.1", port=8021,
-                  events_csv="DTMF")
+    values: dict[str, Any] = dict(id=7, username=None, password="ClueCon", ip="127.0.0.1", port=8021,
+                                  events_csv="DTMF")
     values.update(kw)
     return FsRow(**values)
 

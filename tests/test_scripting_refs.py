@@ -49,7 +49,8 @@ def dead_ports():
 
 
 def check(scripting: Scripting, manager: EslManager):
-    refs, sums = Counter(), Counter()
+    refs: Counter[int] = Counter()
+    sums: Counter[tuple[int, str]] = Counter()
     for entry in scripting.set.entries:
         assert len(entry.events) == len(set(entry.events))
         refs[id(entry.socket)] += 1

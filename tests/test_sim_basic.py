@@ -52,12 +52,12 @@ def test_raise_event_json_and_plain(box):
     assert sent == 2
     fj = j.frame()
     assert fj.header_block.startswith(b"Content-Length: ")
-    obj = json.loads(fj.body)
+    obj = json.loads(fj.content)
     assert list(obj)[:3] == ["Event-Subclass", "Event-Name", "Core-UUID"]
     assert obj["X-A"] == "a b" and obj["_body"] == "hi" and obj["Content-Length"] == "2"
     fp = p.frame()
     assert fp.content_type == "text/event-plain"
-    assert b"X-A: a%20b\nContent-Length: 2\n\nhi" in fp.body
+    assert b"X-A: a%20b\nContent-Length: 2\n\nhi" in fp.content
     # a subclass nobody subscribed is not delivered
     assert box.raise_event("CUSTOM", {"Event-Subclass": "other::thing"}) == 0
 
@@ -68,11 +68,11 @@ def test_api_and_bgapi(box):
     assert r.raw == b"Content-Type: api/response\nContent-Length: 45\n\nFreeSWITCH Version 1.11.3-dev~64bit ( 64bit)\n"
     assert c.cmd("api echo hello").body == b"hello"
     assert c.cmd("api echo").body == b"-ERR no reply\n"
-    assert c.cmd("api uptime").body.endswith(b"\n")
+    assert c.cmd("api uptime").content.endswith(b"\n")
     c.cmd("event json BACKGROUND_JOB")
     r = c.cmd("bgapi status\nJob-UUID: foobar")
     assert r.raw == b"Content-Type: command/reply\nReply-Text: +OK Job-UUID: foobar\nJob-UUID: foobar\n\n"
-    ev = json.loads(c.frame().body)
+    ev = json.loads(c.frame().content)
     assert ev["Event-Name"] == "BACKGROUND_JOB" and ev["Job-UUID"] == "foobar"
     assert ev["_body"].startswith("UP 0 years")
     assert box.clients[0].commands[-1] == "bgapi status\nJob-UUID: foobar"

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(20)
 
 
 def names(frames):
-    return [json.loads(f.body)["Event-Name"] for f in frames]
+    return [json.loads(f.content)["Event-Name"] for f in frames]
 
 
 def test_heartbeat_timer_and_reschedule():
@@ -29,8 +29,9 @@ def test_calls_per_second_produce_full_call_sequences():
         c = EslTestClient(box.port).login()
         c.cmd("event json ALL")
         frames = c.collect(1.0)
-        events = [json.loads(f.body) for f in frames]
-        per_leg, other = {}, {}
+        events = [json.loads(f.content) for f in frames]
+        per_leg: dict[str, list] = {}
+        other: dict[str, str] = {}
         for e in events:
             if e["Event-Name"].startswith("CHANNEL_"):
                 per_leg.setdefault(e["Unique-ID"], []).append(e["Event-Name"])
@@ -54,8 +55,8 @@ def test_originate_9665_hangs_up_by_itself_and_uuid_kill():
         c = EslTestClient(box.port).login()
         c.cmd("event json CHANNEL_HANGUP_COMPLETE")
         r = c.cmd("api originate loopback/9665 &park")
-        a_uuid = r.body.decode().split()[1]
-        got = [json.loads(f.body) for f in c.collect(0.6)]
+        a_uuid = r.content.decode().split()[1]
+        got = [json.loads(f.content) for f in c.collect(0.6)]
         assert [e["Channel-Name"] for e in got] == ["loopback/9665-b", "loopback/9665-a"]
         assert got[1]["Unique-ID"] == a_uuid and got[1]["Hangup-Cause"] == "NORMAL_CLEARING"
         assert c.cmd("api show calls count").body == b"\n0 total.\n"
@@ -63,7 +64,7 @@ def test_originate_9665_hangs_up_by_itself_and_uuid_kill():
         assert r.body == b"+OK 11111111-2222-4333-8444-555555555555\n"
         assert c.cmd("api show channels count").body == b"\n2 total.\n"
         assert c.cmd("api uuid_kill 11111111-2222-4333-8444-555555555555").body == b"+OK\n"
-        got = [json.loads(f.body) for f in c.collect(0.3)]
+        got = [json.loads(f.content) for f in c.collect(0.3)]
         assert len(got) == 2 and got[0]["variable_origination_uuid"] == "11111111-2222-4333-8444-555555555555"
         assert c.cmd("api originate sofia/gateway/x/1000 &park").body == b"-ERR CHAN_NOT_IMPLEMENTED\n"
 
@@ -77,7 +78,7 @@ def test_filters_are_an_allow_list():
         box.fire_heartbeat()  # no Event-Subclass header: filtered out
         box.raise_event("CUSTOM", {"Event-Subclass": "a::b", "X-Kind": "fine"})
         box.raise_event("CUSTOM", {"Event-Subclass": "a::b", "X-Kind": "noisy"})
-        got = [json.loads(f.body) for f in c.sent_so_far()]
+        got = [json.loads(f.content) for f in c.sent_so_far()]
         assert [(e["Event-Name"], e.get("X-Kind")) for e in got] == [("CUSTOM", "fine")]
         c.cmd("filter delete all")
         box.fire_heartbeat()
@@ -97,7 +98,7 @@ def test_custom_subclass_rule():
         box.raise_event("CUSTOM", {"Event-Subclass": "foo::bar"})
         box.raise_event("CUSTOM", {"Event-Subclass": "other::x"})
         box.raise_event("CUSTOM", {"X": "no subclass"})
-        got = [json.loads(f.body) for f in c.sent_so_far()]
+        got = [json.loads(f.content) for f in c.sent_so_far()]
         assert [e.get("Event-Subclass") for e in got] == ["HEARTBEAT", "foo::bar", None]
         assert c.cmd("nixevent CUSTOM foo::bar").header("Reply-Text") == "+OK events nixed"
         box.raise_event("CUSTOM", {"Event-Subclass": "foo::bar"})
@@ -133,8 +134,8 @@ def test_log_lines():
         f = frames[0]
         assert f.header_block.startswith(b"Content-Type: log/data\nContent-Length: %d\nLog-Level: 5\n"
                                          b"Text-Channel: 3\nLog-File: mod_commands.c\nLog-Func: log_function\n"
-                                         b"Log-Line: 7247\nUser-Data: \n\n" % len(f.body))
-        assert f.body.endswith(b" [NOTICE] mod_commands.c:7247 esl probe log line\n")
+                                         b"Log-Line: 7247\nUser-Data: \n\n" % len(f.content))
+        assert f.content.endswith(b" [NOTICE] mod_commands.c:7247 esl probe log line\n")
 
 
 def test_deterministic_mode():
@@ -184,7 +185,7 @@ def test_burst_with_body_in_plain():
         assert box.burst(3, body_size=300_000) == 3
         for _ in range(3):
             f = c.frame()
-            assert len(f.body) > 300_000 and f.body.endswith(b"Content-Length: 300000\n\n" + b"b" * 300_000)
+            assert len(f.content) > 300_000 and f.content.endswith(b"Content-Length: 300000\n\n" + b"b" * 300_000)
 
 
 def test_stand_in_version_and_fixed_idle_cpu():
@@ -193,14 +194,14 @@ def test_stand_in_version_and_fixed_idle_cpu():
                                  hostname="fakefs")) as box:
         c = EslTestClient(box.port).login()
         assert c.cmd("api version").body == b"FreeSWITCH Version 1.10.12-release~64bit (-release 64bit)\n"
-        status = c.cmd("api status").body.decode()
+        status = c.cmd("api status").content.decode()
         assert status.split("\n")[1:] == [
             "FreeSWITCH (Version 1.10.12 -release 64bit) is ready", "0 session(s) since startup",
             "0 session(s) - peak 0, last 5min 0 ", "0 session(s) per Sec out of max 30, peak 0, last 5min 0 ",
             "1000 session(s) max", "min idle cpu 0.00/98.70", "Current Stack Size/Max 240K/8192K", ""]
         c.cmd("event json HEARTBEAT")
         box.fire_heartbeat()
-        hb = json.loads(c.frame().body)
+        hb = json.loads(c.frame().content)
         assert (hb["FreeSWITCH-Version"], hb["Event-Calling-Line-Number"], hb["Idle-CPU"]) == (
             "1.10.12-release~64bit", "76", "98.700000")
 

@@ -55,7 +55,7 @@ def test_state_event_push_raw_drop(boxes):
     assert raw["tx"].startswith("Content-Type: auth/request\n\nContent-Type: command/reply\n")
     # an event with the full header block
     assert ctl({"op": "event", "headers": {"Event-Name": "DTMF", "DTMF-Digit": "5"}}) == {"ok": True, "sent": 1}
-    ev = json.loads(c.frame().body)
+    ev = json.loads(c.frame().content)
     assert ev["Event-Name"] == "DTMF" and ev["FreeSWITCH-Hostname"] == "fakefs" and ev["DTMF-Digit"] == "5"
     # the stand-ins' exact pushes (golden/opensips fake_esl_control)
     pushed = {"Event-Name": "CHANNEL_STATE", "Core-UUID": "c0de", "Channel-State": "CS_ROUTING",
@@ -80,10 +80,10 @@ def test_burst_over_control(boxes):
     c.cmd("event plain CUSTOM sim::burst")
     answer = ctl({"op": "burst", "count": 3000, "listen": b.address})
     assert answer == {"ok": True, "sent": 3000}
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < 3000:
         f = c.frame()
-        seqs.append(int(re.search(rb"\nEvent-Sequence: (\d+)\n", f.body).group(1)))
+        seqs.append(int(_event_sequence(f.content)))
     assert seqs == list(range(seqs[0], seqs[0] + 3000))
     conn = ctl({"op": "state", "listen": b.address})["conns"][0]
     assert (conn["first_seq"], conn["last_seq"], conn["sent_events"]) == (seqs[0], seqs[-1], 3000)
@@ -112,6 +112,12 @@ def test_bad_requests_change_nothing(boxes):
     assert ctl({"op": "state", "listen": "127.0.0.1:1"})["ok"] is False
     assert ctl({"op": "event", "headers": {}})["ok"] is False
     assert a.delay_ms == 0 and a.password == "ClueCon"
+
+
+def _event_sequence(body: bytes) -> int:
+    match = re.search(rb"\nEvent-Sequence: (\d+)\n", body)
+    assert match is not None, body
+    return int(match.group(1))
 
 
 def _sim_exe():
@@ -154,7 +160,9 @@ def test_cli_two_boxes_control_and_sigterm():
         "--user", "admin@fakefs:pw", "--user-api", "status"],
         stdout=subprocess.PIPE, text=True)
     try:
-        ports, control = [], None
+        ports: list[tuple[int, str]] = []
+        control = None
+        assert proc.stdout is not None  # a PIPE
         while len(ports) < 2 or control is None:
             line = proc.stdout.readline()
             assert line, "simulator exited"
@@ -193,7 +201,7 @@ def test_rate_api_log_and_per_connection_stall(boxes):
     assert ctl({"op": "rate", "per_second": 2000, "listen": b.address}) == {"ok": True}
     frames = c.collect(0.5)
     assert ctl({"op": "rate", "per_second": 0, "listen": b.address}) == {"ok": True}
-    seqs = [int(json.loads(f.body)["Event-Sequence"]) for f in frames]
+    seqs = [int(json.loads(f.content)["Event-Sequence"]) for f in frames]
     assert len(seqs) >= 300 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     c.collect(0.05)
     out = ctl({"op": "api", "command": "originate loopback/9664 &park", "listen": b.address})
@@ -201,7 +209,7 @@ def test_rate_api_log_and_per_connection_stall(boxes):
     assert ctl({"op": "api", "command": "hupall", "listen": b.address})["outputs"] == [
         "+OK hangup all channels with cause MANAGER_REQUEST\n"]
     assert ctl({"op": "log", "level": "INFO", "text": "hello", "listen": b.address}) == {"ok": True, "sent": 1}
-    assert c.frame().body.endswith(b"[INFO] mod_commands.c:7247 hello\n")
+    assert c.frame().content.endswith(b"[INFO] mod_commands.c:7247 hello\n")
     # stall only this connection: its replies wait, another connection is served
     d = EslTestClient(b.port).login()
     stall = 0.5

@@ -26,8 +26,8 @@ class SimUser:
 
     name: str  # "user@domain"
     password: str
-    events: list | None = None
-    api: list | None = None
+    events: list[str] | str | None = None
+    api: list[str] | str | None = None
     log: bool = True
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import gevent
 import pytest
@@ -29,8 +29,20 @@ DEFAULT_URLS = {
 }
 ENV_VARS = {"postgres": "OPENSIPS_FS_TEST_POSTGRES", "mysql": "OPENSIPS_FS_TEST_MYSQL"}
 ENGINES = ["sqlite", "postgres", "mysql"]
-CUSTOM_COLUMNS = {"col_username": "fs_user", "col_password": "fs_secret", "col_ip": "fs_host",
-                  "col_port": "fs_port", "col_events": "fs_events"}
+
+
+class Columns(TypedDict):
+    """The column-name keywords of FsDatabase."""
+
+    col_username: str
+    col_password: str
+    col_ip: str
+    col_port: str
+    col_events: str
+
+
+CUSTOM_COLUMNS: Columns = {"col_username": "fs_user", "col_password": "fs_secret", "col_ip": "fs_host",
+                           "col_port": "fs_port", "col_events": "fs_events"}
 
 
 def server_url(engine: str) -> str:
@@ -50,10 +62,10 @@ def sql_statements(script: str) -> list[str]:
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def table_ddl(engine: str, table: str, cols: dict[str, str]) -> str:
+def table_ddl(engine: str, table: str, cols: Columns) -> str:
     """The freeswitch table with custom names and the OpenSIPS types (docs/protocols/scripting.md §12)."""
-    u, p, i, o, e = (cols[k] for k in ("col_username", "col_password", "col_ip", "col_port",
-                                       "col_events"))
+    u, p, i, o, e = (cols["col_username"], cols["col_password"], cols["col_ip"], cols["col_port"],
+                     cols["col_events"])
     if engine == "sqlite":
         return (f"CREATE TABLE {table} (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
                 f"{u} CHAR(64), {p} CHAR(64) NOT NULL, {i} CHAR(20) NOT NULL, "

@@ -30,6 +30,12 @@ class Frame:
         return self.header("Content-Type")
 
     @property
+    def content(self) -> bytes:
+        """The body of a frame that must have one."""
+        assert self.body is not None, self
+        return self.body
+
+    @property
     def raw(self) -> bytes:
         return self.header_block + (self.body or b"")
 

@@ -170,10 +170,10 @@ def mask_date(raw: bytes) -> bytes:
     return b"\r\n".join(lines) + sep + body
 
 
-def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, ...]], bytes]:
+def split_response(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    headers = [tuple(part.strip() for part in line.split(b":", 1)) for line in lines[1:]]
+    headers = [(name.strip(), value.strip()) for name, _, value in (line.partition(b":") for line in lines[1:])]
     return lines[0], headers, body
 
 

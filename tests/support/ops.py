@@ -12,7 +12,7 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 from opensips_fs import config, logs
 from opensips_fs.app import App
@@ -36,7 +36,7 @@ loadmodule "event_datagram.so"
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0) -> T:
+def wait_until(predicate: Callable[[], T | Literal[False] | None], timeout: float = 10.0) -> T:
     """`waits.wait_until` with the longer bound these whole-service tests need."""
     return waits.wait_until(predicate, timeout=timeout, step=0.01)
 

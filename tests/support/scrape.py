@@ -32,6 +32,12 @@ class Scrape:
         assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
         return found[0] if found else None
 
+    def number(self, name: str, **labels: str) -> float:
+        """`value` of a sample that must be there (AssertionError when absent)."""
+        value = self.value(name, **labels)
+        assert value is not None, f"{name} {labels}: no sample"
+        return value
+
     def label_values(self, name: str, label: str) -> set[str]:
         return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}
 

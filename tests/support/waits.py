@@ -7,14 +7,14 @@ The loop yields to the gevent hub between checks, so the code under test
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Literal, TypeVar
 
 import gevent
 
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0, step: float = 0.005,
+def wait_until(predicate: Callable[[], T | Literal[False] | None], timeout: float = 5.0, step: float = 0.005,
                what: str = "condition") -> T:
     """The first truthy value of ``predicate()``; AssertionError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
