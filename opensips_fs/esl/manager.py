@@ -33,7 +33,7 @@ import gevent.event
 from .. import heap
 from ..stats import Stats
 from .connection import EslError
-from .protocol import DEFAULT_MAX_BODY, printable
+from .protocol import printable
 from .socket import ESL_ONLY_MAX_ATTEMPTS, EslCounters, EslSocket, SocketSettings, backoff_gap
 from .subscriptions import rejected_retry_gap
 from .throttle import LogThrottle
@@ -135,9 +135,9 @@ class EslManager:
                  stable_after: float = 5.0, max_gap: float = 60.0, failure_reminder: float = 300.0):
         self.stats = stats
         self.no_esl_timeout = float(settings.fs_no_esl_timeout)
-        self.max_sockets = int(getattr(settings, "esl_max_sockets", 0) or 0)
+        self.max_sockets = settings.esl_max_sockets
         if max_body is None:
-            max_body = int(getattr(settings, "esl_max_frame_size", 0) or DEFAULT_MAX_BODY)
+            max_body = settings.esl_max_frame_size
         self.settings = SocketSettings(
             connect_timeout=settings.esl_connect_timeout / 1000.0, cmd_timeout=settings.esl_cmd_timeout / 1000.0,
             max_body=max_body, liveness_timeout=liveness_timeout, idle_probe=idle_probe,

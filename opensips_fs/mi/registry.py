@@ -91,7 +91,7 @@ class _Methods(Mapping[str, Callable[..., Result]]):
         self._registry = registry
 
     def __getitem__(self, name: str) -> Callable[..., Result]:
-        return self._registry._runner(name)
+        return self._registry.runner(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._registry.which_names())
@@ -179,7 +179,9 @@ class MiRegistry:
 
     # -- dispatch ------------------------------------------------------------
 
-    def _runner(self, name: str) -> Callable[..., Result]:
+    def runner(self, name: str) -> Callable[..., Result]:
+        """What jsonrpcserver runs for the method `name`: the command's
+        runner, or one answering the resolution error."""
         runner = self._runners.get(name)
         if runner is not None:
             return runner
