@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -38,6 +38,11 @@ from prometheus_client.exposition import choose_encoder
 from . import __version__
 from .mi.callstats import MiCallStats
 from .stats import Counter, Stats
+
+if TYPE_CHECKING:
+    from .esl.manager import EslManager
+    from .evi.registry import EviRegistry
+    from .scripting import Scripting
 
 __all__ = ["MetricsPage", "metric_name"]
 
@@ -72,6 +77,10 @@ EVI_DESTINATION_GAUGES = (
     ("queued_bytes", "queued_bytes", "bytes waiting for this destination"),
     ("unconfirmed", "unconfirmed", "notifications the RabbitMQ broker has not confirmed yet"),
 )
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterator[Metric]: ...
 
 
 def metric_name(*parts: str) -> str:
@@ -117,7 +126,7 @@ def _labelled_families(rows: Iterable[dict], labels: Callable[[dict], list[str]]
 class EslSocketCollector:
     """Figures of each ESL socket, labelled ``socket="host:port"``."""
 
-    def __init__(self, manager: Any):
+    def __init__(self, manager: EslManager):
         self._manager = manager
 
     def collect(self) -> Iterator[Metric]:
@@ -130,7 +139,7 @@ class EviDestinationCollector:
     """Figures of each EVI destination, labelled ``transport`` and
     ``destination``."""
 
-    def __init__(self, evi: Any):
+    def __init__(self, evi: EviRegistry):
         self._evi = evi
 
     def collect(self) -> Iterator[Metric]:
@@ -163,7 +172,7 @@ class DatabaseCollector:
     """When the `freeswitch` table was last loaded (the load and failure
     counts are statistics of `freeswitch_scripting`)."""
 
-    def __init__(self, scripting: Any):
+    def __init__(self, scripting: Scripting):
         self._scripting = scripting
 
     def collect(self) -> Iterator[Metric]:
@@ -185,12 +194,13 @@ class MetricsPage:
     """The `/metrics` route: a registry of the collectors above, rendered
     in the format the scraper asks for (OpenMetrics or Prometheus text)."""
 
-    def __init__(self, stats: Stats, *, manager: Any = None, evi: Any = None, scripting: Any = None,
+    def __init__(self, stats: Stats, *, manager: EslManager | None = None, evi: EviRegistry | None = None,
+                 scripting: Scripting | None = None,
                  mi_calls: MiCallStats | None = None, max_age: float = 1.0):
         self.max_age = max_age
         self._rendered: dict[str, tuple[float, bytes]] = {}    # content type -> (when, page)
         self.registry = CollectorRegistry(auto_describe=False)
-        collectors: list[Any] = [BuildInfoCollector(), StatsCollector(stats)]
+        collectors: list[Collector] = [BuildInfoCollector(), StatsCollector(stats)]
         if manager is not None:
             collectors.append(EslSocketCollector(manager))
         if evi is not None:
