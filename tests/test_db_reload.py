@@ -14,7 +14,7 @@ import pytest
 
 from support.db import (CUSTOM_COLUMNS, ENGINES, EngineDb, find_waiter, kill_connection, lock_table,
                         table_ddl, unlock_table)
-from support.stack import Stack
+from support.stack import Stack, stack_factory
 
 TABLE = "fs_sockets"
 
@@ -39,16 +39,7 @@ def engine_db(request, tmp_path):
 
 @pytest.fixture
 def stacks(tmp_path):
-    made = []
-
-    def make(**kwargs):
-        stack = Stack(tmp_path, **kwargs)
-        made.append(stack)
-        return stack
-
-    yield make
-    for stack in made:
-        stack.stop()
+    yield from stack_factory(tmp_path)
 
 
 def fs_list(stack: Stack) -> list:
